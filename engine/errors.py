@@ -1,0 +1,41 @@
+"""Typed exceptions. Every user error raised by the engine is a subclass of NgramError.
+
+The gRPC service maps these to status codes (see engine/service.py), so pick the class by
+what the caller did wrong, and write the message so that it says how to fix the call.
+"""
+
+
+class NgramError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class InvalidQueryError(NgramError, ValueError):
+    """The query is malformed: wrong type, token id outside the vocabulary, separator id, empty, ..."""
+
+
+class LimitExceededError(NgramError, ValueError):
+    """The request is well formed but larger than a configured limit (query length, batch size, ...)."""
+
+
+class IndexFormatError(NgramError):
+    """An index directory is missing, incomplete, inconsistent or corrupt."""
+
+
+class IndexNotFoundError(IndexFormatError, FileNotFoundError):
+    """The index path does not exist or holds no shard files."""
+
+
+class TokenizerError(NgramError):
+    """A tokenizer cannot be loaded, or text was given to an index that has no tokenizer."""
+
+
+class TokenizerMismatchError(TokenizerError):
+    """Two components disagree about the tokenizer (vocabulary size or fingerprint)."""
+
+
+class BuildError(NgramError):
+    """An index build cannot proceed (bad input files, conflicting options, ...)."""
+
+
+class ShardUnavailableError(NgramError):
+    """A routed query could not reach one of its shard servers."""
