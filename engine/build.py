@@ -1,0 +1,381 @@
+"""Build an index: stream documents, tokenize, cut into shards, sort each, write the manifest last.
+
+A build runs in three resumable phases, each leaving a durable marker:
+1. tokenize: every shard's ``tokenized``/``offset``/``metadata`` files, then ``.build/tokenized.json``;
+2. sort: ``table.s`` for each shard that lacks one (each written atomically, so a present table is
+   a finished table);
+3. manifest: checksums, then ``manifest.json`` (atomic), then the build-state folder is removed.
+Rerunning the same command after a kill resumes at the first unfinished step; an index directory
+whose ``.build`` folder still exists is refused by NgramIndex.open as incomplete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from array import array
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import psutil
+from tqdm import tqdm
+
+from engine.errors import BuildError
+from engine.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    NUMPY_TOKEN_DTYPES,
+    TOKEN_DTYPES,
+    atomic_write_path,
+    file_sha256,
+    pointer_size,
+    read_manifest,
+    separator_id,
+    shard_path,
+    write_json_atomic,
+)
+from engine.sorting import MAX_SHARD_BYTES, sort_peak_bytes, sort_shard
+
+STATE_DIR = ".build"
+ENGINE_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What determines the bytes of an index; a resumed build must be given the same."""
+
+    inputs: tuple[str, ...]
+    tokenizer: str | None
+    text_field: str
+    line_per_doc: bool
+    shard_bytes: int
+    token_width: int
+    vocab_size: int
+    metadata: bool
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_max_memory() -> int:
+    """60% of the memory available now: room for the sort and for the page cache."""
+    return int(psutil.virtual_memory().available * 0.6)
+
+
+def plan_shard_bytes(max_memory: int, token_width: int) -> int:
+    """Largest shard (in bytes of tokenized data) whose sort fits in ``max_memory``."""
+    shard_bytes = min(MAX_SHARD_BYTES, max_memory // 6)
+    shard_bytes -= shard_bytes % token_width
+    if shard_bytes < 1 << 16:
+        raise BuildError(f"--max-memory {max_memory} bytes is too small to sort a shard; give at least 1 MB")
+    return shard_bytes
+
+
+class _ShardWriter:
+    """Appends documents to one shard's files under temporary names; ``finish`` renames them."""
+
+    def __init__(self, directory: Path, number: int, token_width: int, with_metadata: bool):
+        self.directory = directory
+        self.number = number
+        self.dtype = NUMPY_TOKEN_DTYPES[token_width]
+        self.separator = np.full(1, separator_id(token_width), dtype=self.dtype).tobytes()
+        self.files = {"tokenized": None, "offset": None}
+        if with_metadata:
+            self.files.update({"metadata": None, "metaoff": None})
+        self._tmp = {k: directory / f".{k}.{number}.partial" for k in self.files}
+        self._fh = {k: open(p, "wb") for k, p in self._tmp.items()}
+        self.bytes = 0
+        self.docs = 0
+        self.meta_bytes = 0
+
+    def add(self, tokens: np.ndarray, metadata: dict | None) -> None:
+        self._fh["offset"].write(np.uint64(self.bytes).tobytes())
+        payload = self.separator + tokens.astype(self.dtype, copy=False).tobytes()
+        self._fh["tokenized"].write(payload)
+        self.bytes += len(payload)
+        self.docs += 1
+        if "metadata" in self._fh:
+            line = (json.dumps(metadata, ensure_ascii=False) if metadata else "").encode() + b"\n"
+            self._fh["metaoff"].write(np.uint64(self.meta_bytes).tobytes())
+            self._fh["metadata"].write(line)
+            self.meta_bytes += len(line)
+
+    def finish(self) -> dict:
+        for kind, fh in self._fh.items():
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.replace(self._tmp[kind], shard_path(self.directory, kind, self.number))
+        return {"shard": self.number, "bytes": self.bytes, "num_docs": self.docs}
+
+
+def _iter_token_docs(options: "BuildOptions", documents, workers: int) -> Iterator[tuple[np.ndarray, dict | None]]:
+    """(token array, metadata) for every document, in input order.
+
+    A build is either all text (tokenized in parallel, streaming) or all pre-tokenized; the
+    first document decides which.
+    """
+    from engine.readers import iter_documents
+
+    if documents is not None:
+        source = (_as_raw_document(d) for d in documents)
+    else:
+        source = iter_documents(list(options.inputs), text_field=options.text_field, line_per_doc=options.line_per_doc)
+    source = iter(source)
+    first = next(source, None)
+    if first is None:
+        raise BuildError("the inputs hold no documents; check the paths, globs and --text-field")
+    rest = _chain_one(first, source)
+    if first.tokens is not None:
+        yield from _pretokenized(rest)
+        return
+    if options.tokenizer is None:
+        raise BuildError("text documents need a tokenizer; pass tokenizer='bytes', 'gpt2', a tokenizer.json path, ...")
+    from engine.tokenize import tokenize_stream
+
+    yield from tokenize_stream(_texts(rest), options.tokenizer, workers)
+
+
+def _chain_one(first, rest):
+    yield first
+    yield from rest
+
+
+def _pretokenized(docs) -> Iterator[tuple[np.ndarray, dict | None]]:
+    for doc in docs:
+        if doc.tokens is None:
+            raise BuildError("a build mixes text and pre-tokenized documents; give one kind only")
+        yield np.asarray(doc.tokens), doc.metadata
+
+
+def _texts(docs) -> Iterator[tuple[str, dict | None]]:
+    for doc in docs:
+        if doc.text is None:
+            raise BuildError("a build mixes text and pre-tokenized documents; give one kind only")
+        yield doc.text, doc.metadata
+
+
+def _as_raw_document(doc):
+    from engine.readers import RawDocument
+
+    if isinstance(doc, RawDocument):
+        return doc
+    if isinstance(doc, str):
+        return RawDocument(text=doc, tokens=None, metadata=None)
+    return RawDocument(text=None, tokens=np.asarray(doc), metadata=None)
+
+
+def _tokenize_phase(out: Path, options: BuildOptions, documents, workers: int, progress: bool) -> list[dict]:
+    """Phase 1: write every shard's token, offset and metadata files; return the shard list."""
+    state = out / STATE_DIR / "tokenized.json"
+    if state.exists():
+        return json.loads(state.read_text())["shards"]
+    shards: list[dict] = []
+    writer: _ShardWriter | None = None
+    separator = separator_id(options.token_width)
+    bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress, mininterval=1.0)
+    for tokens, metadata in _iter_token_docs(options, documents, workers):
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= min(options.vocab_size, separator)):
+            raise BuildError(
+                f"document {bar.n} has token ids outside 0..{min(options.vocab_size, separator) - 1}; "
+                "pass the right vocab_size / tokenizer"
+            )
+        doc_bytes = (tokens.size + 1) * options.token_width
+        if doc_bytes > options.shard_bytes:
+            raise BuildError(
+                f"document {bar.n} ({doc_bytes} bytes) is larger than a shard ({options.shard_bytes} bytes); "
+                "raise --max-memory"
+            )
+        if writer is not None and writer.bytes + doc_bytes > options.shard_bytes:
+            shards.append(writer.finish())
+            writer = None
+        if writer is None:
+            writer = _ShardWriter(out, len(shards), options.token_width, options.metadata)
+        writer.add(tokens, metadata)
+        bar.update(1)
+    bar.close()
+    if writer is None:
+        raise BuildError("the inputs hold no documents; check the paths, globs and --text-field")
+    shards.append(writer.finish())
+    write_json_atomic(state, {"shards": shards})
+    return shards
+
+
+def _sort_one(args: tuple[str, int, int]) -> int:
+    directory, shard, token_width = args
+    return sort_shard(Path(directory), shard, token_width)
+
+
+def _sort_phase(out: Path, shards: list[dict], token_width: int, max_memory: int, workers: int, progress: bool) -> None:
+    """Phase 2: sort every shard that has no finished table, several at once when memory allows."""
+    todo = [s for s in shards if not _table_complete(out, s, token_width)]
+    if not todo:
+        return
+    peak = max(sort_peak_bytes(s["bytes"], token_width) for s in todo)
+    parallel = max(1, min(workers, len(todo), max_memory // max(peak, 1)))
+    bar = tqdm(total=len(todo), desc="sorting", unit=" shards", disable=not progress)
+    jobs = [(str(out), s["shard"], token_width) for s in todo]
+    if parallel == 1:
+        for job in jobs:
+            _sort_one(job)
+            bar.update(1)
+    else:
+        # Threads suffice: divsufsort (through ctypes) and the numba kernels release the GIL.
+        with ThreadPoolExecutor(parallel) as pool:
+            for _ in pool.map(_sort_one, jobs):
+                bar.update(1)
+    bar.close()
+
+
+def _table_complete(out: Path, shard: dict, token_width: int) -> bool:
+    table = shard_path(out, "table", shard["shard"])
+    positions = shard["bytes"] // token_width
+    return table.exists() and table.stat().st_size == positions * pointer_size(shard["bytes"])
+
+
+def _manifest_phase(out: Path, options: BuildOptions, shards: list[dict], tokenizer_spec: dict | None,
+                    tokenizer_fingerprint: str | None, eos_token_id: int | None, started: float) -> dict:
+    """Phase 3: checksum every file and write manifest.json last."""
+    shard_entries = []
+    for s in shards:
+        n = s["shard"]
+        files = {}
+        for kind in ("tokenized", "table", "offset", "metadata", "metaoff"):
+            path = shard_path(out, kind, n)
+            if path.exists():
+                files[path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        shard_entries.append({
+            "shard": n,
+            "num_tokens": s["bytes"] // options.token_width,
+            "num_docs": s["num_docs"],
+            "ptr_size": pointer_size(s["bytes"]),
+            "files": files,
+        })
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "infinigram_version": 4,
+        "token_dtype": TOKEN_DTYPES[options.token_width],
+        "token_width": options.token_width,
+        "vocab_size": options.vocab_size,
+        "separator_id": separator_id(options.token_width),
+        "eos_token_id": eos_token_id,
+        "tokenizer": tokenizer_spec,
+        "tokenizer_fingerprint": tokenizer_fingerprint,
+        "num_tokens": sum(e["num_tokens"] for e in shard_entries),
+        "num_docs": sum(e["num_docs"] for e in shard_entries),
+        "shards": shard_entries,
+        "build": {
+            "engine_version": ENGINE_VERSION,
+            "options_fingerprint": options.fingerprint(),
+            "inputs": list(options.inputs),
+            "shard_bytes": options.shard_bytes,
+            "metadata": options.metadata,
+            "seconds": round(time.time() - started, 3),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    }
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    return manifest
+
+
+def build_index(
+    output_dir: str | os.PathLike,
+    inputs: Iterable[str | os.PathLike] | None = None,
+    *,
+    documents: Iterable | None = None,
+    tokenizer: str | os.PathLike | None = "bytes",
+    text_field: str = "text",
+    line_per_doc: bool = False,
+    vocab_size: int | None = None,
+    eos_token_id: int | None = None,
+    max_memory: int | None = None,
+    shard_bytes: int | None = None,
+    workers: int | None = None,
+    metadata: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Build (or resume building) an index in ``output_dir``; return its path.
+
+    Give ``inputs`` (files, directories, globs of text / JSONL / Parquet / .npz) or ``documents``
+    (an iterable of strings or of token-id arrays). ``tokenizer`` is a spec for
+    engine.tokenize.load_tokenizer ("bytes", "gpt2", a tokenizer.json, a .tiktoken or .model
+    file), or None for pre-tokenized documents, which then need ``vocab_size``. Shards are sized
+    so that sorting one fits in ``max_memory`` bytes (default: 60% of available memory), or
+    exactly ``shard_bytes`` when given.
+    """
+    started = time.time()
+    out = Path(output_dir)
+    if (inputs is None) == (documents is None):
+        raise BuildError("give exactly one of inputs=[paths...] or documents=[...]")
+    workers = workers or max(1, os.cpu_count() or 1)
+    max_memory = max_memory or default_max_memory()
+
+    tok = None
+    if tokenizer is not None:
+        from engine.tokenize import load_tokenizer, token_width_for
+
+        tok = load_tokenizer(tokenizer)
+        vocab_size = vocab_size or tok.vocab_size
+        token_width = 1 if tok.kind == "bytes" else token_width_for(vocab_size)
+        if eos_token_id is None:
+            eos_token_id = tok.eos_token_id
+    elif vocab_size is None:
+        raise BuildError("pre-tokenized input without a tokenizer needs vocab_size=")
+    else:
+        token_width = 1 if vocab_size <= 255 else (2 if vocab_size <= 65535 else 4)
+    if vocab_size > separator_id(token_width) + (1 if token_width == 1 else 0):
+        raise BuildError(f"vocab_size {vocab_size} does not fit token width {token_width}")
+
+    options = BuildOptions(
+        inputs=tuple(str(p) for p in inputs) if inputs is not None else ("<documents>",),
+        tokenizer=str(tokenizer) if tokenizer is not None else None,
+        text_field=text_field,
+        line_per_doc=line_per_doc,
+        shard_bytes=shard_bytes or plan_shard_bytes(max_memory, token_width),
+        token_width=token_width,
+        vocab_size=vocab_size,
+        metadata=metadata,
+    )
+    if options.shard_bytes > MAX_SHARD_BYTES:
+        raise BuildError(f"shard_bytes may be at most {MAX_SHARD_BYTES}")
+    _prepare_output(out, options, overwrite)
+    if (out / MANIFEST_NAME).exists():
+        return out
+
+    tokenizer_spec = tok.save(out / "tokenizer") if tok is not None else None
+    shards = _tokenize_phase(out, options, documents, workers, progress)
+    _sort_phase(out, shards, token_width, max_memory, workers, progress)
+    _manifest_phase(out, options, shards, tokenizer_spec, tok.fingerprint() if tok else None, eos_token_id, started)
+    shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    return out
+
+
+def _prepare_output(out: Path, options: BuildOptions, overwrite: bool) -> None:
+    """Create the output folder, or check that an existing one is this same build (to resume)."""
+    state_file = out / STATE_DIR / "options.json"
+    manifest = read_manifest(out) if out.exists() else None
+    same = False
+    if manifest is not None:
+        same = manifest["build"]["options_fingerprint"] == options.fingerprint()
+    elif state_file.exists():
+        same = json.loads(state_file.read_text())["fingerprint"] == options.fingerprint()
+    existing = out.exists() and any(out.iterdir())
+    if existing and not same:
+        if not overwrite:
+            raise BuildError(
+                f"{out} already holds a different index or build; choose another directory or pass overwrite=True "
+                "(--overwrite)"
+            )
+        shutil.rmtree(out)
+    if not existing or not same:
+        (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(state_file, {"fingerprint": options.fingerprint(), "options": options.__dict__})

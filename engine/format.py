@@ -1,0 +1,223 @@
+"""The on-disk contract: infini-gram v4 shard files plus our manifest.json.
+
+Per shard s: ``tokenized.s`` (documents, each a separator then its tokens, little-endian),
+``table.s`` (suffix array of token-aligned byte offsets, ``ptr_size`` bytes each, memcmp order),
+``offset.s`` (u64 byte offset of each document start) and optionally ``metadata.s`` /
+``metaoff.s`` (one JSON line per document and its u64 offset).
+
+Everything that writes goes through :func:`atomic_write_path`: a file is written under a
+temporary name and renamed into place only when complete, so a killed process never leaves
+a half file under a final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from engine.errors import IndexFormatError, IndexNotFoundError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "ngram-engine"
+FORMAT_VERSION = 1
+TOKEN_DTYPES = {1: "u8", 2: "u16", 4: "u32"}
+NUMPY_TOKEN_DTYPES = {1: np.dtype("<u1"), 2: np.dtype("<u2"), 4: np.dtype("<u4")}
+SHARD_FILES = ("tokenized", "table", "offset")
+OPTIONAL_SHARD_FILES = ("metadata", "metaoff")
+_SHARD_FILE_RE = re.compile(r"^tokenized\.(\d+)$")
+
+
+def separator_id(token_width: int) -> int:
+    """The all-ones token value that starts every document (255, 65535 or 2**32-1)."""
+    return (1 << (8 * token_width)) - 1
+
+
+def pointer_size(ds_bytes: int) -> int:
+    """Bytes per suffix-array pointer, as infini-gram computes it: ceil(log2(size) / 8), at least 1."""
+    if ds_bytes <= 1:
+        return 1
+    return max(1, math.ceil(math.log2(ds_bytes) / 8))
+
+
+def shard_path(directory: Path, kind: str, shard: int) -> Path:
+    return Path(directory) / f"{kind}.{shard}"
+
+
+@contextlib.contextmanager
+def atomic_write_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it into place only if the body succeeds."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    with atomic_write_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def discover_shards(directory: Path) -> list[int]:
+    """Shard numbers that have a ``tokenized.s`` file, sorted."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise IndexNotFoundError(f"index directory {directory} does not exist")
+    shards = sorted(int(m.group(1)) for p in directory.iterdir() if (m := _SHARD_FILE_RE.match(p.name)))
+    if not shards:
+        raise IndexNotFoundError(
+            f"{directory} holds no shard files (tokenized.0, table.0, offset.0); build one with `ngram build`"
+        )
+    if shards != list(range(len(shards))):
+        raise IndexFormatError(f"{directory}: shard numbers {shards} are not 0..{len(shards) - 1}")
+    return shards
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = Path(directory) / MANIFEST_NAME
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise IndexFormatError(f"{path} is not valid JSON ({exc}); rebuild the index or remove the file") from exc
+    if manifest.get("format") != FORMAT_NAME:
+        raise IndexFormatError(f"{path} is not an {FORMAT_NAME} manifest")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{path} has format version {manifest['format_version']}; this engine reads up to {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+@dataclass
+class Shard:
+    """The arrays of one shard, memory-mapped read-only (or loaded into RAM)."""
+
+    directory: Path
+    number: int
+    tokenized: np.ndarray  # uint8, the raw bytes
+    table: np.ndarray  # uint8, n_positions * ptr_size
+    offsets: np.ndarray  # uint64 byte offsets of document starts
+    ptr_size: int
+    token_width: int
+    metadata: np.ndarray | None = None  # uint8 bytes of JSON lines
+    metaoffsets: np.ndarray | None = None  # uint64
+
+    @property
+    def num_positions(self) -> int:
+        """Tokens including separators: the length of the suffix array."""
+        return len(self.tokenized) // self.token_width
+
+    @property
+    def num_docs(self) -> int:
+        return len(self.offsets)
+
+    def doc_metadata(self, local_doc: int) -> dict | None:
+        if self.metadata is None or self.metaoffsets is None:
+            return None
+        start = int(self.metaoffsets[local_doc])
+        end = int(self.metaoffsets[local_doc + 1]) if local_doc + 1 < len(self.metaoffsets) else len(self.metadata)
+        raw = bytes(self.metadata[start:end]).strip()
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return {"raw": raw.decode("utf-8", errors="replace")}
+
+
+def _load_array(path: Path, dtype, load: str) -> np.ndarray:
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    if load == "ram":
+        arr = np.fromfile(path, dtype=dtype)
+    else:
+        arr = np.memmap(path, dtype=dtype, mode="r")
+    # A plain ndarray view (not the memmap subclass) makes numba dispatch several times faster.
+    arr = np.asarray(arr)
+    arr.flags.writeable = False
+    return arr
+
+
+def open_shard(directory: Path, number: int, token_width: int, load: str = "mmap") -> Shard:
+    """Open one shard's files and check that their sizes agree with each other."""
+    directory = Path(directory)
+    paths = {kind: shard_path(directory, kind, number) for kind in SHARD_FILES + OPTIONAL_SHARD_FILES}
+    for kind in SHARD_FILES:
+        if not paths[kind].exists():
+            raise IndexFormatError(
+                f"{directory}: shard {number} lacks {paths[kind].name}; the build did not finish "
+                "(rerun the same `ngram build` command to resume)"
+            )
+    ds_bytes = paths["tokenized"].stat().st_size
+    table_bytes = paths["table"].stat().st_size
+    if ds_bytes % token_width:
+        raise IndexFormatError(
+            f"{paths['tokenized']} has {ds_bytes} bytes, not a multiple of the token width {token_width}; "
+            "pass the right token_width (1, 2 or 4)"
+        )
+    positions = ds_bytes // token_width
+    if positions == 0 or table_bytes % positions:
+        raise IndexFormatError(
+            f"{paths['table']} has {table_bytes} bytes for {positions} positions; the shard is corrupt or the "
+            "token width is wrong"
+        )
+    ptr_size = table_bytes // positions
+    if not 1 <= ptr_size <= 8:
+        raise IndexFormatError(f"{paths['table']}: pointer size {ptr_size} is outside 1..8; wrong token width?")
+    if paths["offset"].stat().st_size % 8:
+        raise IndexFormatError(f"{paths['offset']} is not a whole number of u64 offsets")
+    has_meta = paths["metadata"].exists() and paths["metaoff"].exists()
+    return Shard(
+        directory=directory,
+        number=number,
+        tokenized=_load_array(paths["tokenized"], np.uint8, load),
+        table=_load_array(paths["table"], np.uint8, load),
+        offsets=_load_array(paths["offset"], np.dtype("<u8"), load),
+        ptr_size=ptr_size,
+        token_width=token_width,
+        metadata=_load_array(paths["metadata"], np.uint8, load) if has_meta else None,
+        metaoffsets=_load_array(paths["metaoff"], np.dtype("<u8"), load) if has_meta else None,
+    )
+
+
+def infer_token_width(directory: Path, shard: int = 0) -> int:
+    """Guess the token width of an index without a manifest from its file sizes.
+
+    The table holds one pointer per position and pointers are ceil(log2(bytes)/8) wide, so only
+    the right width makes ``table_bytes == positions * pointer_size(ds_bytes)``.
+    """
+    ds_bytes = shard_path(directory, "tokenized", shard).stat().st_size
+    table_bytes = shard_path(directory, "table", shard).stat().st_size
+    candidates = [
+        w for w in (1, 2, 4) if ds_bytes % w == 0 and ds_bytes and table_bytes == (ds_bytes // w) * pointer_size(ds_bytes)
+    ]
+    if len(candidates) != 1:
+        raise IndexFormatError(
+            f"{directory}: cannot infer the token width from file sizes (candidates {candidates}); "
+            "pass token_width=1, 2 or 4"
+        )
+    return candidates[0]

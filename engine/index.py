@@ -1,0 +1,557 @@
+"""NgramIndex: one or more index directories (many shards) answering exact queries.
+
+Every public method validates its arguments here, converts token ids to kernel keys, and calls
+a kernel from engine.kernels; kernels never see bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from engine import kernels
+from engine.errors import IndexFormatError, InvalidQueryError, TokenizerError, TokenizerMismatchError
+from engine.format import (
+    MANIFEST_NAME,
+    Shard,
+    discover_shards,
+    infer_token_width,
+    open_shard,
+    read_manifest,
+    separator_id,
+)
+from engine.build import STATE_DIR
+from engine.results import (
+    Document,
+    FindResult,
+    InfgramNtdResult,
+    InfgramProbResult,
+    NextTokenDistribution,
+    PackedQueries,
+    ProbBatchResult,
+    ProbResult,
+    SearchResult,
+)
+
+_EMPTY_TABLE = np.zeros(0, dtype=np.int64)
+_EMPTY_TABLE.flags.writeable = False
+DEFAULT_MAX_DISP_LEN = 1000
+
+
+class NgramIndex:
+    """Exact n-gram, infini-gram and document queries over memory-mapped suffix-array shards.
+
+    Open with :meth:`open`. Queries are token ids (a sequence or numpy array of ints) or text
+    (a ``str``, tokenized with the index's own tokenizer). Thread-safe: kernels release the GIL.
+    """
+
+    def __init__(self, shards: list[Shard], *, token_width: int, vocab_size: int, eos_token_id: int | None,
+                 tokenizer=None, manifests: list[dict | None] | None = None, paths: list[Path] | None = None,
+                 load: str = "mmap"):
+        self._shards = shards
+        self.token_width = token_width
+        self.vocab_size = vocab_size
+        self.eos_token_id = eos_token_id
+        self.tokenizer = tokenizer
+        self.manifests = manifests or []
+        self.paths = paths or []
+        self.load = load
+        self.separator_id = separator_id(token_width)
+        # Kernel arguments, built once: homogeneous tuples make one numba call cover all shards.
+        self._ds = tuple(s.tokenized for s in shards)
+        self._sa = tuple(s.table for s in shards)
+        self._ps = np.array([s.ptr_size for s in shards], dtype=np.int64)
+        self._ftlo, self._fthi = self._first_token_tables()
+        doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
+        self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
+        self._max_distinct = min(self.vocab_size, self.separator_id) + 2
+        self._warm = False
+        self._warm_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, paths: str | os.PathLike | Iterable[str | os.PathLike], load: str = "mmap", *,
+             tokenizer=None, token_width: int | None = None, vocab_size: int | None = None,
+             eos_token_id: int | None = None) -> "NgramIndex":
+        """Open one or more index directories.
+
+        Everything an index's manifest records is read from it. A directory built by infini-gram
+        (no manifest) opens too: the token width is inferred from file sizes unless given, and
+        ``vocab_size`` defaults to the largest id the width allows. ``load`` is "mmap" (default:
+        pages come from the OS cache on demand) or "ram" (read everything into memory now).
+        """
+        if load not in ("mmap", "ram"):
+            raise InvalidQueryError(f"load must be 'mmap' or 'ram', not {load!r}")
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        paths = [Path(p) for p in paths]
+        if not paths:
+            raise InvalidQueryError("give at least one index directory")
+        shards: list[Shard] = []
+        manifests: list[dict | None] = []
+        widths, vocabs, eoses, fingerprints = set(), set(), set(), set()
+        tok = tokenizer
+        for path in paths:
+            if (path / STATE_DIR).exists() and not (path / MANIFEST_NAME).exists():
+                raise IndexFormatError(
+                    f"{path} is an unfinished build (its .build folder remains); rerun the same `ngram build` "
+                    "command to finish it"
+                )
+            manifest = read_manifest(path) if path.is_dir() else None
+            numbers = discover_shards(path)
+            if manifest is not None:
+                width = manifest["token_width"]
+                if len(manifest["shards"]) != len(numbers):
+                    raise IndexFormatError(
+                        f"{path}: manifest lists {len(manifest['shards'])} shards but {len(numbers)} are on disk"
+                    )
+                vocabs.add(manifest["vocab_size"])
+                eoses.add(manifest.get("eos_token_id"))
+                fingerprints.add(manifest.get("tokenizer_fingerprint"))
+                if tok is None and manifest.get("tokenizer"):
+                    from engine.tokenize import load_tokenizer
+
+                    tok = load_tokenizer(manifest["tokenizer"], base_dir=path / "tokenizer")
+            else:
+                width = token_width or infer_token_width(path)
+            if token_width is not None and token_width != width:
+                raise IndexFormatError(f"{path} has token width {width}, but token_width={token_width} was given")
+            widths.add(width)
+            for n in numbers:
+                shard = open_shard(path, n, width, load)
+                if manifest is not None:
+                    _check_against_manifest(shard, manifest["shards"][n], path)
+                shards.append(shard)
+            manifests.append(manifest)
+        if len(widths) != 1:
+            raise IndexFormatError(f"the directories have different token widths {sorted(widths)}; open them apart")
+        if len(fingerprints - {None}) > 1:
+            raise TokenizerMismatchError("the directories were built with different tokenizers; open them apart")
+        width = widths.pop()
+        if vocab_size is None:
+            known = vocabs - {None}
+            if len(known) > 1:
+                raise IndexFormatError(f"the directories disagree on vocab_size {sorted(known)}")
+            vocab_size = known.pop() if known else separator_id(width)
+        if eos_token_id is None and len(eoses - {None}) == 1:
+            eos_token_id = (eoses - {None}).pop()
+        return cls(shards, token_width=width, vocab_size=vocab_size, eos_token_id=eos_token_id, tokenizer=tok,
+                   manifests=manifests, paths=paths, load=load)
+
+    def _first_token_tables(self):
+        if self.token_width == 4:
+            return tuple(_EMPTY_TABLE for _ in self._shards), tuple(_EMPTY_TABLE for _ in self._shards)
+        size = 1 << (8 * self.token_width)
+        lows, highs = [], []
+        for shard in self._shards:
+            lo = np.empty(size, dtype=np.int64)
+            hi = np.empty(size, dtype=np.int64)
+            kernels.first_key_table(shard.tokenized, shard.table, shard.ptr_size, self.token_width, lo, hi)
+            lo.flags.writeable = False
+            hi.flags.writeable = False
+            lows.append(lo)
+            highs.append(hi)
+        return tuple(lows), tuple(highs)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards)
+
+    @property
+    def num_tokens(self) -> int:
+        """Positions in the suffix arrays: tokens plus one separator per document."""
+        return sum(s.num_positions for s in self._shards)
+
+    @property
+    def num_docs(self) -> int:
+        return int(self._doc_starts[-1])
+
+    @property
+    def shards(self) -> tuple[Shard, ...]:
+        return tuple(self._shards)
+
+    @property
+    def tokenizer_fingerprint(self) -> str | None:
+        return self.tokenizer.fingerprint() if self.tokenizer is not None else None
+
+    @property
+    def manifest(self) -> dict | None:
+        return self.manifests[0] if len(self.manifests) == 1 else None
+
+    def info(self) -> dict:
+        return {
+            "paths": [str(p) for p in self.paths],
+            "num_shards": self.num_shards,
+            "num_tokens": self.num_tokens,
+            "num_docs": self.num_docs,
+            "token_width": self.token_width,
+            "vocab_size": self.vocab_size,
+            "eos_token_id": self.eos_token_id,
+            "separator_id": self.separator_id,
+            "tokenizer": self.tokenizer.kind if self.tokenizer is not None else None,
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "load": self.load,
+        }
+
+    def warmup(self) -> None:
+        """Compile (or load from cache) every kernel the queries use, so the first query is fast."""
+        with self._warm_lock:
+            if self._warm:
+                return
+            probe = [0]
+            self.count(probe)
+            self.find(probe)
+            self.prob(probe, 0)
+            self.ntd(probe)
+            self.ntd(probe, max_support=2)
+            self.infgram_prob(probe, 0)
+            self.infgram_ntd(probe)
+            self.count_batch([probe, probe])
+            self.prob_batch([probe], [0])
+            self.infgram_prob_batch([probe], [0])
+            self._warm = True
+
+    def __repr__(self) -> str:
+        return (f"NgramIndex({[str(p) for p in self.paths]}, shards={self.num_shards}, tokens={self.num_tokens}, "
+                f"docs={self.num_docs}, u{8 * self.token_width})")
+
+    def __reduce__(self):
+        # Pickle by path: a worker process reopens the same files instead of copying them.
+        return (_reopen, ([str(p) for p in self.paths], self.load, self.token_width, self.vocab_size,
+                          self.eos_token_id))
+
+    # ------------------------------------------------------------------ validation
+    def tokenize(self, text: str) -> np.ndarray:
+        if self.tokenizer is None:
+            raise TokenizerError("this index has no tokenizer; pass token ids instead of text")
+        return np.asarray(self.tokenizer.encode(text), dtype=np.int64)
+
+    def detokenize(self, ids) -> str:
+        if self.tokenizer is None:
+            raise TokenizerError("this index has no tokenizer, so ids cannot be turned back into text")
+        return self.tokenizer.decode([int(i) for i in self._ids(ids, allow_empty=True)])
+
+    def _ids(self, query, *, allow_empty: bool, name: str = "query") -> np.ndarray:
+        """Validated int64 token ids of a query given as ids or text."""
+        if isinstance(query, str):
+            ids = self.tokenize(query)
+        elif isinstance(query, (bytes, bytearray)):
+            raise InvalidQueryError(f"{name} must be token ids or str text, not bytes; decode it first")
+        else:
+            try:
+                ids = np.asarray(query)
+            except (TypeError, ValueError) as exc:
+                raise InvalidQueryError(f"{name} must be a sequence of int token ids or str text ({exc})") from exc
+            if ids.ndim != 1:
+                if ids.ndim == 0:
+                    raise InvalidQueryError(f"{name} must be a sequence of token ids; wrap a single id in a list")
+                raise InvalidQueryError(f"{name} must be one-dimensional, got shape {ids.shape}")
+            if ids.size == 0:
+                ids = ids.astype(np.int64)
+            elif ids.dtype.kind not in "iu":
+                if ids.dtype.kind == "f" and np.all(np.mod(ids, 1) == 0):
+                    raise InvalidQueryError(f"{name} holds floats; pass integer token ids")
+                raise InvalidQueryError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+            ids = ids.astype(np.int64, copy=False)
+        if ids.size == 0 and not allow_empty:
+            raise InvalidQueryError(f"{name} is empty; give at least one token")
+        if ids.size:
+            self._check_range(ids, name)
+        return ids
+
+    def _check_range(self, ids: np.ndarray, name: str) -> None:
+        low, high = ids.min(), ids.max()
+        if low < 0 or high >= self.vocab_size:
+            bad = int(low if low < 0 else high)
+            raise InvalidQueryError(f"{name} holds token id {bad}, outside the vocabulary 0..{self.vocab_size - 1}")
+        if high == self.separator_id:
+            raise InvalidQueryError(
+                f"{name} holds token id {self.separator_id}, the document separator, which never occurs in a query"
+            )
+
+    def _token(self, token, name: str) -> int:
+        if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
+            raise InvalidQueryError(f"{name} must be one int token id, got {type(token).__name__}")
+        self._check_range(np.array([token], dtype=np.int64), name)
+        return int(token)
+
+    def _keys(self, ids: np.ndarray) -> np.ndarray:
+        return kernels.tokens_to_keys(ids, self.token_width)
+
+    def _packed(self, queries, *, allow_empty: bool, name: str = "queries") -> PackedQueries:
+        if isinstance(queries, PackedQueries):
+            tokens = np.asarray(queries.tokens, dtype=np.int64)
+            offsets = np.asarray(queries.offsets, dtype=np.int64)
+            if offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(tokens) \
+                    or np.any(np.diff(offsets) < 0):
+                raise InvalidQueryError("PackedQueries offsets must start at 0, never decrease and end at len(tokens)")
+            if not allow_empty and np.any(np.diff(offsets) == 0):
+                raise InvalidQueryError(f"{name} holds an empty query; give at least one token each")
+            if tokens.size:
+                self._check_range(tokens, name)
+            return PackedQueries(tokens, offsets)
+        if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence | np.ndarray):
+            raise InvalidQueryError(f"{name} must be a list of queries or PackedQueries")
+        return PackedQueries.from_list(
+            [self._ids(q, allow_empty=allow_empty, name=f"{name}[{i}]") for i, q in enumerate(queries)]
+        )
+
+    # ------------------------------------------------------------------ counting
+    def _ranges(self, ids: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+        keys = self._keys(ids)
+        lo = np.empty(self.num_shards, dtype=np.int64)
+        hi = np.empty(self.num_shards, dtype=np.int64)
+        total = kernels.find_ranges(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
+                                    keys, 0, len(keys), lo, hi)
+        return int(total), lo, hi
+
+    def find(self, query) -> FindResult:
+        """Occurrences of ``query`` as one suffix-array range per shard (empty query: everything)."""
+        total, lo, hi = self._ranges(self._ids(query, allow_empty=True))
+        return FindResult(count=total, segments=tuple((int(a), int(b)) for a, b in zip(lo, hi)))
+
+    def count(self, query) -> int:
+        """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
+        ids = self._ids(query, allow_empty=True)
+        return int(kernels.count_keys(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
+                                      self._keys(ids)))
+
+    def count_batch(self, queries) -> np.ndarray:
+        """Counts of many queries (a list of queries, or PackedQueries), computed in parallel."""
+        packed = self._packed(queries, allow_empty=True)
+        out = np.empty(len(packed), dtype=np.int64)
+        kernels.count_batch_keys(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
+                                 self._keys(packed.tokens), packed.offsets, out)
+        return out
+
+    # ------------------------------------------------------------------ probabilities
+    def prob(self, prompt, cont_id) -> ProbResult:
+        """P(cont_id | prompt) by counting: count(prompt + cont) / count(prompt)."""
+        ids = self._ids(prompt, allow_empty=True, name="prompt")
+        cont = self._token(cont_id, "cont_id")
+        prompt_count, cont_count = self._prompt_and_cont_counts(ids, cont)
+        return ProbResult(prompt_count, cont_count, cont_count / prompt_count if prompt_count else -1.0)
+
+    def _prompt_and_cont_counts(self, ids: np.ndarray, cont: int) -> tuple[int, int]:
+        prompt_count, lo, hi = self._ranges(ids)
+        if prompt_count == 0:
+            return 0, 0
+        cont_key = int(self._keys(np.array([cont]))[0])
+        cont_count = kernels.extend_ranges(self._ds, self._sa, self._ps, self.token_width, lo, hi,
+                                           len(ids) * self.token_width, cont_key, lo, hi)
+        return prompt_count, int(cont_count)
+
+    def _longest_suffix_len(self, ids: np.ndarray) -> int:
+        return int(kernels.longest_suffix(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
+                                          self._keys(ids), len(ids)))
+
+    def infgram_prob(self, prompt, cont_id) -> InfgramProbResult:
+        """P(cont_id | longest suffix of prompt that occurs); suffix_len says how long it was."""
+        ids = self._ids(prompt, allow_empty=True, name="prompt")
+        cont = self._token(cont_id, "cont_id")
+        suffix_len = self._longest_suffix_len(ids)
+        prompt_count, cont_count = self._prompt_and_cont_counts(ids[len(ids) - suffix_len:], cont)
+        prob = cont_count / prompt_count if prompt_count else -1.0
+        return InfgramProbResult(prompt_count, cont_count, prob, suffix_len=suffix_len)
+
+    def prob_batch(self, prompts, cont_ids) -> ProbBatchResult:
+        return self._prob_batch(prompts, cont_ids, use_suffix=False)
+
+    def infgram_prob_batch(self, prompts, cont_ids) -> ProbBatchResult:
+        return self._prob_batch(prompts, cont_ids, use_suffix=True)
+
+    def _prob_batch(self, prompts, cont_ids, *, use_suffix: bool) -> ProbBatchResult:
+        packed = self._packed(prompts, allow_empty=True, name="prompts")
+        conts = np.asarray(cont_ids)
+        if conts.ndim != 1 or len(conts) != len(packed) or (conts.size and conts.dtype.kind not in "iu"):
+            raise InvalidQueryError(f"cont_ids must be {len(packed)} integer token ids, one per prompt")
+        conts = conts.astype(np.int64)
+        if conts.size:
+            self._check_range(conts, "cont_ids")
+        out = np.empty((len(packed), 3), dtype=np.int64)
+        kernels.prob_batch_keys(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
+                                self._keys(packed.tokens), packed.offsets, self._keys(conts), use_suffix, out)
+        prompt_counts, cont_counts = out[:, 0].copy(), out[:, 1].copy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            probs = np.where(prompt_counts > 0, cont_counts / np.maximum(prompt_counts, 1), -1.0)
+        return ProbBatchResult(prompt_counts, cont_counts, probs, out[:, 2].copy() if use_suffix else None)
+
+    # ------------------------------------------------------------------ distributions
+    def _check_support(self, max_support) -> int | None:
+        if max_support is None:
+            return None
+        if isinstance(max_support, bool) or not isinstance(max_support, (int, np.integer)) or max_support < 1:
+            raise InvalidQueryError("max_support must be a positive int, or None for the exact distribution")
+        return int(max_support)
+
+    def _distribution(self, ids: np.ndarray, max_support: int | None):
+        """(prompt_count, tokens, counts, end_count, approx) of the tokens after ``ids``."""
+        prompt_count, lo, hi = self._ranges(ids)
+        depth = len(ids) * self.token_width
+        widths = hi - lo
+        if max_support is not None and np.any(widths > max_support):
+            return self._sampled_distribution(lo, hi, depth, max_support)
+        capacity = int(np.minimum(widths, self._max_distinct).sum())
+        keys = np.empty(capacity, dtype=np.int64)
+        counts = np.empty(capacity, dtype=np.int64)
+        n = kernels.next_token_runs(self._ds, self._sa, self._ps, self.token_width, lo, hi, depth, keys, counts)
+        keys, counts = keys[:n], counts[:n]
+        tokens, counts, end_count = self._split_ends(keys, counts)
+        return prompt_count, tokens, counts, end_count, False
+
+    def _split_ends(self, keys: np.ndarray, counts: np.ndarray):
+        """Tokens sorted by id with their counts, and the count of document ends (separator / end of data)."""
+        is_end = (keys < 0) | (keys == self.separator_id)
+        end_count = int(counts[is_end].sum())
+        tokens = kernels.tokens_to_keys(keys[~is_end], self.token_width)
+        counts = counts[~is_end]
+        order = np.argsort(tokens, kind="stable")
+        return tokens[order], counts[order], end_count
+
+    def _sampled_distribution(self, lo, hi, depth, max_support):
+        """infini-gram's capped ntd: every unit-th occurrence per shard, weighted by unit."""
+        widths = hi - lo
+        units = np.where(widths > max_support, (widths + max_support - 1) // max_support, 1)
+        capacity = int(((widths + units - 1) // units).sum())
+        keys = np.empty(capacity, dtype=np.int64)
+        n = kernels.sampled_next_keys(self._ds, self._sa, self._ps, self.token_width, lo, hi, depth, max_support, keys)
+        per_shard = (widths + units - 1) // units
+        weights = np.repeat(units, per_shard)[:n]
+        uniq, inverse = np.unique(keys[:n], return_inverse=True)
+        counts = np.bincount(inverse, weights=weights, minlength=len(uniq)).astype(np.int64)
+        tokens, counts, end_count = self._split_ends(uniq, counts)
+        return int(counts.sum() + end_count), tokens, counts, end_count, True
+
+    def ntd(self, prompt, max_support: int | None = None) -> NextTokenDistribution:
+        """Every distinct next token after ``prompt`` with its exact count (``max_support`` caps the scan
+        the way infini-gram does, returning approx=True)."""
+        ids = self._ids(prompt, allow_empty=True, name="prompt")
+        prompt_count, tokens, counts, end_count, approx = self._distribution(ids, self._check_support(max_support))
+        return NextTokenDistribution(prompt_count, tokens, counts, end_count, approx)
+
+    def infgram_ntd(self, prompt, max_support: int | None = None) -> InfgramNtdResult:
+        """ntd of the longest suffix of ``prompt`` that occurs; suffix_len says how long it was."""
+        ids = self._ids(prompt, allow_empty=True, name="prompt")
+        max_support = self._check_support(max_support)
+        suffix_len = self._longest_suffix_len(ids)
+        prompt_count, tokens, counts, end_count, approx = self._distribution(ids[len(ids) - suffix_len:], max_support)
+        return InfgramNtdResult(prompt_count, tokens, counts, end_count, approx, suffix_len=suffix_len)
+
+    def ntd_batch(self, prompts, max_support: int | None = None) -> list[NextTokenDistribution]:
+        packed = self._packed(prompts, allow_empty=True, name="prompts")
+        return [self.ntd(packed[i], max_support) for i in range(len(packed))]
+
+    def infgram_ntd_batch(self, prompts, max_support: int | None = None) -> list[InfgramNtdResult]:
+        packed = self._packed(prompts, allow_empty=True, name="prompts")
+        return [self.infgram_ntd(packed[i], max_support) for i in range(len(packed))]
+
+    # ------------------------------------------------------------------ documents
+    def _check_disp_len(self, max_disp_len) -> int:
+        if isinstance(max_disp_len, bool) or not isinstance(max_disp_len, (int, np.integer)) or max_disp_len < 1:
+            raise InvalidQueryError("max_disp_len must be a positive int (tokens to return per document)")
+        return int(max_disp_len)
+
+    def _check_shard(self, shard) -> Shard:
+        if isinstance(shard, bool) or not isinstance(shard, (int, np.integer)) or not 0 <= shard < self.num_shards:
+            raise InvalidQueryError(f"shard must be an int in 0..{self.num_shards - 1}")
+        return self._shards[int(shard)]
+
+    def search_docs(self, query, max_docs: int = 10, max_disp_len: int = DEFAULT_MAX_DISP_LEN) -> SearchResult:
+        """The documents holding the first ``max_docs`` occurrences of ``query`` (in suffix-array order),
+        each as a window of at most ``max_disp_len`` tokens around the match."""
+        ids = self._ids(query, allow_empty=False)
+        if isinstance(max_docs, bool) or not isinstance(max_docs, (int, np.integer)) or max_docs < 0:
+            raise InvalidQueryError("max_docs must be a non-negative int")
+        max_disp_len = self._check_disp_len(max_disp_len)
+        total, lo, hi = self._ranges(ids)
+        documents = []
+        for s in range(self.num_shards):
+            take = min(int(hi[s] - lo[s]), max_docs - len(documents))
+            for rank in range(int(lo[s]), int(lo[s]) + take):
+                documents.append(self._doc_at_rank(s, rank, max_disp_len, needle_len=len(ids)))
+        return SearchResult(count=total, documents=documents, approx=False)
+
+    def iter_doc_ranks(self, query):
+        """(shard, rank) of every occurrence of ``query``, in suffix-array order."""
+        _, lo, hi = self._ranges(self._ids(query, allow_empty=False))
+        for s in range(self.num_shards):
+            for rank in range(int(lo[s]), int(hi[s])):
+                yield s, rank
+
+    def get_doc_by_rank(self, shard: int, rank: int, max_disp_len: int = DEFAULT_MAX_DISP_LEN) -> Document:
+        """The document holding the suffix at ``rank`` of ``shard``'s suffix array."""
+        sh = self._check_shard(shard)
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < sh.num_positions:
+            raise InvalidQueryError(f"rank must be an int in 0..{sh.num_positions - 1}")
+        return self._doc_at_rank(int(shard), int(rank), self._check_disp_len(max_disp_len), needle_len=0)
+
+    def get_doc_by_ptr(self, shard: int, ptr: int, max_disp_len: int = DEFAULT_MAX_DISP_LEN) -> Document:
+        """The document holding byte offset ``ptr`` of ``shard``'s tokenized file."""
+        sh = self._check_shard(shard)
+        if isinstance(ptr, bool) or not isinstance(ptr, (int, np.integer)) or not 0 <= ptr < len(sh.tokenized) \
+                or ptr % self.token_width:
+            raise InvalidQueryError(
+                f"ptr must be a multiple of {self.token_width} in 0..{len(sh.tokenized) - 1}")
+        return self._doc_at_ptr(int(shard), int(ptr), self._check_disp_len(max_disp_len), needle_len=0)
+
+    def get_doc_by_ix(self, doc_ix: int, max_disp_len: int = DEFAULT_MAX_DISP_LEN) -> Document:
+        """Document number ``doc_ix`` counted over all shards in order, from its start."""
+        if isinstance(doc_ix, bool) or not isinstance(doc_ix, (int, np.integer)) or not 0 <= doc_ix < self.num_docs:
+            raise InvalidQueryError(f"doc_ix must be an int in 0..{self.num_docs - 1}")
+        max_disp_len = self._check_disp_len(max_disp_len)
+        s = int(np.searchsorted(self._doc_starts, doc_ix, side="right") - 1)
+        local = int(doc_ix - self._doc_starts[s])
+        start, end = self._doc_bounds(s, local)
+        tokens = self._tokens(s, start, min(end, start + max_disp_len * self.token_width))
+        return Document(doc_ix=int(doc_ix), doc_len=(end - start) // self.token_width, disp_len=len(tokens),
+                        needle_offset=0, token_ids=tokens, metadata=self._shards[s].doc_metadata(local), shard=s)
+
+    def _doc_bounds(self, s: int, local_doc: int) -> tuple[int, int]:
+        """Byte range of a document's tokens (after its separator)."""
+        shard = self._shards[s]
+        start = int(shard.offsets[local_doc]) + self.token_width
+        end = int(shard.offsets[local_doc + 1]) if local_doc + 1 < shard.num_docs else len(shard.tokenized)
+        return start, end
+
+    def _tokens(self, s: int, start: int, end: int) -> np.ndarray:
+        raw = np.asarray(self._shards[s].tokenized[start:end])
+        return raw.view(f"<u{self.token_width}").astype(np.int64)
+
+    def _doc_at_rank(self, s: int, rank: int, max_disp_len: int, needle_len: int) -> Document:
+        ptr = np.empty(1, dtype=np.int64)
+        kernels.pointers_at(self._shards[s].table, self._shards[s].ptr_size, rank, rank + 1, ptr)
+        return self._doc_at_ptr(s, int(ptr[0]), max_disp_len, needle_len)
+
+    def _doc_at_ptr(self, s: int, ptr: int, max_disp_len: int, needle_len: int) -> Document:
+        shard = self._shards[s]
+        local = int(np.searchsorted(shard.offsets, ptr, side="right") - 1)
+        start, end = self._doc_bounds(s, local)
+        ptr = max(ptr, start)  # a pointer at the separator belongs to the document it opens
+        # Centre the window on the match, as infini-gram does, clipped to the document.
+        tw = self.token_width
+        before = max(0, (max_disp_len - needle_len) // 2)
+        win_start = max(start, ptr - before * tw)
+        win_end = min(end, win_start + max_disp_len * tw)
+        tokens = self._tokens(s, win_start, win_end)
+        return Document(doc_ix=int(self._doc_starts[s] + local), doc_len=(end - start) // tw, disp_len=len(tokens),
+                        needle_offset=(ptr - win_start) // tw, token_ids=tokens,
+                        metadata=shard.doc_metadata(local), shard=s)
+
+
+def _check_against_manifest(shard: Shard, entry: dict, path: Path) -> None:
+    if shard.num_positions != entry["num_tokens"] or shard.num_docs != entry["num_docs"] \
+            or shard.ptr_size != entry["ptr_size"]:
+        raise IndexFormatError(
+            f"{path}: shard {shard.number} files do not match the manifest (tokens {shard.num_positions} vs "
+            f"{entry['num_tokens']}, docs {shard.num_docs} vs {entry['num_docs']}); run `ngram verify {path}`"
+        )
+
+
+def _reopen(paths, load, token_width, vocab_size, eos_token_id):
+    return NgramIndex.open(paths, load=load, token_width=token_width, vocab_size=vocab_size,
+                           eos_token_id=eos_token_id)

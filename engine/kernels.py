@@ -1,0 +1,328 @@
+"""numba kernels: arrays and scalars in, arrays and scalars out; no files, no objects, no raising.
+
+Conventions shared by every kernel:
+- A shard is ``ds`` (uint8 bytes of tokenized.s) and ``sa`` (uint8 bytes of table.s, ``ps`` bytes
+  per little-endian pointer). Kernels over a whole index take homogeneous tuples ``ds_t``/``sa_t``
+  (one entry per shard) and an int64 array ``ps_a`` of pointer sizes.
+- Tokens are compared as *keys*: the big-endian value of the token's stored bytes, which orders
+  exactly like memcmp on the little-endian bytes (the order the suffix array was sorted in).
+  ``tokens_to_keys`` converts; the conversion is its own inverse. A position past the end of the
+  data has key -1, so shorter suffixes sort first, as memcmp does.
+- The separator (all ones) has the largest key, so "document ends here" sorts last in a range.
+- Ranges are half-open ``[lo, hi)`` over suffix-array ranks, per shard.
+- ``ftlo_t``/``fthi_t`` hold each shard's range of every first token (indexed by key) for token
+  widths 1 and 2; for width 4 they are empty arrays and searches start from the whole shard.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+def tokens_to_keys(tokens: np.ndarray, token_width: int) -> np.ndarray:
+    """int64 keys (big-endian values) of int token ids; also maps keys back to token ids."""
+    t = np.asarray(tokens, dtype=np.int64)
+    if token_width == 1:
+        return t.copy()
+    if token_width == 2:
+        return ((t & 0xFF) << 8) | ((t >> 8) & 0xFF)
+    return ((t & 0xFF) << 24) | (((t >> 8) & 0xFF) << 16) | (((t >> 16) & 0xFF) << 8) | ((t >> 24) & 0xFF)
+
+
+@njit(inline="always")
+def _ptr(sa, ps, rank):
+    base = rank * ps
+    value = np.int64(0)
+    for k in range(ps):
+        value |= np.int64(sa[base + k]) << (8 * k)
+    return value
+
+
+@njit(inline="always")
+def _key(ds, tw, pos):
+    if pos + tw > ds.shape[0]:
+        return np.int64(-1)
+    if tw == 1:
+        return np.int64(ds[pos])
+    if tw == 2:
+        return (np.int64(ds[pos]) << 8) | np.int64(ds[pos + 1])
+    return (
+        (np.int64(ds[pos]) << 24) | (np.int64(ds[pos + 1]) << 16) | (np.int64(ds[pos + 2]) << 8) | np.int64(ds[pos + 3])
+    )
+
+
+@njit(inline="always")
+def _key_at_rank(ds, sa, ps, tw, rank, depth):
+    return _key(ds, tw, _ptr(sa, ps, rank) + depth)
+
+
+@njit(inline="always")
+def _lower_bound(ds, sa, ps, tw, lo, hi, depth, key):
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _key_at_rank(ds, sa, ps, tw, mid, depth) < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(inline="always")
+def _upper_bound(ds, sa, ps, tw, lo, hi, depth, key):
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if _key_at_rank(ds, sa, ps, tw, mid, depth) <= key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(inline="always")
+def _narrow(ds, sa, ps, tw, lo, hi, depth, key):
+    """The sub-range of [lo, hi) whose token at byte depth ``depth`` has ``key``."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        k = _key_at_rank(ds, sa, ps, tw, mid, depth)
+        if k < key:
+            lo = mid + 1
+        elif k > key:
+            hi = mid
+        else:
+            return (
+                _lower_bound(ds, sa, ps, tw, lo, mid, depth, key),
+                _upper_bound(ds, sa, ps, tw, mid + 1, hi, depth, key),
+            )
+    return lo, lo
+
+
+@njit(inline="always")
+def _find_in_shard(ds, sa, ps, tw, ftlo, fthi, keys, start, stop):
+    """Range of the suffixes that start with keys[start:stop], starting from the first-token table."""
+    n_pos = sa.shape[0] // ps
+    if start >= stop:
+        return np.int64(0), np.int64(n_pos)
+    if ftlo.shape[0] > 0:
+        lo = ftlo[keys[start]]
+        hi = fthi[keys[start]]
+        j = start + 1
+    else:
+        lo = np.int64(0)
+        hi = np.int64(n_pos)
+        j = start
+    while j < stop and lo < hi:
+        lo, hi = _narrow(ds, sa, ps, tw, lo, hi, (j - start) * tw, keys[j])
+        j += 1
+    return lo, hi
+
+
+@njit(nogil=True, cache=True)
+def find_ranges(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, start, stop, lo_out, hi_out):
+    """Fill each shard's range of keys[start:stop]; return the total count."""
+    total = np.int64(0)
+    for s in range(len(ds_t)):
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, start, stop)
+        lo_out[s] = lo
+        hi_out[s] = hi
+        total += hi - lo
+    return total
+
+
+@njit(nogil=True, cache=True)
+def count_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys):
+    """Total occurrences of the whole key sequence over all shards."""
+    total = np.int64(0)
+    for s in range(len(ds_t)):
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, 0, keys.shape[0])
+        total += hi - lo
+    return total
+
+
+@njit(nogil=True, cache=True)
+def extend_ranges(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, key, lo_out, hi_out):
+    """Narrow per-shard ranges matching a prefix of ``depth`` bytes by one more key; return the count."""
+    total = np.int64(0)
+    for s in range(len(ds_t)):
+        lo, hi = _narrow(ds_t[s], sa_t[s], ps_a[s], tw, lo_a[s], hi_a[s], depth, key)
+        lo_out[s] = lo
+        hi_out[s] = hi
+        total += hi - lo
+    return total
+
+
+@njit(inline="always")
+def _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, start):
+    total = np.int64(0)
+    for s in range(len(ds_t)):
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, start, keys.shape[0])
+        total += hi - lo
+    return total
+
+
+@njit(nogil=True, cache=True)
+def longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, max_len):
+    """Length of the longest suffix of ``keys`` (at most ``max_len`` long) that occurs in the index.
+
+    Counts only shrink as a suffix grows, so exponential then binary search over the length
+    finds it with O(log L) searches (the same search infini-gram's infgram queries use).
+    """
+    n = keys.shape[0]
+    limit = min(n, max_len)
+    good = 0
+    probe = 1
+    while probe <= limit and _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, n - probe) > 0:
+        good = probe
+        probe *= 2
+    bad = min(probe, limit + 1)
+    while bad - good > 1:
+        mid = (good + bad) >> 1
+        if _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, n - mid) > 0:
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+@njit(inline="always")
+def _runs_in_range(ds, sa, ps, tw, lo, hi, depth, out_keys, out_counts, n):
+    """Append (key, run length) of each distinct key at ``depth`` in [lo, hi), jumping over runs."""
+    i = lo
+    while i < hi:
+        key = _key_at_rank(ds, sa, ps, tw, i, depth)
+        # Gallop to bracket the end of the run, then binary search inside the bracket.
+        last_equal = i
+        step = 1
+        bound = hi
+        while i + step < hi:
+            if _key_at_rank(ds, sa, ps, tw, i + step, depth) == key:
+                last_equal = i + step
+                step <<= 1
+            else:
+                bound = i + step
+                break
+        j = _upper_bound(ds, sa, ps, tw, last_equal + 1, bound, depth, key)
+        out_keys[n] = key
+        out_counts[n] = j - i
+        n += 1
+        i = j
+    return n
+
+
+@njit(nogil=True, cache=True)
+def next_token_runs(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, out_keys, out_counts):
+    """Distinct keys following ranges that match a ``depth``-byte prefix, merged over shards.
+
+    Writes keys sorted ascending with their total counts; returns how many. Key -1 (end of data)
+    and the separator key mean "the document ends here". The outputs must hold the sum over
+    shards of min(hi - lo, distinct keys possible).
+    """
+    n = 0
+    for s in range(len(ds_t)):
+        n = _runs_in_range(ds_t[s], sa_t[s], ps_a[s], tw, lo_a[s], hi_a[s], depth, out_keys, out_counts, n)
+    if len(ds_t) == 1:
+        return n
+    order = np.argsort(out_keys[:n], kind="mergesort")
+    merged = 0
+    keys = out_keys[:n][order]
+    counts = out_counts[:n][order]
+    for i in range(n):
+        if merged > 0 and out_keys[merged - 1] == keys[i]:
+            out_counts[merged - 1] += counts[i]
+        else:
+            out_keys[merged] = keys[i]
+            out_counts[merged] = counts[i]
+            merged += 1
+    return merged
+
+
+@njit(nogil=True, cache=True)
+def sampled_next_keys(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, max_support, out_keys):
+    """infini-gram's approximate ntd: per shard, every ``unit``-th rank of an oversized range.
+
+    unit = ceil((hi - lo) / max_support). Returns how many keys were written (unsorted); the
+    caller weights each by its shard's unit.
+    """
+    n = 0
+    for s in range(len(ds_t)):
+        lo = lo_a[s]
+        hi = hi_a[s]
+        width = hi - lo
+        unit = (width + max_support - 1) // max_support if width > max_support else 1
+        r = lo
+        while r < hi:
+            out_keys[n] = _key_at_rank(ds_t[s], sa_t[s], ps_a[s], tw, r, depth)
+            n += 1
+            r += unit
+    return n
+
+
+@njit(nogil=True, cache=True)
+def first_key_table(ds, sa, ps, tw, table_lo, table_hi):
+    """Each first key's rank range in one shard, from one jumping pass over the whole suffix array."""
+    n_pos = sa.shape[0] // ps
+    cap = table_lo.shape[0] + 1
+    keys = np.empty(cap, dtype=np.int64)
+    counts = np.empty(cap, dtype=np.int64)
+    n = _runs_in_range(ds, sa, ps, tw, 0, n_pos, 0, keys, counts, 0)
+    start = np.int64(0)
+    # Absent keys get an empty range at their insertion point.
+    next_run = 0
+    for key in range(table_lo.shape[0]):
+        while next_run < n and keys[next_run] < key:
+            start += counts[next_run]
+            next_run += 1
+        if next_run < n and keys[next_run] == key:
+            table_lo[key] = start
+            table_hi[key] = start + counts[next_run]
+        else:
+            table_lo[key] = start
+            table_hi[key] = start
+
+
+@njit(parallel=True)
+def count_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, offsets, out):
+    """Counts of many key sequences, query i being keys[offsets[i]:offsets[i+1]]."""
+    for q in prange(offsets.shape[0] - 1):
+        total = np.int64(0)
+        for s in range(len(ds_t)):
+            lo, hi = _find_in_shard(
+                ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, offsets[q], offsets[q + 1]
+            )
+            total += hi - lo
+        out[q] = total
+
+
+@njit(parallel=True)
+def prob_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, offsets, cont_keys, use_suffix, out):
+    """Per query: prompt count, continuation count and suffix length (columns of ``out``).
+
+    With ``use_suffix`` the prompt is first cut to its longest occurring suffix (the infgram form).
+    """
+    n_shards = len(ds_t)
+    for q in prange(offsets.shape[0] - 1):
+        start = offsets[q]
+        stop = offsets[q + 1]
+        if use_suffix:
+            start = stop - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys[start:stop], stop - start)
+        prompt_count = np.int64(0)
+        cont_count = np.int64(0)
+        for s in range(n_shards):
+            ds = ds_t[s]
+            sa = sa_t[s]
+            ps = ps_a[s]
+            lo, hi = _find_in_shard(ds, sa, ps, tw, ftlo_t[s], fthi_t[s], keys, start, stop)
+            prompt_count += hi - lo
+            if hi > lo:
+                clo, chi = _narrow(ds, sa, ps, tw, lo, hi, (stop - start) * tw, cont_keys[q])
+                cont_count += chi - clo
+        out[q, 0] = prompt_count
+        out[q, 1] = cont_count
+        out[q, 2] = stop - start
+
+
+@njit(nogil=True, cache=True)
+def pointers_at(sa, ps, lo, hi, out):
+    """Suffix-array entries (byte offsets into tokenized.s) for ranks lo..hi-1."""
+    for r in range(lo, hi):
+        out[r - lo] = _ptr(sa, ps, r)

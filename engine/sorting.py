@@ -1,0 +1,66 @@
+"""Suffix-array construction for one shard: pydivsufsort, then a compact pointer table.
+
+Peak memory for a shard of B bytes is about 5B (the bytes plus divsufsort's int32 array); the
+pointer table is written straight into a memory-mapped temporary file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from engine.format import atomic_write_path, pointer_size, shard_path
+
+MAX_SHARD_BYTES = (1 << 31) - 1  # divsufsort's 32-bit variant; keeps the SA at 4 bytes per byte
+
+
+def sort_peak_bytes(shard_bytes: int, token_width: int) -> int:
+    """Estimated peak resident memory of sorting a shard of ``shard_bytes`` bytes."""
+    return shard_bytes * 5 + (shard_bytes // token_width) * pointer_size(shard_bytes) // 4 + (64 << 20)
+
+
+@njit(nogil=True, cache=True)
+def _compact_aligned(sa, token_width):
+    """Keep, in order and in place, the suffixes that start on a token boundary; return how many."""
+    n = 0
+    for i in range(sa.shape[0]):
+        if sa[i] % token_width == 0:
+            sa[n] = sa[i]
+            n += 1
+    return n
+
+
+@njit(nogil=True, cache=True)
+def _write_pointers(sa, n, ptr_size, out):
+    for i in range(n):
+        value = np.int64(sa[i])
+        base = i * ptr_size
+        for k in range(ptr_size):
+            out[base + k] = (value >> (8 * k)) & 0xFF
+
+
+def suffix_array_bytes(ds: np.ndarray, token_width: int) -> tuple[np.ndarray, int]:
+    """The token-aligned suffix array of ``ds`` (uint8, writable) and its length."""
+    from pydivsufsort import divsufsort
+
+    sa = divsufsort(ds)
+    if token_width == 1:
+        return sa, len(sa)
+    return sa, _compact_aligned(sa, token_width)
+
+
+def sort_shard(directory: Path, shard: int, token_width: int) -> int:
+    """Write ``table.<shard>`` for an existing ``tokenized.<shard>``; return the pointer size."""
+    ds_path = shard_path(directory, "tokenized", shard)
+    ds = np.fromfile(ds_path, dtype=np.uint8)  # writable: pydivsufsort refuses read-only buffers
+    ps = pointer_size(len(ds))
+    sa, n = suffix_array_bytes(ds, token_width)
+    del ds
+    with atomic_write_path(shard_path(directory, "table", shard)) as tmp:
+        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(n * ps,))
+        _write_pointers(sa, n, ps, out)
+        out.flush()
+        del out
+    return ps
