@@ -1,5 +1,39 @@
-"""PyTorch-side consumers of the n-gram engine. Imports neither numba nor grpc."""
+"""PyTorch-side consumers of the n-gram engine. Imports neither numba nor grpc.
 
+torch-free: NgramSource, tokenizer checks, ∞-gram tracking, drafters, the f-gram matcher.
+Need torch (imported on first use): InfgramLogitsProcessor, speculative_generate,
+generate_with_drafter, SconeEmbedding and friends.
+"""
+
+from lm_integration.drafter import ConstantDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter
+from lm_integration.errors import FgramVocabError, LMIntegrationError, TokenizerMismatchError
+from lm_integration.fgram import CausalFgramMatcher, FgramVocab, load_fgram_vocab
+from lm_integration.infgram import InfgramEstimate, InfgramTracker, estimate_from_ntd
 from lm_integration.source import NgramSource
+from lm_integration.tokenizer_compat import check_tokenizer_compat, tokenizer_fingerprint
 
-__all__ = ["NgramSource"]
+_LAZY = {
+    "InfgramLogitsProcessor": "lm_integration.prior",
+    "speculative_generate": "lm_integration.speculative",
+    "generate_with_drafter": "lm_integration.speculative",
+    "SpecStats": "lm_integration.speculative",
+    "SconeEmbedding": "lm_integration.scone",
+    "FgramEncoder": "lm_integration.scone",
+    "precompute_fgram_table": "lm_integration.scone",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lm_integration' has no attribute {name!r}")
+
+
+__all__ = [
+    "NgramSource", "check_tokenizer_compat", "tokenizer_fingerprint", "TokenizerMismatchError",
+    "LMIntegrationError", "FgramVocabError", "InfgramEstimate", "InfgramTracker", "estimate_from_ntd",
+    "InfgramDrafter", "PromptLookupDrafter", "NullDrafter", "ConstantDrafter",
+    "CausalFgramMatcher", "FgramVocab", "load_fgram_vocab", *_LAZY,
+]

@@ -1,0 +1,244 @@
+"""Speculative decoding with greedy verification and a KV cache (needs torch).
+
+``speculative_generate(model, drafter, input_ids, max_new_tokens)`` returns exactly the tokens
+plain greedy decoding (``model.generate(do_sample=False)``) returns, for any drafter: each step
+feeds the pending token plus the row's draft through the model once, keeps the longest draft prefix
+that matches the model's own argmax, and adds the model's next token after it. Batches of any size:
+rows accept different numbers of tokens; rejected cache slots are masked out (and cropped once no
+row needs them), positions are tracked per row.
+
+``generate_with_drafter`` plugs a drafter into Hugging Face's own assisted ``generate`` loop
+(batch size 1, the library's limit) through its candidate-generator interface.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class SpecStats:
+    """What a speculative_generate call did. A step is one forward pass of the model over a batch
+    (the prefill included); per-row figures are averaged over the rows that were still generating."""
+
+    new_tokens: int = 0  # tokens generated, all rows
+    row_steps: int = 0  # sum over steps of the rows still generating
+    steps: int = 0  # forward passes, prefill included
+    drafted: int = 0  # draft tokens proposed
+    accepted: int = 0  # draft tokens accepted
+    drafter_seconds: float = 0.0
+    model_seconds: float = 0.0
+    seconds: float = 0.0
+    per_row_new_tokens: list = field(default_factory=list)
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Mean tokens a row gains per forward pass (1.0 for plain greedy)."""
+        return self.new_tokens / max(self.row_steps, 1)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def drafter_ms_per_step(self) -> float:
+        return 1000.0 * self.drafter_seconds / max(self.steps - 1, 1)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "per_row_new_tokens"}
+        d.update(tokens_per_step=self.tokens_per_step, acceptance_rate=self.acceptance_rate,
+                 drafter_ms_per_step=self.drafter_ms_per_step, tokens_per_second=self.tokens_per_second)
+        return d
+
+
+def _eos_set(model, eos_token_id) -> set[int]:
+    if eos_token_id is None:
+        gc = getattr(model, "generation_config", None)
+        eos_token_id = getattr(gc, "eos_token_id", None)
+    if eos_token_id is None:
+        return set()
+    if isinstance(eos_token_id, (list, tuple, set)):
+        return {int(e) for e in eos_token_id}
+    if torch.is_tensor(eos_token_id):
+        return {int(e) for e in eos_token_id.reshape(-1).tolist()}
+    return {int(eos_token_id)}
+
+
+def _new_cache(model):
+    try:
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=model.config)
+        except TypeError:
+            return DynamicCache()
+    except Exception:  # pragma: no cover - a model outside transformers keeps its own cache
+        return None
+
+
+@torch.no_grad()
+def speculative_generate(
+    model,
+    drafter,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    num_draft: int = 8,
+    eos_token_id=None,
+    pad_token_id: int | None = None,
+    return_stats: bool = False,
+):
+    """Greedy generation accelerated by ``drafter`` (see module docstring).
+
+    ``input_ids`` (B, T), left-padded when rows differ in length, with ``attention_mask``. Returns
+    (B, T + n) like ``model.generate``: n is the longest row's new-token count; rows that stopped at
+    EOS earlier are filled with ``pad_token_id``. With ``return_stats`` returns (ids, SpecStats).
+    """
+    t_start = time.perf_counter()
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+    device = input_ids.device
+    B, T0 = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.to(device=device, dtype=torch.long)
+    eos = _eos_set(model, eos_token_id)
+    if pad_token_id is None:
+        gc = getattr(model, "generation_config", None)
+        pad_token_id = getattr(gc, "pad_token_id", None)
+        if pad_token_id is None:
+            pad_token_id = min(eos) if eos else 0
+    stats = SpecStats()
+    if max_new_tokens <= 0:
+        return (input_ids, stats) if return_stats else input_ids
+
+    # prefill
+    pos = (attention_mask.cumsum(-1) - 1).clamp_min(0)
+    cache = _new_cache(model)
+    t0 = time.perf_counter()
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
+                past_key_values=cache, use_cache=True)
+    stats.model_seconds += time.perf_counter() - t0
+    cache = out.past_key_values
+    first = out.logits[:, -1, :].argmax(-1).tolist()
+    stats.steps = 1
+    stats.row_steps = B
+
+    mask_np = attention_mask.cpu().numpy()
+    ids_np = input_ids.cpu().numpy()
+    contexts = [ids_np[b][mask_np[b].astype(bool)].tolist() for b in range(B)]  # real tokens
+    generated: list[list[int]] = [[first[b]] for b in range(B)]
+    done = [first[b] in eos or max_new_tokens <= 1 for b in range(B)]
+    next_pos = attention_mask.sum(-1).clone()  # position of each row's pending token
+    kv_mask = attention_mask.clone()  # which cache slots a row may attend to
+
+    while not all(done):
+        active = [b for b in range(B) if not done[b]]
+        drafts: list[list[int]] = [[] for _ in range(B)]
+        t0 = time.perf_counter()
+        for b in active:
+            budget = min(num_draft, max_new_tokens - len(generated[b]) - 1)
+            if budget > 0:
+                d = drafter.propose(contexts[b] + generated[b], budget, key=b)
+                drafts[b] = [int(x) for x in d[:budget]]
+        stats.drafter_seconds += time.perf_counter() - t0
+        K = max(len(drafts[b]) for b in range(B))
+        block = torch.full((B, 1 + K), int(pad_token_id), dtype=torch.long)
+        bmask = torch.zeros((B, 1 + K), dtype=torch.long)
+        for b in range(B):
+            block[b, 0] = generated[b][-1]
+            bmask[b, 0] = 1
+            if drafts[b]:
+                block[b, 1 : 1 + len(drafts[b])] = torch.tensor(drafts[b])
+                bmask[b, 1 : 1 + len(drafts[b])] = 1
+        block, bmask = block.to(device), bmask.to(device)
+        pos = (next_pos.unsqueeze(1) + torch.arange(1 + K, device=device).unsqueeze(0))
+        full_mask = torch.cat([kv_mask, bmask], dim=1)
+        t0 = time.perf_counter()
+        out = model(input_ids=block, attention_mask=full_mask, position_ids=pos,
+                    past_key_values=cache, use_cache=True)
+        stats.model_seconds += time.perf_counter() - t0
+        cache = out.past_key_values
+        greedy = out.logits.argmax(-1).cpu().numpy()  # (B, 1+K)
+        stats.steps += 1
+        stats.row_steps += len(active)
+        valid = torch.zeros((B, 1 + K), dtype=torch.long)
+        for b in range(B):
+            if done[b]:
+                continue
+            d = drafts[b]
+            m = 0
+            while m < len(d) and d[m] == greedy[b, m]:
+                m += 1
+            stats.drafted += len(d)
+            stats.accepted += m
+            valid[b, : m + 1] = 1
+            next_pos[b] += m + 1
+            for tok in d[:m] + [int(greedy[b, m])]:
+                generated[b].append(tok)
+                if tok in eos or len(generated[b]) >= max_new_tokens:
+                    done[b] = True
+                    break
+        kv_mask = torch.cat([kv_mask, valid.to(device)], dim=1)
+        # crop cache slots that no row attends to any more (always exact for batch size 1)
+        keep = int(kv_mask.any(0).nonzero().max().item()) + 1 if kv_mask.any() else 0
+        if keep < kv_mask.shape[1] and hasattr(cache, "crop"):
+            cache.crop(keep - kv_mask.shape[1])  # negative: remove that many (old and new transformers)
+            kv_mask = kv_mask[:, :keep]
+
+    n = max(len(g) for g in generated)
+    out_ids = torch.full((B, T0 + n), int(pad_token_id), dtype=input_ids.dtype, device=device)
+    out_ids[:, :T0] = input_ids
+    for b in range(B):
+        out_ids[b, T0 : T0 + len(generated[b])] = torch.tensor(generated[b], dtype=input_ids.dtype)
+    stats.new_tokens = sum(len(g) for g in generated)
+    stats.per_row_new_tokens = [len(g) for g in generated]
+    stats.seconds = time.perf_counter() - t_start
+    return (out_ids, stats) if return_stats else out_ids
+
+
+def generate_with_drafter(model, drafter, input_ids: torch.Tensor, *, num_draft: int = 8, **generate_kwargs):
+    """Hugging Face ``model.generate`` (greedy, batch size 1) with ``drafter`` supplying candidates
+    through the library's assisted-generation loop. Extra kwargs go to ``generate``."""
+    from transformers.generation.candidate_generator import CandidateGenerator
+
+    class _DrafterCandidates(CandidateGenerator):
+        def __init__(self):
+            self.seconds = 0.0
+
+        def get_candidates(self, input_ids, **kwargs):
+            t0 = time.perf_counter()
+            ctx = input_ids[0].tolist()
+            d = drafter.propose(ctx, num_draft, key=0)
+            self.seconds += time.perf_counter() - t0
+            if not d:
+                return input_ids, None
+            cand = torch.tensor([d], dtype=input_ids.dtype, device=input_ids.device)
+            return torch.cat([input_ids, cand], dim=1), None
+
+        def update_candidate_strategy(self, input_ids, scores, num_matches):
+            return
+
+    if input_ids.shape[0] != 1:
+        raise ValueError("Hugging Face assisted generation supports batch size 1 only; "
+                         "use speculative_generate for batches")
+    gen = _DrafterCandidates()
+    original = model._get_candidate_generator
+    model._get_candidate_generator = lambda *a, **k: gen
+    try:
+        generate_kwargs.setdefault("do_sample", False)
+        return model.generate(input_ids, prompt_lookup_num_tokens=num_draft, **generate_kwargs)
+    finally:
+        try:
+            del model._get_candidate_generator
+        except AttributeError:
+            model._get_candidate_generator = original

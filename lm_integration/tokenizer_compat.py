@@ -1,0 +1,146 @@
+"""Is the model's tokenizer the index's tokenizer? Refuse with a clear error when it is not.
+
+Two checks, both cheap:
+
+* vocabulary size: ``source.vocab_size`` against the tokenizer's (``len(tokenizer)`` for Hugging
+  Face, ``n_vocab`` for tiktoken, ...), and against the model's logit width, which may be larger
+  (padded embedding matrices) but never smaller;
+* fingerprint: ``source.tokenizer_fingerprint`` against :func:`tokenizer_fingerprint` of the
+  model's tokenizer. The fingerprint is library-independent: a SHA-256 of the vocabulary size and
+  of the ids the tokenizer gives to a fixed set of probe texts (ASCII, digits, code, whitespace
+  runs, accents, CJK, emoji). Two implementations of the same tokenizer (tiktoken's GPT-2 and Hugging
+  Face's GPT-2) get the same fingerprint; two different vocabularies of the same size do not.
+
+Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from typing import Any, Callable, Sequence
+
+from lm_integration.errors import TokenizerMismatchError
+
+FINGERPRINT_VERSION = "probe-v1"
+
+PROBE_TEXTS: tuple[str, ...] = (
+    "The quick brown fox jumps over the lazy dog.",
+    "In the beginning God created the heaven and the earth.",
+    "  leading spaces, trailing spaces   \n\n\tand tabs\r\n",
+    "0 1 12 123 1234 12345 3.14159 -42 1e-9 0x7fffffff",
+    "static int foo(struct bar *b) { return b->x << 2; } // C\n#include <linux/kernel.h>",
+    "def f(x):\n    return {'a': [1, 2, 3]}  # python",
+    "naïve café résumé Straße Ærøskøbing ñandú",
+    "日本語のテキスト 中文文本 한국어",
+    "Привет, мир! Γειά σου κόσμε",
+    "emoji 😀🚀 and symbols ©®™ ∞ ≤ ≥ →",
+    "<|endoftext|> <s> </s> [CLS] <pad>",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+)
+
+
+def tokenizer_vocab_size(tokenizer: Any) -> int:
+    """Number of token ids of a tokenizer object of any supported library."""
+    for attr in ("n_vocab",):  # tiktoken.Encoding
+        if hasattr(tokenizer, attr):
+            return int(getattr(tokenizer, attr))
+    if hasattr(tokenizer, "get_vocab_size"):  # tokenizers.Tokenizer
+        return int(tokenizer.get_vocab_size(with_added_tokens=True))
+    if hasattr(tokenizer, "get_piece_size"):  # sentencepiece.SentencePieceProcessor
+        return int(tokenizer.get_piece_size())
+    if hasattr(tokenizer, "__len__"):  # transformers tokenizers: base vocab + added tokens
+        return int(len(tokenizer))
+    if hasattr(tokenizer, "vocab_size"):
+        return int(tokenizer.vocab_size)
+    raise TypeError(f"cannot tell the vocabulary size of a {type(tokenizer).__name__}")
+
+
+def _encoder(tokenizer: Any) -> Callable[[str], Sequence[int]]:
+    if callable(tokenizer) and not hasattr(tokenizer, "encode"):
+        return tokenizer  # a plain text -> ids function
+    if hasattr(tokenizer, "encode_ordinary"):  # tiktoken: no special-token parsing
+        return tokenizer.encode_ordinary
+    if hasattr(tokenizer, "get_piece_size"):  # sentencepiece
+        return lambda text: tokenizer.encode(text)
+    if hasattr(tokenizer, "get_vocab_size"):  # tokenizers.Tokenizer
+        return lambda text: tokenizer.encode(text, add_special_tokens=False).ids
+    if hasattr(tokenizer, "encode"):  # transformers
+        return lambda text: tokenizer.encode(text, add_special_tokens=False)
+    raise TypeError(f"cannot encode text with a {type(tokenizer).__name__}")
+
+
+def tokenizer_fingerprint(tokenizer: Any, vocab_size: int | None = None) -> str:
+    """Library-independent fingerprint: ``probe-v1:<sha256 hex>`` of the vocabulary size and the
+    ids of PROBE_TEXTS. ``tokenizer`` is a Hugging Face tokenizer, a ``tokenizers.Tokenizer``, a
+    ``tiktoken.Encoding``, a SentencePiece processor, or a function text -> ids (then pass
+    ``vocab_size``)."""
+    if vocab_size is None:
+        vocab_size = tokenizer_vocab_size(tokenizer)
+    encode = _encoder(tokenizer)
+    h = hashlib.sha256(f"{FINGERPRINT_VERSION}|{int(vocab_size)}".encode())
+    for text in PROBE_TEXTS:
+        ids = [int(i) for i in encode(text)]
+        h.update(("|" + ",".join(map(str, ids))).encode())
+    return f"{FINGERPRINT_VERSION}:{h.hexdigest()}"
+
+
+def check_tokenizer_compat(
+    source: Any,
+    tokenizer: Any = None,
+    *,
+    model: Any = None,
+    model_vocab_size: int | None = None,
+    fingerprint: str | None = None,
+    strict: bool = False,
+) -> None:
+    """Raise TokenizerMismatchError unless ``tokenizer`` (and ``model``) fit the index ``source``.
+
+    * ``tokenizer``: the model's tokenizer (any supported library). Its vocabulary size must equal
+      the index's, and its fingerprint (or ``fingerprint`` when given) the index's.
+    * ``model`` / ``model_vocab_size``: the model's logit width must be at least the index's
+      vocabulary size (embedding matrices are often padded; the extra ids get no n-gram mass).
+    * an index that records no fingerprint (an infini-gram directory without a manifest) passes on
+      the size check alone with a warning, or raises when ``strict``.
+    """
+    index_vs = int(source.vocab_size)
+    if model is not None and model_vocab_size is None:
+        cfg = getattr(model, "config", None)
+        if cfg is not None and hasattr(cfg, "get_text_config"):
+            cfg = cfg.get_text_config()
+        model_vocab_size = getattr(cfg, "vocab_size", None)
+    if model_vocab_size is not None and int(model_vocab_size) < index_vs:
+        raise TokenizerMismatchError(
+            f"the model has {model_vocab_size} logits but the index's tokenizer has {index_vs} ids: "
+            "this index was built with another tokenizer; rebuild it with the model's tokenizer "
+            "(e.g. `ngram build --tokenizer <model dir>/tokenizer.json`)"
+        )
+    if tokenizer is None:
+        if fingerprint is None:
+            return
+        tok_fp = fingerprint
+    else:
+        tok_vs = tokenizer_vocab_size(tokenizer)
+        if tok_vs != index_vs:
+            raise TokenizerMismatchError(
+                f"tokenizer vocabulary size differs: the model's tokenizer has {tok_vs} ids, the index's "
+                f"has {index_vs}; the n-gram counts would be about other tokens. Rebuild the index with "
+                "the model's tokenizer (`ngram build --tokenizer ...`) or use an index built for this model"
+            )
+        tok_fp = fingerprint if fingerprint is not None else tokenizer_fingerprint(tokenizer, tok_vs)
+    index_fp = getattr(source, "tokenizer_fingerprint", None)
+    if index_fp is None:
+        msg = (
+            "the index records no tokenizer fingerprint (built without a manifest?): only the vocabulary "
+            f"size ({index_vs}) was checked"
+        )
+        if strict:
+            raise TokenizerMismatchError(msg + "; pass strict=False to accept it")
+        warnings.warn(msg, stacklevel=2)
+        return
+    if str(index_fp) != str(tok_fp):
+        raise TokenizerMismatchError(
+            f"tokenizer fingerprint differs: index {index_fp!r}, model {tok_fp!r}. Both have {index_vs} ids "
+            "but encode text differently, so the n-gram statistics do not describe the model's tokens; "
+            "rebuild the index with the model's tokenizer"
+        )
