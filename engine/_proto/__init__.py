@@ -1,0 +1,1 @@
+"""Generated gRPC code for proto/ngram/v1 (see generate.py). Do not edit by hand."""
