@@ -5,18 +5,24 @@ Two checks, both cheap:
 * vocabulary size: ``source.vocab_size`` against the tokenizer's (``len(tokenizer)`` for Hugging
   Face, ``n_vocab`` for tiktoken, ...), and against the model's logit width, which may be larger
   (padded embedding matrices) but never smaller;
-* fingerprint: ``source.tokenizer_fingerprint`` against :func:`tokenizer_fingerprint` of the
-  model's tokenizer. The fingerprint is library-independent: a SHA-256 of the vocabulary size and
-  of the ids the tokenizer gives to a fixed set of probe texts (ASCII, digits, code, whitespace
-  runs, accents, CJK, emoji). Two implementations of the same tokenizer (tiktoken's GPT-2 and Hugging
-  Face's GPT-2) get the same fingerprint; two different vocabularies of the same size do not.
+* fingerprint: ``source.tokenizer_fingerprint`` against the fingerprints of the model's
+  tokenizer. :func:`content_fingerprint` computes the engine's own content hash (sha256 over the
+  kind and the canonical tokenizer.json, or the tiktoken ranks, as engine/tokenize.py does), so a
+  model whose tokenizer.json the index was built from matches directly. When the content differs
+  only in serialisation (transformers rewrites tokenizer.json on save), and the source can
+  ``tokenize`` text (NgramIndex and NgramClient can), the two tokenizers are compared on behaviour:
+  the ids they give to a fixed set of probe texts (ASCII, digits, code, whitespace runs, accents,
+  CJK, emoji) must be identical. :func:`tokenizer_fingerprint` hashes that behaviour
+  (library-independent: tiktoken's GPT-2 and Hugging Face's GPT-2 get the same one).
 
 Nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -85,6 +91,50 @@ def tokenizer_fingerprint(tokenizer: Any, vocab_size: int | None = None) -> str:
     return f"{FINGERPRINT_VERSION}:{h.hexdigest()}"
 
 
+def _sha256(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()
+
+
+def content_fingerprint(tokenizer: Any) -> set[str]:
+    """The engine's content fingerprint(s) of ``tokenizer`` (engine/tokenize.py's ``fingerprint()``:
+    sha256 over the kind and canonical content). A set: Hugging Face tokenizers give one per
+    ``parse_special`` setting. Empty when the library is not one the engine fingerprints this way."""
+    out: set[str] = set()
+    backend = getattr(tokenizer, "backend_tokenizer", None) or (
+        tokenizer if hasattr(tokenizer, "to_str") and hasattr(tokenizer, "get_vocab_size") else None)
+    if backend is not None:
+        try:
+            obj = json.loads(backend.to_str())
+        except Exception:
+            return out
+        canon = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        for ps in (False, True):
+            out.add(_sha256(b"huggingface", canon, json.dumps({"parse_special": ps}).encode()))
+        return out
+    ranks = getattr(tokenizer, "_mergeable_ranks", None)
+    if ranks is not None and hasattr(tokenizer, "_pat_str"):  # tiktoken.Encoding
+        canon = b"".join(base64.b64encode(t) + b" " + str(r).encode() + b"\n"
+                         for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
+        specials = json.dumps(dict(getattr(tokenizer, "_special_tokens", {})), sort_keys=True).encode()
+        out.add(_sha256(b"tiktoken", canon, tokenizer._pat_str.encode("utf-8"), specials))
+    return out
+
+
+def _probe_difference(source: Any, tokenizer: Any) -> str | None:
+    """None when source.tokenize and tokenizer agree on every probe text, else a description."""
+    encode = _encoder(tokenizer)
+    for text in PROBE_TEXTS:
+        a = [int(i) for i in source.tokenize(text)]
+        b = [int(i) for i in encode(text)]
+        if a != b:
+            return f"{text!r} -> index {a[:12]}{'...' if len(a) > 12 else ''}, model {b[:12]}{'...' if len(b) > 12 else ''}"
+    return None
+
+
 def check_tokenizer_compat(
     source: Any,
     tokenizer: Any = None,
@@ -118,7 +168,7 @@ def check_tokenizer_compat(
     if tokenizer is None:
         if fingerprint is None:
             return
-        tok_fp = fingerprint
+        tok_fps = {fingerprint}
     else:
         tok_vs = tokenizer_vocab_size(tokenizer)
         if tok_vs != index_vs:
@@ -127,7 +177,8 @@ def check_tokenizer_compat(
                 f"has {index_vs}; the n-gram counts would be about other tokens. Rebuild the index with "
                 "the model's tokenizer (`ngram build --tokenizer ...`) or use an index built for this model"
             )
-        tok_fp = fingerprint if fingerprint is not None else tokenizer_fingerprint(tokenizer, tok_vs)
+        tok_fps = {fingerprint} if fingerprint is not None else (
+            content_fingerprint(tokenizer) | {tokenizer_fingerprint(tokenizer, tok_vs)})
     index_fp = getattr(source, "tokenizer_fingerprint", None)
     if index_fp is None:
         msg = (
@@ -138,9 +189,19 @@ def check_tokenizer_compat(
             raise TokenizerMismatchError(msg + "; pass strict=False to accept it")
         warnings.warn(msg, stacklevel=2)
         return
-    if str(index_fp) != str(tok_fp):
-        raise TokenizerMismatchError(
-            f"tokenizer fingerprint differs: index {index_fp!r}, model {tok_fp!r}. Both have {index_vs} ids "
-            "but encode text differently, so the n-gram statistics do not describe the model's tokens; "
-            "rebuild the index with the model's tokenizer"
-        )
+    if str(index_fp) in tok_fps:
+        return
+    detail = ""
+    if tokenizer is not None and callable(getattr(source, "tokenize", None)):
+        try:
+            diff = _probe_difference(source, tokenizer)
+        except Exception as exc:  # a source that cannot tokenize: fall through to the refusal
+            diff = f"(could not compare behaviour: {exc})"
+        if diff is None:
+            return  # same ids on every probe text: the same tokenizer, serialised differently
+        detail = f" They encode text differently: {diff}."
+    raise TokenizerMismatchError(
+        f"tokenizer fingerprint differs: index {index_fp!r}, model {sorted(tok_fps)[0]!r} (both have "
+        f"{index_vs} ids).{detail} The n-gram statistics would not describe the model's tokens; "
+        "rebuild the index with the model's tokenizer"
+    )

@@ -15,7 +15,9 @@ from engine.results import InfgramNtdResult, NextTokenDistribution, PackedQuerie
 
 
 class FakeSource:
-    def __init__(self, documents, vocab_size: int, fingerprint: str | None = "fake-fp"):
+    def __init__(self, documents, vocab_size: int, fingerprint: str | None = "fake-fp", tokenize=None):
+        if tokenize is not None:
+            self.tokenize = tokenize  # text -> ids, like NgramIndex.tokenize
         self.documents = [tuple(int(t) for t in d) for d in documents]
         self._vocab_size = int(vocab_size)
         self._fp = fingerprint

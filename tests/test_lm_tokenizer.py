@@ -81,3 +81,28 @@ def test_smollm_tokenizer_fingerprint_matches_tokenizers_library():
         check_tokenizer_compat(src, tok, model=model)
     with pytest.raises(TokenizerMismatchError):
         check_tokenizer_compat(src, A, model=model)
+
+
+def test_same_behaviour_other_serialisation_is_accepted():
+    # the index's fingerprint is a content hash we cannot reproduce, but it tokenizes like A
+    enc = lambda text: A.encode(text, add_special_tokens=False).ids  # noqa: E731
+    src = FakeSource([[1]], vocab_size=9, fingerprint="some-other-hash", tokenize=enc)
+    check_tokenizer_compat(src, A)
+    enc_b = lambda text: B.encode(text, add_special_tokens=False).ids  # noqa: E731
+    src = FakeSource([[1]], vocab_size=9, fingerprint="some-other-hash", tokenize=enc_b)
+    with pytest.raises(TokenizerMismatchError, match="encode text differently: 'The quick brown fox jumps"):
+        check_tokenizer_compat(src, A)
+
+
+def test_content_fingerprint_of_tokenizers_json_is_the_engines(tmp_path):
+    engine = pytest.importorskip("engine")
+    from lm_integration.tokenizer_compat import content_fingerprint
+
+    A.save(str(tmp_path / "tokenizer.json"))
+    out = engine.build_index(tmp_path / "idx", documents=["the quick brown fox", "the lazy dog"],
+                             tokenizer=str(tmp_path / "tokenizer.json"), workers=1)
+    idx = engine.NgramIndex.open(out)
+    assert idx.tokenizer_fingerprint in content_fingerprint(Tokenizer.from_file(str(tmp_path / "tokenizer.json")))
+    check_tokenizer_compat(idx, A)
+    with pytest.raises(TokenizerMismatchError, match="fingerprint differs"):
+        check_tokenizer_compat(idx, B)
