@@ -1,0 +1,269 @@
+"""Perplexity of a causal LM on held-out text, with and without ∞-gram interpolation.
+
+    python -m lm_integration.eval_lm --index INDEX --text held_out/*.txt [--model smollm2]
+
+For every token x_t of every held-out document (the first token of a document has no context and
+is skipped): log P_LM(x_t | x_<t) from the model, over sliding windows of ``--window`` tokens that
+advance by ``--stride`` (each window scores only the tokens the previous one did not), and
+P∞(x_t | x_<t) from the index (longest matching suffix, incrementally). The mixture is
+P = λ·P∞ + (1-λ)·P_LM with λ = λ_sparse when the ∞-gram estimate has a single possible next token
+and λ_dense otherwise; both are tuned on a validation split of the documents and reported on the
+rest. Reported: PPL of the LM, PPL of the mixture, the relative reduction 1 - PPL_mix/PPL_LM, and
+(PPL_LM - PPL_mix)/(PPL_LM - 1), the measure the infini-gram paper reports.
+
+torch is needed only for the LM part (imported when used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lm_integration.infgram import InfgramTracker
+
+DEFAULT_GRID = np.round(np.linspace(0.0, 0.99, 100), 4)
+
+
+def lm_token_logprobs(model, ids, *, window: int = 1024, stride: int = 512, device: str | None = None) -> np.ndarray:
+    """log P_LM(ids[t] | ids[:t]) for t = 1 .. len(ids)-1 (float64), sliding window with stride."""
+    import torch
+
+    if not 0 < stride <= window:
+        raise ValueError(f"need 0 < stride <= window, got stride={stride} window={window}")
+    ids = [int(i) for i in ids]
+    N = len(ids)
+    out = np.zeros(max(N - 1, 0), dtype=np.float64)
+    if N < 2:
+        return out
+    dev = device or next(model.parameters()).device
+    prev_end = 1  # targets before this are scored (target 0 never is)
+    begin = 0
+    with torch.no_grad():
+        while prev_end < N:
+            end = min(begin + window, N)
+            x = torch.tensor([ids[begin:end]], device=dev)
+            logits = model(input_ids=x).logits[0].double()
+            logp = torch.log_softmax(logits, -1)
+            # logits at window index i predict absolute token begin + i + 1
+            targets = torch.arange(prev_end, end, device=dev)
+            rows = targets - begin - 1
+            got = logp[rows, torch.tensor(ids[prev_end:end], device=dev)]
+            out[prev_end - 1 : end - 1] = got.cpu().numpy()
+            prev_end = end
+            begin = min(begin + stride, max(end - 1, 0)) if end < N else end
+    return out
+
+
+def infgram_token_probs(source, ids, *, max_support: int | None = None, max_query_len: int | None = None):
+    """(p_inf, sparse, has, suffix_len) for t = 1 .. len(ids)-1: P∞(ids[t] | ids[:t]), whether that
+    estimate is sparse, whether there was an estimate at all, and the matched suffix length."""
+    ids = [int(i) for i in ids]
+    n = max(len(ids) - 1, 0)
+    p = np.zeros(n, dtype=np.float64)
+    sparse = np.zeros(n, dtype=bool)
+    has = np.zeros(n, dtype=bool)
+    slen = np.zeros(n, dtype=np.int64)
+    tr = InfgramTracker(source, max_support=max_support, max_query_len=max_query_len)
+    for t in range(1, len(ids)):
+        est = tr.extend([ids[t - 1]])
+        p[t - 1] = est.prob_of(ids[t])
+        sparse[t - 1] = est.sparse
+        has[t - 1] = not est.empty
+        slen[t - 1] = est.suffix_len
+    return p, sparse, has, slen
+
+
+def mixture_nll(logp_lm, p_inf, use, lam) -> np.ndarray:
+    """Per-token -log(λ·P∞ + (1-λ)·P_LM) where ``use``; -log P_LM elsewhere."""
+    p_lm = np.exp(logp_lm)
+    mix = np.where(use, lam * p_inf + (1.0 - lam) * p_lm, p_lm)
+    with np.errstate(divide="ignore"):
+        return -np.log(np.maximum(mix, 1e-300))
+
+
+def tune_lambdas(logp_lm, p_inf, sparse, has, grid=DEFAULT_GRID) -> tuple[float, float]:
+    """λ_sparse and λ_dense minimising validation NLL (independent: each token is one or the other)."""
+    best = []
+    for group in (has & sparse, has & ~sparse):
+        if not group.any():
+            best.append(0.0)
+            continue
+        lp, pi = logp_lm[group], p_inf[group]
+        nll = [mixture_nll(lp, pi, np.ones_like(pi, dtype=bool), lam).sum() for lam in grid]
+        best.append(float(grid[int(np.argmin(nll))]))
+    return best[0], best[1]
+
+
+def score(logp_lm, p_inf, sparse, has, lam_sparse, lam_dense) -> dict:
+    lam = np.where(sparse, lam_sparse, lam_dense)
+    n = len(logp_lm)
+    nll_lm = float(-logp_lm.sum() / max(n, 1))
+    nll_mix = float(mixture_nll(logp_lm, p_inf, has, lam).sum() / max(n, 1))
+    ppl_lm, ppl_mix = float(np.exp(nll_lm)), float(np.exp(nll_mix))
+    return {
+        "tokens": n,
+        "ppl_lm": ppl_lm,
+        "ppl_mix": ppl_mix,
+        "relative_reduction": 1.0 - ppl_mix / ppl_lm,
+        "paper_relative_improvement": (ppl_lm - ppl_mix) / (ppl_lm - 1.0) if ppl_lm > 1 else 0.0,
+        "sparse_share": float((has & sparse).mean()) if n else 0.0,
+    }
+
+
+def collect(model, source, docs_ids, *, window, stride, max_tokens=None, max_support=None, progress=False):
+    """Concatenated per-token arrays over documents (up to max_tokens scored tokens)."""
+    parts = {k: [] for k in ("logp", "p_inf", "sparse", "has", "slen")}
+    total = 0
+    t_lm = t_ng = 0.0
+    for i, ids in enumerate(docs_ids):
+        if max_tokens is not None and total >= max_tokens:
+            break
+        if max_tokens is not None:
+            ids = ids[: max_tokens - total + 1]
+        if len(ids) < 2:
+            continue
+        t0 = time.perf_counter()
+        lp = lm_token_logprobs(model, ids, window=window, stride=stride)
+        t1 = time.perf_counter()
+        p, sp, hs, sl = infgram_token_probs(source, ids, max_support=max_support)
+        t2 = time.perf_counter()
+        t_lm += t1 - t0
+        t_ng += t2 - t1
+        for k, v in zip(parts, (lp, p, sp, hs, sl)):
+            parts[k].append(v)
+        total += len(lp)
+        if progress:
+            print(f"  doc {i + 1}/{len(docs_ids)}: {total} tokens (LM {t_lm:.1f}s, ∞-gram {t_ng:.1f}s)",
+                  file=sys.stderr)
+    cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
+    cat["sparse"] = cat["sparse"].astype(bool)
+    cat["has"] = cat["has"].astype(bool)
+    cat["seconds_lm"], cat["seconds_infgram"] = t_lm, t_ng
+    return cat
+
+
+def evaluate(model, source, val_docs, test_docs, *, window=1024, stride=512, max_tokens=None,
+             max_support=None, grid=DEFAULT_GRID, progress=False) -> dict:
+    """Tune λs on val_docs, report on test_docs (lists of token-id lists)."""
+    val = collect(model, source, val_docs, window=window, stride=stride, max_tokens=max_tokens,
+                  max_support=max_support, progress=progress)
+    test = collect(model, source, test_docs, window=window, stride=stride, max_tokens=max_tokens,
+                   max_support=max_support, progress=progress)
+    lam_s, lam_d = tune_lambdas(val["logp"], val["p_inf"], val["sparse"], val["has"], grid)
+    res = {
+        "lambda_sparse": lam_s,
+        "lambda_dense": lam_d,
+        "window": window,
+        "stride": stride,
+        "validation": score(val["logp"], val["p_inf"], val["sparse"], val["has"], lam_s, lam_d),
+        "test": score(test["logp"], test["p_inf"], test["sparse"], test["has"], lam_s, lam_d),
+        "mean_suffix_len": float(test["slen"].mean()) if len(test["slen"]) else 0.0,
+        "seconds_lm": val["seconds_lm"] + test["seconds_lm"],
+        "seconds_infgram": val["seconds_infgram"] + test["seconds_infgram"],
+    }
+    return res
+
+
+def format_table(res: dict) -> str:
+    rows = ["| split | tokens | PPL LM | PPL LM+∞-gram | 1 - PPL_mix/PPL_LM | (PPL_LM-PPL_mix)/(PPL_LM-1) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for split in ("validation", "test"):
+        r = res[split]
+        rows.append(f"| {split} | {r['tokens']} | {r['ppl_lm']:.3f} | {r['ppl_mix']:.3f} | "
+                    f"{100 * r['relative_reduction']:.1f}% | {100 * r['paper_relative_improvement']:.1f}% |")
+    rows.append("")
+    rows.append(f"λ_sparse = {res['lambda_sparse']}, λ_dense = {res['lambda_dense']} (tuned on validation); "
+                f"window {res['window']}, stride {res['stride']}; mean matched suffix {res['mean_suffix_len']:.1f} tokens")
+    return "\n".join(rows)
+
+
+def _read_docs(args) -> list[str]:
+    docs: list[str] = []
+    for f in args.text or []:
+        t = Path(f).read_text(encoding="utf-8", errors="replace")
+        docs.extend([line for line in t.splitlines() if line.strip()] if args.line_per_doc else [t])
+    for f in args.jsonl or []:
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    docs.append(json.loads(line)[args.field])
+    return docs
+
+
+def load_model(spec: str, device: str = "cpu"):
+    if spec == "smollm2":
+        from lm_integration import smollm2
+
+        return smollm2.load(device=device)
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(spec).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(spec)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m lm_integration.eval_lm",
+        description="Held-out perplexity of a causal LM with and without ∞-gram interpolation "
+                    "(λ_sparse/λ_dense tuned on a validation split, sliding window with stride).",
+    )
+    p.add_argument("--index", required=True,
+                   help="index directory (engine.NgramIndex), or grpc://HOST:PORT for a server")
+    p.add_argument("--model", default="smollm2",
+                   help="'smollm2' (fetched by scripts/fetch_smollm2.py) or a local transformers model dir")
+    p.add_argument("--text", nargs="*", help="held-out text files (one document each, or see --line-per-doc)")
+    p.add_argument("--line-per-doc", action="store_true", help="every non-empty line of --text is a document")
+    p.add_argument("--jsonl", nargs="*", help="held-out JSONL files")
+    p.add_argument("--field", default="text", help="JSONL text field (default: text)")
+    p.add_argument("--val-frac", type=float, default=0.5, help="share of documents used to tune λ (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed of the validation/test split")
+    p.add_argument("--window", type=int, default=1024, help="LM context window in tokens (default 1024)")
+    p.add_argument("--stride", type=int, default=512, help="window stride in tokens (default 512)")
+    p.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens per split")
+    p.add_argument("--max-support", type=int, default=None, help="cap ntd scans (approximate, infini-gram style)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-check", action="store_true", help="skip the tokenizer compatibility check")
+    p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    docs = _read_docs(args)
+    if len(docs) < 2:
+        print("need at least 2 held-out documents (use --text/--jsonl, or --line-per-doc)", file=sys.stderr)
+        return 2
+    from lm_integration._open import open_source
+    from lm_integration.tokenizer_compat import check_tokenizer_compat
+
+    source = open_source(args.index)
+    model, tok = load_model(args.model, args.device)
+    if not args.no_check:
+        check_tokenizer_compat(source, tok, model=model)
+    ids = [tok.encode(d, add_special_tokens=False) for d in docs]
+    order = list(range(len(ids)))
+    random.Random(args.seed).shuffle(order)
+    n_val = max(1, min(len(ids) - 1, int(round(args.val_frac * len(ids)))))
+    val = [ids[i] for i in order[:n_val]]
+    test = [ids[i] for i in order[n_val:]]
+    res = evaluate(model, source, val, test, window=args.window, stride=args.stride, max_tokens=args.max_tokens,
+                   max_support=args.max_support, progress=args.progress)
+    res.update(index=args.index, model=args.model, documents=len(docs))
+    print(format_table(res))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

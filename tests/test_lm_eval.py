@@ -1,0 +1,92 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lm_fakes import FakeSource
+from lm_integration.eval_lm import infgram_token_probs, mixture_nll, score, tune_lambdas
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help():
+    r = subprocess.run([sys.executable, "-m", "lm_integration.eval_lm", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "--stride" in r.stdout and "λ" in r.stdout
+
+
+def test_infgram_token_probs_brute_force():
+    docs = [[1, 2, 3, 4], [1, 2, 5], [2, 3, 4, 4]]
+    src = FakeSource(docs, vocab_size=8)
+    ids = [1, 2, 3, 4, 6, 2]
+    p, sparse, has, slen = infgram_token_probs(src, ids)
+    assert slen.tolist() == [1, 2, 3, 4, 0]
+    # [1]->2 always; [1,2]->3 or 5; [1,2,3]->4; [1,2,3,4] only ends a document (no estimate);
+    # 6 never occurs -> the unigram distribution (11 tokens, three 2s)
+    assert np.allclose(p, [1.0, 0.5, 1.0, 0.0, 3 / 11])
+    assert sparse.tolist() == [True, False, True, False, False]
+    assert has.tolist() == [True, True, True, False, True]
+
+
+def test_tune_and_score():
+    rng = np.random.default_rng(0)
+    n = 400
+    logp = np.log(rng.uniform(0.01, 0.5, n))
+    sparse = rng.random(n) < 0.5
+    p_inf = np.where(sparse, (rng.random(n) < 0.9).astype(float), rng.uniform(0, 0.3, n))
+    has = np.ones(n, dtype=bool)
+    ls, ld = tune_lambdas(logp, p_inf, sparse, has)
+    assert 0 < ls < 1 and 0 <= ld < 1
+    r = score(logp, p_inf, sparse, has, ls, ld)
+    r0 = score(logp, p_inf, sparse, has, 0.0, 0.0)
+    assert r0["ppl_mix"] == pytest.approx(r0["ppl_lm"]) and r["ppl_mix"] < r["ppl_lm"]
+    # the tuned λ is the grid minimum for the sparse group
+    grp = sparse & has
+    nll = lambda lam: mixture_nll(logp[grp], p_inf[grp], np.ones(grp.sum(), bool), lam).sum()  # noqa: E731
+    assert nll(ls) <= min(nll(ls - 0.01), nll(min(ls + 0.01, 0.99))) + 1e-12
+
+
+def test_sliding_window_logprobs_match_direct():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from lm_fakes import tiny_llama
+    from lm_integration.eval_lm import lm_token_logprobs
+
+    model = tiny_llama(vocab_size=30, seed=2)
+    ids = np.random.default_rng(0).integers(0, 30, 23).tolist()
+    full = lm_token_logprobs(model, ids, window=64, stride=32)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+    direct = np.array([lp[t - 1, ids[t]].item() for t in range(1, len(ids))])
+    assert np.allclose(full, direct, atol=1e-10)
+    for window, stride in ((8, 4), (8, 8), (5, 2)):
+        got = lm_token_logprobs(model, ids, window=window, stride=stride)
+        # recompute each target with the context the schedule gives it
+        begin, prev_end, expect = 0, 1, np.zeros(len(ids) - 1)
+        while prev_end < len(ids):
+            end = min(begin + window, len(ids))
+            for t in range(prev_end, end):
+                with torch.no_grad():
+                    lg = model(torch.tensor([ids[begin:t]])).logits[0, -1].double()
+                expect[t - 1] = torch.log_softmax(lg, -1)[ids[t]].item()
+            prev_end = end
+            begin = min(begin + stride, end - 1) if end < len(ids) else end
+        assert np.allclose(got, expect, atol=1e-10), (window, stride)
+
+
+def test_evaluate_end_to_end():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from lm_fakes import tiny_llama
+    from lm_integration.eval_lm import evaluate, format_table
+
+    rng = np.random.default_rng(3)
+    corpus = [rng.integers(2, 20, 40).tolist() for _ in range(6)]
+    src = FakeSource(corpus, vocab_size=24)
+    held = [d[5:30] for d in corpus]  # held-out text that the index knows well
+    res = evaluate(tiny_llama(vocab_size=24), src, held[:3], held[3:], window=16, stride=8)
+    assert res["test"]["ppl_mix"] < res["test"]["ppl_lm"]
+    assert res["test"]["relative_reduction"] > 0.1
+    assert "PPL LM" in format_table(res)
