@@ -125,7 +125,9 @@ def test_documents_round_trip(case):
         for d in result.documents:
             start = d.needle_offset
             assert d.token_ids[start : start + len(q)].tolist() == list(q)
-            assert d.token_ids.tolist() == docs[d.doc_ix][: d.disp_len] or d.disp_len == len(docs[d.doc_ix])
+            window, doc = d.token_ids.tolist(), docs[d.doc_ix]
+            assert d.doc_len == len(doc) and d.disp_len == len(window) <= 50
+            assert any(doc[o : o + len(window)] == window for o in range(len(doc) - len(window) + 1))
 
 
 @SETTINGS

@@ -1,0 +1,82 @@
+"""Check an index against its manifest: file sizes, checksums and suffix-array order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+from tqdm import tqdm
+
+from engine import kernels
+from engine.format import file_sha256, read_manifest, shard_path
+from engine.index import NgramIndex
+
+
+@dataclass
+class VerifyReport:
+    path: Path
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@njit(nogil=True, cache=True)
+def _first_disorder(ds, sa, ps, tw, ranks):
+    """First rank r in ``ranks`` whose suffix is greater than the suffix at r + 1 (memcmp), else -1."""
+    n = ds.shape[0]
+    for r in ranks:
+        a = kernels._ptr(sa, ps, r)
+        b = kernels._ptr(sa, ps, r + 1)
+        if a % tw or b % tw or a >= n or b >= n or a == b:
+            return r
+        while a < n and b < n and ds[a] == ds[b]:
+            a += 1
+            b += 1
+        if b >= n or (a < n and ds[a] > ds[b]):
+            return r
+    return -1
+
+
+def verify_index(path: str | Path, *, full: bool = False, samples: int = 100_000, checksums: bool = True,
+                 progress: bool = False) -> VerifyReport:
+    """Re-check sizes, checksums and suffix order (``samples`` random adjacent pairs, or all with ``full``)."""
+    path = Path(path)
+    report = VerifyReport(path)
+    manifest = read_manifest(path)
+    try:
+        index = NgramIndex.open(path)
+    except Exception as exc:  # every open failure is a finding, reported with its message
+        report.problems.append(f"cannot open: {exc}")
+        return report
+    if manifest is not None and checksums:
+        entries = [(s["shard"], name, meta) for s in manifest["shards"] for name, meta in s["files"].items()]
+        for shard_no, name, meta in tqdm(entries, desc="checksums", disable=not progress):
+            file = path / name
+            if not file.exists():
+                report.problems.append(f"{name} is missing")
+            elif file.stat().st_size != meta["bytes"]:
+                report.problems.append(f"{name} has {file.stat().st_size} bytes, manifest says {meta['bytes']}")
+            elif file_sha256(file) != meta["sha256"]:
+                report.problems.append(f"{name} checksum differs from the manifest")
+        report.checked.append(f"sizes and sha256 of {len(entries)} files")
+    rng = np.random.default_rng(0)
+    for shard in tqdm(index.shards, desc="suffix order", disable=not progress):
+        n = shard.num_positions
+        if n < 2:
+            continue
+        ranks = np.arange(n - 1, dtype=np.int64) if full or n - 1 <= samples else \
+            np.sort(rng.choice(n - 1, size=samples, replace=False)).astype(np.int64)
+        bad = _first_disorder(shard.tokenized, shard.table, shard.ptr_size, shard.token_width, ranks)
+        if bad >= 0:
+            report.problems.append(f"{shard_path(path, 'table', shard.number).name}: suffixes at ranks {bad} and "
+                                   f"{bad + 1} are out of order (or invalid pointers); rebuild this shard")
+        report.checked.append(f"shard {shard.number}: order of {len(ranks)} adjacent suffix pairs")
+        offsets = np.asarray(shard.offsets)
+        if len(offsets) and (offsets[0] != 0 or np.any(np.diff(offsets.astype(np.int64)) <= 0)):
+            report.problems.append(f"offset.{shard.number} is not strictly increasing from 0")
+    return report
