@@ -1,0 +1,150 @@
+"""`ngram serve`: serve one index (or route to shard servers) over gRPC.
+
+    ngram serve INDEX... [--host 127.0.0.1] [--port 50051] [--load mmap|ram]
+    ngram serve --shard-map shards.json [--port 50051]              # a router, holds no index
+    limits:  --max-message-bytes --max-query-tokens --max-text-bytes --max-batch-size
+             --max-results-per-stream --max-support --max-disp-len
+    secure:  --tls-cert cert.pem --tls-key key.pem   --auth-token-file token.txt
+
+engine/cli.py registers it with ``add_parsers(subparsers)``; ``python -m engine.cli_serve`` runs
+it alone. The server prints ``listening on HOST:PORT`` once it reports SERVING, logs one access
+line per call on stderr, and exits 0 after SIGTERM/SIGINT (health NOT_SERVING, in-flight calls
+finish within --grace seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from engine.errors import NgramError
+from engine.service import ServerLimits
+
+__all__ = ["add_parsers", "run_serve", "main"]
+
+_LIMIT_HELP = {
+    "max_message_bytes": "largest request/response message in bytes",
+    "max_query_tokens": "most tokens in one query",
+    "max_text_bytes": "most bytes of text in one query",
+    "max_batch_size": "most queries in one batch request",
+    "max_results_per_stream": "most documents one SearchDocuments call may return",
+    "max_support": "largest max_support a request may ask for, and the cap on 'exact' distributions (0 = none)",
+    "max_disp_len": "largest max_disp_len (tokens per returned document)",
+}
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("index", nargs="*", metavar="INDEX", help="index directories to serve as one index")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=50051, help="port (0 picks a free one; default 50051)")
+    p.add_argument("--shard-map", metavar="FILE", help="JSON shard map: route to shard servers instead of serving INDEX")
+    p.add_argument("--load", choices=("mmap", "ram"), default="mmap", help="how to open the index (default mmap)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer spec for an index without a manifest")
+    limits = p.add_argument_group("limits (a request over one gets RESOURCE_EXHAUSTED naming it)")
+    defaults = ServerLimits()
+    for f in dataclasses.fields(ServerLimits):
+        limits.add_argument(
+            "--" + f.name.replace("_", "-"), type=int, default=getattr(defaults, f.name),
+            help=f"{_LIMIT_HELP[f.name]} (default {getattr(defaults, f.name)})",
+        )
+    srv = p.add_argument_group("server")
+    srv.add_argument("--workers", type=int, default=None, help="RPC worker threads (default: 4 per core)")
+    srv.add_argument("--max-concurrent-rpcs", type=int, default=None, help="refuse calls beyond this many in flight")
+    srv.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get after SIGTERM (default 10)")
+    srv.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
+    srv.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    srv.add_argument("--auth-token-file", metavar="FILE", help="require 'authorization: Bearer <token in FILE>'")
+    srv.add_argument("--no-access-log", action="store_true", help="do not log one line per call")
+    srv.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.set_defaults(func=run_serve, _parser=p)
+
+
+def add_parsers(subparsers) -> None:
+    """Register `serve` on an argparse subparsers object (engine/cli.py calls this)."""
+    p = subparsers.add_parser(
+        "serve",
+        help="serve an index (or route to shard servers) over gRPC",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _configure(p)
+
+
+def _error(args, msg: str) -> int:
+    parser = getattr(args, "_parser", None)
+    if parser is not None:
+        parser.error(msg)  # exits 2
+    print(f"ngram serve: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def run_serve(args) -> int:
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.no_access_log:
+        logging.getLogger("engine.access").setLevel(logging.WARNING)
+    if bool(args.index) == bool(args.shard_map):
+        return _error(args, "give INDEX directories or --shard-map FILE (exactly one of them)")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return _error(args, "--tls-cert and --tls-key go together")
+    try:
+        limits = ServerLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits)})
+    except ValueError as exc:
+        return _error(args, str(exc))
+    token = None
+    if args.auth_token_file:
+        token = Path(args.auth_token_file).read_text().strip()
+        if not token:
+            return _error(args, f"--auth-token-file {args.auth_token_file} is empty")
+
+    from engine.server import serve
+
+    try:
+        if args.shard_map:
+            from engine.router import NgramRouter
+
+            backend = NgramRouter.from_shard_map(args.shard_map)
+        else:
+            from engine.index import NgramIndex
+
+            backend = NgramIndex.open(args.index, load=args.load, tokenizer=_tokenizer(args.tokenizer))
+        return serve(
+            backend,
+            args.host,
+            args.port,
+            grace=args.grace,
+            limits=limits,
+            max_workers=args.workers,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            auth_token=token,
+        )
+    except (NgramError, OSError) as exc:
+        print(f"ngram serve: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _tokenizer(spec):
+    if spec is None:
+        return None
+    from engine.tokenize import load_tokenizer
+
+    return load_tokenizer(spec)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="ngram serve", description=__doc__.split("\n\n")[0])
+    _configure(parser)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
