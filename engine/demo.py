@@ -1,0 +1,82 @@
+"""`ngram demo` and `ngram build-recipe`: build a named index from indexes/recipes.json, then use it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from engine.errors import BuildError
+
+REPO_INDEXES = Path(__file__).resolve().parents[1] / "indexes"
+EXAMPLE_QUERIES = ["To be, or not to be", " the Lord", "And God said"]
+
+
+def load_recipes() -> dict:
+    return json.loads((REPO_INDEXES / "recipes.json").read_text())
+
+
+def build_recipe(name: str, output: Path | None = None, *, progress: bool = True) -> Path:
+    """Fetch a recipe's corpora and tokenizer (once, cached) and build its index (once)."""
+    from engine.build import build_index
+    from engine.fetch import fetch
+
+    recipes = load_recipes()
+    if name not in recipes:
+        raise BuildError(f"no recipe {name!r}; choose one of {', '.join(sorted(recipes))}")
+    recipe = recipes[name]
+    output = Path(output) if output else REPO_INDEXES / name
+    if (output / "manifest.json").exists():
+        return output
+    inputs = [fetch(corpus) for corpus in recipe["corpora"]]
+    print(f"building {output} from {', '.join(recipe['corpora'])} with the {recipe['tokenizer']} tokenizer",
+          file=sys.stderr)
+    return build_index(output, inputs, tokenizer=recipe["tokenizer"], progress=progress)
+
+
+def show_examples(index) -> None:
+    """A few queries that show what the engine answers."""
+    for text in EXAMPLE_QUERIES:
+        ids = index.tokenize(text)
+        dist = index.infgram_ntd(ids)
+        top = sorted(zip(dist.counts.tolist(), dist.tokens.tolist()), reverse=True)[:5]
+        shown = ", ".join(f"{index.tokenizer.token_str(t)!r} {c / dist.prompt_count:.1%}" for c, t in top)
+        print(f"count({text!r}) = {index.count(ids):,}; next tokens: {shown}")
+
+
+def _cmd_build_recipe(args) -> int:
+    path = build_recipe(args.name, args.output)
+    print(f"index ready at {path}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from engine.index import NgramIndex
+
+    path = build_recipe(args.recipe, args.output)
+    index = NgramIndex.open(path)
+    print(f"opened {index}")
+    show_examples(index)
+    if args.no_serve:
+        return 0
+    from engine.cli_serve import serve_demo
+
+    return serve_demo(index, host=args.host, port=args.port)
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("build-recipe", help="fetch and build a named index from indexes/recipes.json",
+                       description="Fetch a recipe's corpora and tokenizer into the cache and build its index "
+                                   "under indexes/NAME (skipped when already built).")
+    p.add_argument("name", help="recipe name (see indexes/recipes.json)")
+    p.add_argument("-o", "--output", type=Path, help="index directory (default indexes/NAME)")
+    p.set_defaults(func=_cmd_build_recipe)
+    p = sub.add_parser("demo", help="build the default index, show example queries and serve it over gRPC",
+                       description="The main job out of the box: build indexes/demo (Shakespeare + KJV, GPT-2 "
+                                   "tokens) if missing, answer example queries, then serve it over gRPC.")
+    p.add_argument("--recipe", default="demo", help="which recipe to build and serve (default: demo)")
+    p.add_argument("-o", "--output", type=Path, help="index directory (default indexes/RECIPE)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="port to listen on (default 50051)")
+    p.add_argument("--no-serve", action="store_true", help="stop after the example queries")
+    p.set_defaults(func=_cmd_demo)
