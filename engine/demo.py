@@ -59,9 +59,28 @@ def _cmd_demo(args) -> int:
     show_examples(index)
     if args.no_serve:
         return 0
-    from engine.cli_serve import serve_demo
+    return serve_with_example(index, args.host, args.port)
 
-    return serve_demo(index, host=args.host, port=args.port)
+
+def serve_with_example(index, host: str, port: int) -> int:
+    """Serve ``index`` over gRPC until SIGTERM / Ctrl-C, showing one query made through the server."""
+    import threading
+
+    from engine.client import NgramClient
+    from engine.server import serve
+
+    def query_through_grpc():
+        text = EXAMPLE_QUERIES[0]
+        with NgramClient(f"{host}:{port}", wait_for_ready=True, timeout=120) as client:
+            dist = client.infgram_ntd(text)
+            best = int(dist.tokens[dist.counts.argmax()]) if len(dist.tokens) else None
+            shown = repr(client.detokenize([best])) if best is not None else "nothing"
+            print(f"over gRPC at {host}:{port}: count({text!r}) = {client.count(text):,}; most likely next "
+                  f"token {shown}. Try `ngram query` locally, or any gRPC client (reflection is on). "
+                  "Ctrl-C stops the server.", flush=True)
+
+    threading.Thread(target=query_through_grpc, daemon=True).start()
+    return serve(index, host, port)
 
 
 def add_parsers(sub) -> None:
