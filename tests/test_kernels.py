@@ -159,3 +159,29 @@ def test_capped_ntd_scales_a_sample(case, max_support):
             assert abs(dist.prompt_count - exact.prompt_count) < len(index.shards) * exact.prompt_count
         else:
             assert dist == exact
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(corpora(), st.integers(1, 8))
+def test_every_pointer_width_gives_the_same_answers(case, ptr_size):
+    """Re-encode the table with ``ptr_size``-byte pointers (as a huge shard would have) and query it."""
+    from engine import NgramIndex, kernels
+
+    width, alphabet, docs, _, queries = case
+    directory = Path(tempfile.mkdtemp()) / "idx"
+    built = build_from_token_docs(directory, docs, width, None)
+    shard = built.shards[0]
+    ptrs = np.zeros(shard.num_positions, dtype=np.int64)
+    kernels.pointers_at(shard.table, shard.ptr_size, 0, shard.num_positions, ptrs)
+    if ptr_size < shard.ptr_size:
+        return  # too narrow for this shard's offsets
+    wide = ptrs.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :ptr_size]
+    del built, shard
+    (directory / "manifest.json").unlink()  # the manifest records the original pointer size
+    (directory / "table.0").write_bytes(wide.tobytes())
+    index = NgramIndex.open(directory, token_width=width, vocab_size=max(alphabet) + 1)
+    assert index.shards[0].ptr_size == ptr_size
+    for q in queries:
+        assert index.count(q) == oracle.count(docs, q)
+        assert _as_counter(index.ntd(q)) == +oracle.next_tokens(docs, q)
+        assert index.infgram_prob(q, alphabet[0]).suffix_len == oracle.longest_suffix_len(docs, q)
