@@ -394,8 +394,8 @@ class NgramIndex:
         prompt_count, lo, hi = self._ranges(ids)
         depth = len(ids) * self.token_width
         widths = hi - lo
-        if max_support is not None and np.any(widths > max_support):
-            return self._sampled_distribution(lo, hi, depth, max_support)
+        if max_support is not None and prompt_count > max_support:
+            return self._sampled_distribution(prompt_count, lo, hi, depth, max_support)
         capacity = int(np.minimum(widths, self._max_distinct).sum())
         keys = np.empty(capacity, dtype=np.int64)
         counts = np.empty(capacity, dtype=np.int64)
@@ -413,19 +413,27 @@ class NgramIndex:
         order = np.argsort(tokens, kind="stable")
         return tokens[order], counts[order], end_count
 
-    def _sampled_distribution(self, lo, hi, depth, max_support):
-        """infini-gram's capped ntd: every unit-th occurrence per shard, weighted by unit."""
-        widths = hi - lo
-        units = np.where(widths > max_support, (widths + max_support - 1) // max_support, 1)
-        capacity = int(((widths + units - 1) // units).sum())
-        keys = np.empty(capacity, dtype=np.int64)
-        n = kernels.sampled_next_keys(self._ds, self._sa, self._ps, self.token_width, lo, hi, depth, max_support, keys)
-        per_shard = (widths + units - 1) // units
-        weights = np.repeat(units, per_shard)[:n]
+    def _sampled_distribution(self, prompt_count, lo, hi, depth, max_support):
+        """infini-gram's capped ntd (used when the prompt occurs more than max_support times): the
+        smallest power-of-two ``unit`` with prompt_count <= unit * max_support, then its
+        divide-and-sample walk over each shard's range (kernels.approx_next_keys). Counts are
+        estimates that still sum to the exact prompt_count."""
+        unit = 1
+        while prompt_count > unit * max_support:
+            unit <<= 1
+        capacity = int(2 * (prompt_count // unit) + 256)
+        while True:
+            keys = np.empty(capacity, dtype=np.int64)
+            weights = np.empty(capacity, dtype=np.int64)
+            n = kernels.approx_next_keys(self._ds, self._sa, self._ps, self.token_width, lo, hi, depth, unit,
+                                         keys, weights)
+            if n <= capacity:
+                break
+            capacity = int(n)
         uniq, inverse = np.unique(keys[:n], return_inverse=True)
-        counts = np.bincount(inverse, weights=weights, minlength=len(uniq)).astype(np.int64)
+        counts = np.bincount(inverse, weights=weights[:n], minlength=len(uniq)).astype(np.int64)
         tokens, counts, end_count = self._split_ends(uniq, counts)
-        return int(counts.sum() + end_count), tokens, counts, end_count, True
+        return int(prompt_count), tokens, counts, end_count, True
 
     def ntd(self, prompt, max_support: int | None = None) -> NextTokenDistribution:
         """Every distinct next token after ``prompt`` with its exact count (``max_support`` caps the scan
@@ -531,15 +539,16 @@ class NgramIndex:
         shard = self._shards[s]
         local = int(np.searchsorted(shard.offsets, ptr, side="right") - 1)
         start, end = self._doc_bounds(s, local)
-        ptr = max(ptr, start)  # a pointer at the separator belongs to the document it opens
-        # Centre the window on the match, as infini-gram does, clipped to the document.
+        # infini-gram's window: up to max_disp_len // 2 tokens before the pointer and
+        # (max_disp_len + 1) // 2 from it on, each side clipped to the document (not shifted).
+        # A pointer at the separator belongs to the document it opens (needle_offset 0 there,
+        # where infini-gram's unsigned arithmetic wraps around).
         tw = self.token_width
-        before = max(0, (max_disp_len - needle_len) // 2)
-        win_start = max(start, ptr - before * tw)
-        win_end = min(end, win_start + max_disp_len * tw)
+        win_start = max(start, ptr - (max_disp_len // 2) * tw)
+        win_end = max(win_start, min(end, ptr + ((max_disp_len + 1) // 2) * tw))
         tokens = self._tokens(s, win_start, win_end)
         return Document(doc_ix=int(self._doc_starts[s] + local), doc_len=(end - start) // tw, disp_len=len(tokens),
-                        needle_offset=(ptr - win_start) // tw, token_ids=tokens,
+                        needle_offset=max(0, (ptr - win_start) // tw), token_ids=tokens,
                         metadata=shard.doc_metadata(local), shard=s)
 
 

@@ -237,23 +237,63 @@ def next_token_runs(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, out_keys, out_count
 
 
 @njit(nogil=True, cache=True)
-def sampled_next_keys(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, max_support, out_keys):
-    """infini-gram's approximate ntd: per shard, every ``unit``-th rank of an oversized range.
+def approx_next_keys(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, unit, out_keys, out_weights):
+    """infini-gram's capped ntd, step for step: per shard, divide ``[lo, hi)`` in halves until a piece
+    either starts and ends with the same key (credited whole) or is shorter than ``4 * unit``; such a
+    piece is read every ``unit`` ranks at the middle of each block, each read weighted by its block.
 
-    unit = ceil((hi - lo) / max_support). Returns how many keys were written (unsorted); the
-    caller weights each by its shard's unit.
+    unit is the smallest power of two with ``count <= unit * max_support`` (unit 1 is exact). Writes
+    (key, weight) pairs, unsorted and unmerged, while they fit; returns how many there are, so a
+    caller whose outputs were too small can retry with that size. Unlike infini-gram, the end of the
+    data (key -1) and a separator are different keys here, so a piece holding both is not credited
+    whole to "end of document".
     """
+    cap = out_keys.shape[0]
     n = 0
+    stack = np.empty(256, dtype=np.int64)
     for s in range(len(ds_t)):
-        lo = lo_a[s]
-        hi = hi_a[s]
-        width = hi - lo
-        unit = (width + max_support - 1) // max_support if width > max_support else 1
-        r = lo
-        while r < hi:
-            out_keys[n] = _key_at_rank(ds_t[s], sa_t[s], ps_a[s], tw, r, depth)
-            n += 1
-            r += unit
+        ds = ds_t[s]
+        sa = sa_t[s]
+        ps = ps_a[s]
+        top = 0
+        if hi_a[s] > lo_a[s]:
+            stack[0] = lo_a[s]
+            stack[1] = hi_a[s]
+            top = 2
+        while top > 0:
+            top -= 2
+            start = stack[top]
+            end = stack[top + 1]
+            if end - start < 4 * unit:
+                rank = start
+                while rank < end:
+                    if rank + unit <= end:
+                        mid = rank + (unit >> 1)
+                        weight = unit
+                    else:
+                        mid = (rank + end) >> 1
+                        weight = end - rank
+                    if n < cap:
+                        out_keys[n] = _key_at_rank(ds, sa, ps, tw, mid, depth)
+                        out_weights[n] = weight
+                    n += 1
+                    rank += unit
+                continue
+            first = _key_at_rank(ds, sa, ps, tw, start, depth)
+            if first == _key_at_rank(ds, sa, ps, tw, end - 1, depth):
+                if n < cap:
+                    out_keys[n] = first
+                    out_weights[n] = end - start
+                n += 1
+                continue
+            mi = (start + end) >> 1
+            # Right half below the left one, so the left half is taken first (infini-gram's order
+            # does not matter for the sums, but a depth-first stack stays O(log range) deep).
+            stack[top] = mi
+            stack[top + 1] = end
+            stack[top + 2] = start
+            stack[top + 3] = mi
+            top += 4
     return n
 
 
