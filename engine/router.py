@@ -4,7 +4,8 @@ A router holds no index. It implements the NgramIndex query API by fanning each 
 the shard servers of a shard map (all in parallel, as gRPC futures) and merging the answers:
 
 - counts add; Find concatenates the per-shard suffix-array segments in map order;
-- Prob / NextTokenDistribution add prompt, continuation and per-token counts;
+- Prob / NextTokenDistribution add prompt, continuation and per-token counts (a distribution
+  capped by max_support is approximate: the shards' estimates add, see _merge_dists);
 - the infinity-gram backs off over the union: the suffix used is the longest suffix of the
   prompt with a nonzero count summed over all shards (the maximum of the shards' own suffix
   lengths); shards whose own suffix was shorter hold no occurrence of it and add nothing;
@@ -250,10 +251,14 @@ class NgramRouter:
     def _health_loop(self) -> None:
         while not self._stop.wait(self.health_interval):
             for sh in self._shards:
+                if self._stop.is_set():
+                    return
                 try:
-                    ok = sh.client.health(timeout=max(0.2, min(2.0, self.health_interval))) == "SERVING"
+                    ok = sh.client.health(timeout=min(5.0, max(2.0, 5 * self.health_interval))) == "SERVING"
                 except NgramError:
                     ok = False
+                except ValueError:  # the channel was closed by close()
+                    return
                 if ok != sh.healthy:
                     log.warning("%s is %s", sh.where(), "serving again" if ok else "DOWN")
                 sh.healthy = ok
@@ -514,20 +519,22 @@ class NgramRouter:
     def ntd(self, prompt, max_support: int | None = None) -> NextTokenDistribution:
         ids = self._ids(prompt, "prompt")
         req = self._ntd_request(pb.NextTokenDistributionRequest, {"prompt": self._query(ids)}, max_support)
-        return _merge_dists([decode_dist(r.distribution) for r in self._all("NextTokenDistribution", req)])
+        return _merge_dists([decode_dist(r.distribution) for r in self._all("NextTokenDistribution", req)],
+                            max_support=max_support)
 
     def ntd_batch(self, prompts, max_support: int | None = None) -> list[NextTokenDistribution]:
         pq = self._packed(prompts, "prompts")
         req = self._ntd_request(pb.NextTokenDistributionBatchRequest, {"prompts": encode_packed(pq)}, max_support)
         per_shard = [decode_packed_dists(r.distributions, False) for r in self._all("NextTokenDistributionBatch", req)]
-        return [_merge_dists(list(ds)) for ds in zip(*per_shard)] if len(pq) else []
+        return [_merge_dists(list(ds), max_support=max_support) for ds in zip(*per_shard)] if len(pq) else []
 
     def infgram_ntd(self, prompt, max_support: int | None = None) -> InfgramNtdResult:
         ids = self._ids(prompt, "prompt")
         req = self._ntd_request(pb.InfgramNextTokenDistributionRequest, {"prompt": self._query(ids)}, max_support)
         rs = self._all("InfgramNextTokenDistribution", req)
         L = max(int(r.suffix_len) for r in rs)
-        return _merge_dists([decode_dist(r.distribution) for r in rs if int(r.suffix_len) == L], suffix_len=L)
+        return _merge_dists([decode_dist(r.distribution) for r in rs if int(r.suffix_len) == L], suffix_len=L,
+                            max_support=max_support)
 
     def infgram_ntd_batch(self, prompts, max_support: int | None = None) -> list[InfgramNtdResult]:
         pq = self._packed(prompts, "prompts")
@@ -536,7 +543,7 @@ class NgramRouter:
         out = []
         for ds in zip(*per_shard):
             L = max(d.suffix_len for d in ds)
-            out.append(_merge_dists([d for d in ds if d.suffix_len == L], suffix_len=L))
+            out.append(_merge_dists([d for d in ds if d.suffix_len == L], suffix_len=L, max_support=max_support))
         return out
 
     # -- documents -----------------------------------------------------------------------------
@@ -619,11 +626,18 @@ def _probs(pc: np.ndarray, cc: np.ndarray) -> np.ndarray:
     return out
 
 
-def _merge_dists(dists: list, suffix_len: int | None = None):
-    """Sum distributions token by token (tokens ascending)."""
+def _merge_dists(dists: list, suffix_len: int | None = None, max_support: int | None = None):
+    """Sum distributions token by token (tokens ascending).
+
+    Exact distributions merge exactly. With max_support, one index samples when the prompt's
+    total count exceeds max_support (with a sampling unit chosen from that total); here each
+    shard server sampled by its own count, so the merged counts are the sum of the shards'
+    estimates: prompt_count stays exact, counts still sum to it, and approx is set exactly when
+    one index would set it (total count > max_support).
+    """
     pc = sum(int(d.prompt_count) for d in dists)
     ec = sum(int(d.end_count) for d in dists)
-    approx = any(bool(d.approx) for d in dists)
+    approx = any(bool(d.approx) for d in dists) or (max_support is not None and pc > int(max_support))
     nonempty = [d for d in dists if len(d.tokens)]
     if len(nonempty) == 1:
         tokens = np.asarray(nonempty[0].tokens, dtype=np.int64)
