@@ -551,6 +551,62 @@ class NgramIndex:
                         needle_offset=max(0, (ptr - win_start) // tw), token_ids=tokens,
                         metadata=shard.doc_metadata(local), shard=s)
 
+    # ------------------------------------------------------------------ frequent n-grams, matches, CNF
+    # Thin delegations to engine.ngrams / engine.match / engine.cnf (issue 4); keep this block last.
+    def frequent_ngrams(self, n_min: int = 1, n_max: int | None = None, *, min_count: int | None = None,
+                        top_k: int | None = None, out=None, progress: bool = False, **kwargs):
+        """Every n-gram (n_min..n_max tokens) with count >= min_count, or the top_k most frequent,
+        exact over all shards; an engine.ngram_table.NgramTable (see engine.ngrams.frequent_ngrams)."""
+        from engine.ngrams import frequent_ngrams
+
+        return frequent_ngrams(self, n_min, n_max, min_count=min_count, top_k=top_k, out=out, progress=progress,
+                               **kwargs)
+
+    def fgram_vocab(self, max_len: int = 3, size: int = 1 << 20, min_count: int = 2, *, out=None,
+                    progress: bool = False, **kwargs):
+        """A SCONE f-gram vocabulary (engine.ngrams.build_fgram_vocab)."""
+        from engine.ngrams import build_fgram_vocab
+
+        return build_fgram_vocab(self, max_len, size, min_count, out=out, progress=progress, **kwargs)
+
+    def longest_matches(self, text, max_len: int | None = None):
+        """Per position, the longest span ending there that occurs, and its count (engine.match)."""
+        from engine.match import longest_matches
+
+        return longest_matches(self, text, max_len)
+
+    def infgram_probs(self, text, max_len: int | None = None) -> ProbBatchResult:
+        """∞-gram probability of every token of ``text`` given the tokens before it, in one pass."""
+        from engine.match import infgram_probs
+
+        return infgram_probs(self, text, max_len)
+
+    def attribute(self, text, min_len: int = 8, max_count: int | None = None, **kwargs):
+        """Maximal spans of ``text`` that occur, with counts, source documents and a creativity score."""
+        from engine.match import attribute
+
+        return attribute(self, text, min_len, max_count, **kwargs)
+
+    def creativity(self, text, n=5, max_len: int | None = None):
+        """Share of ``text`` not covered by occurring spans of >= n tokens (engine.match.creativity)."""
+        from engine.match import creativity
+
+        return creativity(self, text, n, max_len)
+
+    def count_cnf(self, cnf, max_clause_freq: int | None = None):
+        """Documents containing, for every clause (an OR of n-grams), one of its n-grams (engine.cnf)."""
+        from engine.cnf import DEFAULT_MAX_CLAUSE_FREQ, count_cnf
+
+        return count_cnf(self, cnf, DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq)
+
+    def search_docs_cnf(self, cnf, max_docs: int = 10, max_clause_freq: int | None = None,
+                        max_disp_len: int = DEFAULT_MAX_DISP_LEN):
+        """The first max_docs documents matching a CNF query, with the exact count (engine.cnf)."""
+        from engine.cnf import DEFAULT_MAX_CLAUSE_FREQ, search_docs_cnf
+
+        return search_docs_cnf(self, cnf, max_docs,
+                               DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq, max_disp_len)
+
 
 def _check_against_manifest(shard: Shard, entry: dict, path: Path) -> None:
     if shard.num_positions != entry["num_tokens"] or shard.num_docs != entry["num_docs"] \
