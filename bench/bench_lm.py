@@ -46,10 +46,30 @@ def split(chs, every: int = 20):
     return train, held
 
 
-def ensure_index(train_texts, tokenizer_json: Path, root: Path):
+def kernel_files(root: Path, subdir: str) -> list[tuple[str, str]]:
+    files = sorted(p for p in (root / subdir).rglob("*") if p.suffix in (".c", ".h") and p.is_file())
+    return [(str(p.relative_to(root)), p.read_text(encoding="utf-8", errors="replace")) for p in files]
+
+
+def load_corpus(name: str):
+    """(train texts, [(label, held-out text)], description, index name)."""
+    from engine.fetch import fetch
+
+    if name == "kjv":
+        train, held = split(chapters(fetch("kjv") / "kjv.jsonl"))
+        return train, held, "the KJV Bible, one document per chapter, every 20th chapter held out", "kjv-train-smollm2"
+    if name.startswith("kernel:"):
+        sub = name.split(":", 1)[1]
+        train, held = split(kernel_files(fetch("linux-kernel-src"), sub))
+        return (train, held, f"Linux 6.1 {sub}/ .c/.h files, one document per file, every 20th file held out",
+                "kernel-" + sub.replace("/", "-") + "-train-smollm2")
+    raise SystemExit(f"unknown corpus {name!r}: use kjv or kernel:SUBDIR (e.g. kernel:sound/soc)")
+
+
+def ensure_index(train_texts, tokenizer_json: Path, root: Path, name: str):
     import engine
 
-    path = root / "kjv-train-smollm2"
+    path = root / name
     if not (path / "manifest.json").exists():
         t0 = time.perf_counter()
         engine.build_index(path, documents=train_texts, tokenizer=str(tokenizer_json), progress=False)
@@ -72,52 +92,52 @@ def machine(device: str) -> str:
     return s
 
 
-def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_count):
+def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_count, with_null=False):
+    """Every method on every prompt, methods interleaved per prompt (so that load drift on a shared
+    machine hits them alike). Returns {method: (SpecStats summed over prompts, same_as_greedy)}."""
     import torch
 
-    from lm_integration import InfgramDrafter, NullDrafter, PromptLookupDrafter
+    from lm_integration import HybridDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter
     from lm_integration.speculative import SpecStats, speculative_generate
 
     def sync():
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    methods = {
-        "greedy (HF generate)": None,
-        "greedy (our loop, no drafts)": lambda: NullDrafter(),
-        "prompt lookup": lambda: PromptLookupDrafter(max_ngram=3),
-        "∞-gram drafter": lambda: InfgramDrafter(index, min_count=min_count),
-    }
-    results = {}
-    refs = []
-    for name, make in methods.items():
-        agg = SpecStats()
-        wall = 0.0
-        same = True
-        for i, p in enumerate(prompts):
-            ids = torch.tensor([p], device=device)
+    methods = {"greedy (HF generate)": None}
+    if with_null:
+        methods["greedy (our loop, no drafts)"] = lambda: NullDrafter()
+    methods.update({
+        "prompt lookup (context only)": lambda: PromptLookupDrafter(max_ngram=3),
+        "∞-gram drafter (corpus only)": lambda: InfgramDrafter(index, min_count=min_count),
+        "hybrid (corpus + context)": lambda: HybridDrafter(index, min_count=min_count),
+    })
+    agg = {name: SpecStats() for name in methods}
+    same = {name: True for name in methods}
+    for p in prompts:
+        ids = torch.tensor([p], device=device)
+        ref = None
+        for name, make in methods.items():
             sync()
             t0 = time.perf_counter()
             if make is None:
                 out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False)
-                st = None
             else:
                 out, st = speculative_generate(model, make(), ids, new_tokens, num_draft=num_draft, return_stats=True)
             sync()
-            dt = time.perf_counter() - t0
-            wall += dt
+            a = agg[name]
+            a.seconds += time.perf_counter() - t0
             if make is None:
-                refs.append(out.cpu())
-                agg.new_tokens += out.shape[1] - ids.shape[1]
-                agg.row_steps += out.shape[1] - ids.shape[1]
-                agg.steps += out.shape[1] - ids.shape[1]
+                ref = out.cpu()
+                n = out.shape[1] - ids.shape[1]
+                a.new_tokens += n
+                a.row_steps += n
+                a.steps += n
             else:
-                same &= torch.equal(out.cpu(), refs[i])
+                same[name] &= torch.equal(out.cpu(), ref)
                 for k in ("new_tokens", "row_steps", "steps", "drafted", "accepted", "drafter_seconds"):
-                    setattr(agg, k, getattr(agg, k) + getattr(st, k))
-        agg.seconds = wall
-        results[name] = (agg, same)
-    return results
+                    setattr(a, k, getattr(a, k) + getattr(st, k))
+    return {name: (agg[name], same[name]) for name in methods}
 
 
 def prior_overhead(model, index, prompts, new_tokens, device, lam_s, lam_d):
@@ -137,7 +157,10 @@ def prior_overhead(model, index, prompts, new_tokens, device, lam_s, lam_d):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--prompts", type=int, default=8, help="held-out chapters used as prompts")
+    ap.add_argument("--corpus", default="kjv", help="kjv (default) or kernel:SUBDIR, e.g. kernel:sound/soc")
+    ap.add_argument("--prompts", type=int, default=8, help="held-out documents used as prompts")
+    ap.add_argument("--prompt-offset", type=int, default=0, help="prompt starts this many tokens into the document")
+    ap.add_argument("--with-null", action="store_true", help="also time our loop with no drafts")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--num-draft", type=int, default=8)
@@ -146,14 +169,15 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--stride", type=int, default=256)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: on a shared 2-core machine more threads spin against each other)")
     ap.add_argument("--skip-ppl", action="store_true")
     ap.add_argument("--json", help="write raw results here")
     args = ap.parse_args(argv)
 
     import torch
 
-    from engine.fetch import cache_dir, fetch
+    from engine.fetch import cache_dir
     from lm_integration import check_tokenizer_compat, smollm2
     from lm_integration.eval_lm import evaluate, format_table
 
@@ -161,19 +185,22 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if not smollm2.is_available():
         smollm2.convert()
-    kjv = fetch("kjv") / "kjv.jsonl"
-    train, held = split(chapters(kjv))
-    index = ensure_index(train, smollm2.model_dir() / "tokenizer.json", cache_dir() / "bench_lm")
+    train, held, corpus_desc, index_name = load_corpus(args.corpus)
+    index = ensure_index(train, smollm2.model_dir() / "tokenizer.json", cache_dir() / "bench_lm", index_name)
+    index.warmup()
     model, tok = smollm2.load(device=args.device)
     check_tokenizer_compat(index, tok, model=model)
-    print(f"[bench_lm] index: {index.num_tokens:,} tokens, {index.num_docs} chapters; held out: {len(held)} chapters",
+    print(f"[bench_lm] index: {index.num_tokens:,} tokens, {index.num_docs} documents; held out: {len(held)}",
           file=sys.stderr)
 
     held_ids = [tok.encode(t, add_special_tokens=False) for _, t in held]
-    prompts = [ids[: args.prompt_tokens] for ids in held_ids[: args.prompts]]
+    need = args.prompt_offset + args.prompt_tokens
+    prompts = [ids[args.prompt_offset : need] for ids in held_ids if len(ids) >= need][: args.prompts]
+    load_before = os.getloadavg()[0]
     # warm up (first calls allocate, compile kernels)
     run_spec(model, tok, index, prompts[:1], 8, args.num_draft, args.device, args.min_count)
-    spec = run_spec(model, tok, index, prompts, args.new_tokens, args.num_draft, args.device, args.min_count)
+    spec = run_spec(model, tok, index, prompts, args.new_tokens, args.num_draft, args.device, args.min_count,
+                    args.with_null)
 
     raw: dict = {"machine": machine(args.device), "args": vars(args)}
     lam_s, lam_d = 0.5, 0.5
@@ -183,17 +210,19 @@ def main(argv=None) -> int:
         # validation: the first half of the held-out chapters; test: the second half (disjoint from prompts? no
         # need: perplexity is scored on the held-out text itself)
         ppl = evaluate(model, index, held_ids[:half], held_ids[half:], window=args.window, stride=args.stride,
-                       max_tokens=args.ppl_tokens)
+                       max_tokens=args.ppl_tokens, progress=True)
         lam_s, lam_d = ppl["lambda_sparse"], ppl["lambda_dense"]
         raw["perplexity"] = ppl
     prior_ms = prior_overhead(model, index, prompts[: min(4, len(prompts))], 32, args.device, lam_s, lam_d)
 
     base_tps = spec["greedy (HF generate)"][0].tokens_per_second
     lines = [
-        f"### LM integration: SmolLM2-135M + ∞-gram index of the KJV training chapters ({args.device})",
+        f"### LM integration: SmolLM2-135M + ∞-gram index ({args.corpus}, {args.device})",
         "",
-        f"Machine: {raw['machine']}. Index: {index.num_tokens:,} tokens ({index.num_docs} chapters); "
-        f"{len(held)} held-out chapters; {len(prompts)} prompts of {args.prompt_tokens} tokens, "
+        f"Corpus: {corpus_desc}. Machine: {raw['machine']}; load average {load_before:.1f} before, "
+        f"{os.getloadavg()[0]:.1f} after. Index: {index.num_tokens:,} tokens ({index.num_docs} documents); "
+        f"{len(held)} held-out documents; {len(prompts)} prompts of {args.prompt_tokens} tokens "
+        f"(from token {args.prompt_offset} of a held-out document), greedy, "
         f"{args.new_tokens} new tokens each, up to {args.num_draft} draft tokens per step.",
         "",
         "| method | tokens / step | acceptance | drafter ms / step | tokens / s | vs HF greedy | same tokens as greedy |",
@@ -206,7 +235,7 @@ def main(argv=None) -> int:
         dms = f"{st.drafter_ms_per_step:.3f}" if st.drafted or "drafter" in name else "-"
         lines.append(f"| {name} | {st.tokens_per_step:.2f} | {acc} | {dms} | {st.tokens_per_second:.1f} | "
                      f"{st.tokens_per_second / base_tps:.2f}x | {'yes' if same else 'NO'} |")
-    inf = spec["∞-gram drafter"][0]
+    inf = spec["∞-gram drafter (corpus only)"][0]
     lines += ["", f"∞-gram prior (interpolation, λ_sparse={lam_s}, λ_dense={lam_d}): "
               f"{prior_ms:.3f} ms per decoding step (median over prompts); "
               f"∞-gram drafter {inf.drafter_ms_per_step:.3f} ms per step; together "
@@ -214,8 +243,9 @@ def main(argv=None) -> int:
     raw["prior_ms_per_step"] = prior_ms
     if ppl is not None:
         lines += ["", "Held-out perplexity (chapters never indexed):", "", format_table(ppl)]
-    lines += ["", f"Reproduce: `python bench/bench_lm.py --prompts {args.prompts} --new-tokens {args.new_tokens} "
-              f"--num-draft {args.num_draft} --ppl-tokens {args.ppl_tokens} --device {args.device}`"]
+    lines += ["", f"Reproduce: `python bench/bench_lm.py --corpus {args.corpus} --prompt-offset {args.prompt_offset} --prompts {args.prompts} --new-tokens {args.new_tokens} "
+              f"--num-draft {args.num_draft} --ppl-tokens {args.ppl_tokens} --device {args.device} --threads {args.threads}"
+              + (" --skip-ppl" if args.skip_ppl else "") + "`"]
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=2, default=float))

@@ -5,7 +5,7 @@ Need torch (imported on first use): InfgramLogitsProcessor, speculative_generate
 generate_with_drafter, SconeEmbedding and friends.
 """
 
-from lm_integration.drafter import ConstantDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter
+from lm_integration.drafter import ConstantDrafter, HybridDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter
 from lm_integration.errors import FgramVocabError, LMIntegrationError, TokenizerMismatchError
 from lm_integration.fgram import CausalFgramMatcher, FgramVocab, load_fgram_vocab
 from lm_integration.infgram import InfgramEstimate, InfgramTracker, estimate_from_ntd
@@ -34,6 +34,6 @@ def __getattr__(name):
 __all__ = [
     "NgramSource", "check_tokenizer_compat", "tokenizer_fingerprint", "TokenizerMismatchError",
     "LMIntegrationError", "FgramVocabError", "InfgramEstimate", "InfgramTracker", "estimate_from_ntd",
-    "InfgramDrafter", "PromptLookupDrafter", "NullDrafter", "ConstantDrafter",
+    "InfgramDrafter", "HybridDrafter", "PromptLookupDrafter", "NullDrafter", "ConstantDrafter",
     "CausalFgramMatcher", "FgramVocab", "load_fgram_vocab", *_LAZY,
 ]

@@ -51,11 +51,13 @@ class PromptLookupDrafter:
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.seconds = 0.0
 
-    def propose(self, context, k, key=0):
+    def propose_with_len(self, context, k) -> tuple[list[int], int]:
+        """(draft, length of the matched n-gram); ([], 0) when nothing matches."""
         t0 = time.perf_counter()
         ctx = np.asarray(context, dtype=np.int64).reshape(-1)
         T = len(ctx)
         out: list[int] = []
+        n_found = 0
         for n in range(min(self.max_ngram, T - 1), self.min_ngram - 1, -1):
             pat = ctx[T - n:]
             win = np.lib.stride_tricks.sliding_window_view(ctx[: T - 1], n)  # starts 0 .. T-1-n
@@ -64,9 +66,13 @@ class PromptLookupDrafter:
                 start = int(hits[-1]) + n
                 out = ctx[start : start + k].tolist()
                 if out:
+                    n_found = n
                     break
         self.seconds += time.perf_counter() - t0
-        return out
+        return out, n_found
+
+    def propose(self, context, k, key=0):
+        return self.propose_with_len(context, k)[0]
 
 
 class InfgramDrafter:
@@ -77,11 +83,17 @@ class InfgramDrafter:
     and let s be the longest occurring suffix of s + token. Stops early when the matched suffix is
     shorter than ``min_suffix_len``, when the top token's share is below ``min_prob``, or when its
     count is below ``min_count``. One engine query per drafted token, each at most suffix_len + 1
-    tokens long; the context's own match is kept per ``key`` and extended incrementally.
+    tokens long; the context's own match is kept per ``key`` and extended incrementally. Pass
+    ``tokenizer`` (and ``model``) to refuse an index built with another tokenizer.
     """
 
     def __init__(self, source, *, min_suffix_len: int = 1, min_prob: float = 0.0, min_count: int = 1,
-                 max_support: int | None = None, max_query_len: int | None = None, cache_size: int = 4096):
+                 max_support: int | None = None, max_query_len: int | None = None, cache_size: int = 4096,
+                 tokenizer=None, model=None):
+        if tokenizer is not None or model is not None:
+            from lm_integration.tokenizer_compat import check_tokenizer_compat
+
+            check_tokenizer_compat(source, tokenizer, model=model)
         self.source = source
         self.min_suffix_len = int(min_suffix_len)
         self.min_prob = float(min_prob)
@@ -145,11 +157,15 @@ class InfgramDrafter:
         return out
 
     def propose(self, context, k, key=0):
+        return self.propose_with_len(context, k, key)[0]
+
+    def propose_with_len(self, context, k, key=0) -> tuple[list[int], int]:
+        """(draft, length of the context's longest suffix found in the corpus)."""
         t0 = time.perf_counter()
         suffix, est = self._context_estimate(context, key)
         out = self._chain(suffix, est, k) if k > 0 else []
         self.seconds += time.perf_counter() - t0
-        return out
+        return out, est.suffix_len
 
     def propose_tree(self, context, k, width: int = 2, key=0) -> list[list[int]]:
         """Up to ``width`` chains sharing the context: the top ``width`` first tokens (by count),
@@ -169,3 +185,34 @@ class InfgramDrafter:
                 chains.append([tok] + self._chain(q, self._query(q), k - 1) if k > 1 else [tok])
         self.seconds += time.perf_counter() - t0
         return chains
+
+
+class HybridDrafter:
+    """The corpus and the context together: propose from whichever has the longer match for the
+    context's end, the n-gram engine (InfgramDrafter: longest suffix found in the corpus) or the
+    context itself (PromptLookupDrafter: longest earlier occurrence, up to ``max_ngram`` tokens).
+    The context wins ties, and any match of at least ``context_min`` tokens (a model repeating
+    itself is the most predictable case)."""
+
+    def __init__(self, source, *, max_ngram: int = 8, context_min: int = 3, **infgram_kwargs):
+        self.infgram = InfgramDrafter(source, **infgram_kwargs)
+        self.lookup = PromptLookupDrafter(max_ngram=max_ngram)
+        self.context_min = int(context_min)
+        self.used = {"context": 0, "corpus": 0}
+
+    @property
+    def seconds(self) -> float:
+        return self.infgram.seconds + self.lookup.seconds
+
+    def reset(self) -> None:
+        self.infgram.reset()
+
+    def propose(self, context, k, key=0):
+        ctx_draft, ctx_len = self.lookup.propose_with_len(context, k)
+        inf_draft, inf_len = self.infgram.propose_with_len(context, k, key)
+        if ctx_draft and ctx_len >= min(inf_len, self.context_min):
+            self.used["context"] += 1
+            return ctx_draft
+        if inf_draft:
+            self.used["corpus"] += 1
+        return inf_draft

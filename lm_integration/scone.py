@@ -83,7 +83,7 @@ def open_fgram_table(path, mode: str = "mmap"):
     if mode == "mmap":
         return mm
     if mode == "pinned":
-        t = torch.from_numpy(np.ascontiguousarray(mm))
+        t = torch.from_numpy(np.array(mm))  # a private, writable copy
         try:
             return t.pin_memory()
         except RuntimeError:  # no accelerator driver: pinning is not available

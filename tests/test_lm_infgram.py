@@ -108,3 +108,15 @@ def test_prompt_lookup():
     assert dr.propose([5, 6, 7, 9, 6, 7, 8, 6, 7], 2) == [8, 6]  # most recent occurrence of [6, 7]
     assert dr.propose([1, 2, 3], 4) == []
     assert dr.propose([4], 4) == []
+
+
+def test_hybrid_drafter_prefers_the_longer_match():
+    from lm_integration import HybridDrafter
+
+    docs = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7, 6]]
+    dr = HybridDrafter(FakeSource(docs, vocab_size=12), context_min=3)
+    # the corpus knows [..., 2, 3, 4] -> 5 6 7; the context has no earlier [4]
+    assert dr.propose([0, 2, 3, 4], 3) == [5, 6, 7]
+    # the context repeats itself: [9, 9, 10] seen before, followed by 11 -> context wins
+    assert dr.propose([9, 9, 10, 11, 1, 9, 9, 10], 2) == [11, 1]
+    assert dr.used == {"context": 1, "corpus": 1}

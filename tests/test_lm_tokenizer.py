@@ -106,3 +106,12 @@ def test_content_fingerprint_of_tokenizers_json_is_the_engines(tmp_path):
     check_tokenizer_compat(idx, A)
     with pytest.raises(TokenizerMismatchError, match="fingerprint differs"):
         check_tokenizer_compat(idx, B)
+
+
+def test_drafter_refuses_mismatch():
+    from lm_integration import InfgramDrafter
+
+    src = FakeSource([[1, 2, 3]], vocab_size=9, fingerprint=tokenizer_fingerprint(B))
+    with pytest.raises(TokenizerMismatchError):
+        InfgramDrafter(src, tokenizer=A)
+    InfgramDrafter(FakeSource([[1]], vocab_size=9, fingerprint=tokenizer_fingerprint(A)), tokenizer=A)
