@@ -632,6 +632,130 @@ class NgramClient:
         )
 
 
+    # -- frequent n-grams, longest matches, attribution, AND/OR search (issue 4) ---------------
+
+    def frequent_ngrams(self, n_min: int = 1, n_max: int | None = None, *, min_count: int | None = None,
+                        top_k: int | None = None, chunk_rows: int | None = None, timeout: float | None = None):
+        """NgramIndex.frequent_ngrams over gRPC: the whole table (engine.ngram_table.NgramTable) in memory.
+        The server caps the rows (max_ngram_rows)."""
+        from engine.ngram_table import NgramTable
+
+        req = pb.FrequentNgramsRequest(n_min=_int(n_min, "n_min"), n_max=_int(n_min if n_max is None else n_max, "n_max"))
+        if min_count is not None:
+            req.min_count = _int(min_count, "min_count")
+        if top_k is not None:
+            req.top_k = _int(top_k, "top_k")
+        if chunk_rows is not None:
+            req.chunk_rows = _int(chunk_rows, "chunk_rows")
+        summary, tokens, offsets, counts, base = None, [], [np.zeros(1, dtype=np.int64)], [], 0
+        try:
+            for msg in self._stream("FrequentNgrams", req, timeout):
+                if msg.WhichOneof("item") == "summary":
+                    summary = msg.summary
+                    continue
+                t, o, c = _arr(msg.rows.token_ids), _arr(msg.rows.offsets), _arr(msg.rows.counts)
+                tokens.append(t)
+                offsets.append(o[1:] + base)
+                counts.append(c)
+                base += len(t)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        if summary is None:
+            raise RpcFailedError("FrequentNgrams stream ended without its summary message")
+        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)  # noqa: E731
+        return NgramTable(cat(tokens).astype(np.uint32), cat(offsets), cat(counts), json.loads(summary.meta_json))
+
+    def longest_matches(self, text, max_len: int | None = None, infgram: bool = False, *,
+                        timeout: float | None = None):
+        """NgramIndex.longest_matches over gRPC (engine.match.LongestMatches)."""
+        from engine.match import LongestMatches
+
+        req = pb.LongestMatchesRequest(text=encode_query(text, "text"))
+        if max_len is not None:
+            req.max_len = _int(max_len, "max_len")
+        r = self._call("LongestMatches", req, timeout)
+        probs = ProbBatchResult(_arr(r.prompt_counts), _arr(r.cont_counts), _arr(r.probs, _F8), _arr(r.suffix_lens))
+        return LongestMatches(_arr(r.token_ids), _arr(r.lengths), _arr(r.counts), probs if infgram else None)
+
+    def infgram_probs(self, text, max_len: int | None = None, *, timeout: float | None = None) -> ProbBatchResult:
+        """NgramIndex.infgram_probs over gRPC: the ∞-gram probability of every position of ``text``."""
+        return self.longest_matches(text, max_len, True, timeout=timeout).infgram
+
+    def attribute(self, text, min_len: int = 8, max_count: int | None = None, *, max_docs: int = 3,
+                  max_disp_len: int = 100, creativity_n: int | None = None, timeout: float | None = None):
+        """NgramIndex.attribute over gRPC (engine.match.Attribution)."""
+        from engine.match import AttributedSpan, Attribution, LongestMatches
+
+        req = pb.AttributeRequest(text=encode_query(text, "text"), min_len=_int(min_len, "min_len"),
+                                  max_docs=_int(max_docs, "max_docs"), max_disp_len=_int(max_disp_len, "max_disp_len"))
+        if max_count is not None:
+            req.max_count = _int(max_count, "max_count")
+        if creativity_n is not None:
+            req.creativity_n = _int(creativity_n, "creativity_n")
+        r = self._call("Attribute", req, timeout)
+        spans = [AttributedSpan(int(sp.start), int(sp.end), int(sp.count), np.asarray(sp.token_ids, dtype=np.int64),
+                                [decode_document(d) for d in sp.documents]) for sp in r.spans]
+        tokens = _arr(r.token_ids)
+        return Attribution(len(tokens), spans, float(r.creativity), int(r.creativity_n), int(min_len),
+                           None if max_count is None else int(max_count),
+                           LongestMatches(tokens, _arr(r.lengths), _arr(r.counts)))
+
+    def count_cnf(self, cnf, max_clause_freq: int | None = None, *, timeout: float | None = None):
+        """NgramIndex.count_cnf over gRPC (engine.cnf.CnfResult; doc_ixs is left empty: only the
+        count travels)."""
+        from engine.cnf import CnfResult
+
+        req = pb.CountCnfRequest(clauses=_encode_cnf(cnf))
+        if max_clause_freq is not None:
+            req.max_clause_freq = _int(max_clause_freq, "max_clause_freq")
+        r = self._call("CountCnf", req, timeout)
+        return CnfResult(int(r.count), bool(r.approx), tuple(int(c) for c in r.clause_counts),
+                         tuple(int(c) for c in r.scanned_clauses), np.zeros(0, dtype=np.int64))
+
+    def search_docs_cnf(self, cnf, max_docs: int = 10, max_clause_freq: int | None = None,
+                        max_disp_len: int = 1000, *, timeout: float | None = None):
+        """NgramIndex.search_docs_cnf over gRPC (engine.cnf.CnfResult)."""
+        from engine.cnf import CnfResult
+
+        req = pb.SearchDocumentsCnfRequest(clauses=_encode_cnf(cnf), max_docs=_int(max_docs, "max_docs"),
+                                           max_disp_len=_int(max_disp_len, "max_disp_len"))
+        if max_clause_freq is not None:
+            req.max_clause_freq = _int(max_clause_freq, "max_clause_freq")
+        summary, docs = None, []
+        try:
+            for msg in self._stream("SearchDocumentsCnf", req, timeout):
+                if msg.WhichOneof("item") == "summary":
+                    summary = msg.summary
+                else:
+                    docs.append(decode_document(msg.document))
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc) from exc
+        if summary is None:
+            raise RpcFailedError("SearchDocumentsCnf stream ended without its summary message")
+        return CnfResult(int(summary.count), bool(summary.approx), tuple(int(c) for c in summary.clause_counts),
+                         tuple(int(c) for c in summary.scanned_clauses),
+                         np.array([d.doc_ix for d in docs], dtype=np.int64), docs)
+
+
+def _encode_cnf(cnf) -> list:
+    """A CNF query (list of clauses, each a list of n-grams as ids or text; a str stands for a
+    one-term clause or a one-clause query) as CnfClause messages."""
+    if isinstance(cnf, str):
+        cnf = [[cnf]]
+    if not isinstance(cnf, (list, tuple)) or not cnf:
+        raise InvalidQueryError("cnf must be a non-empty list of clauses, each a list of n-grams (ids or text)")
+    clauses = []
+    for i, clause in enumerate(cnf):
+        if isinstance(clause, str):
+            clause = [clause]
+        if not isinstance(clause, (list, tuple)) or not clause:
+            raise InvalidQueryError(f"clause {i} must be a non-empty list of n-grams (each a list of ids or text)")
+        if all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in clause):
+            raise InvalidQueryError(f"clause {i} is a flat list of ids; wrap it: a clause is a list of n-grams")
+        clauses.append(pb.CnfClause(terms=[encode_query(t, f"cnf[{i}][{k}]") for k, t in enumerate(clause)]))
+    return clauses
+
+
 def _int(value, what: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise InvalidQueryError(f"{what} must be an int, got {type(value).__name__}")

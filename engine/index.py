@@ -569,11 +569,12 @@ class NgramIndex:
 
         return build_fgram_vocab(self, max_len, size, min_count, out=out, progress=progress, **kwargs)
 
-    def longest_matches(self, text, max_len: int | None = None):
-        """Per position, the longest span ending there that occurs, and its count (engine.match)."""
+    def longest_matches(self, text, max_len: int | None = None, infgram: bool = False):
+        """Per position, the longest span ending there that occurs, and its count (engine.match);
+        ``infgram`` adds the ∞-gram probabilities of every position from the same pass."""
         from engine.match import longest_matches
 
-        return longest_matches(self, text, max_len)
+        return longest_matches(self, text, max_len, infgram)
 
     def infgram_probs(self, text, max_len: int | None = None) -> ProbBatchResult:
         """∞-gram probability of every token of ``text`` given the tokens before it, in one pass."""

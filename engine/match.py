@@ -28,6 +28,7 @@ class LongestMatches:
     tokens: np.ndarray
     lengths: np.ndarray
     counts: np.ndarray
+    infgram: ProbBatchResult | None = None  # with infgram=True: the ∞-gram terms of every position
 
     @property
     def starts(self) -> np.ndarray:
@@ -93,11 +94,19 @@ def _pass(index, ids: np.ndarray, max_len: int):
     return out
 
 
-def longest_matches(index, text, max_len: int | None = None) -> LongestMatches:
-    """For every position, the longest span ending there that occurs in the index, and its count."""
+def longest_matches(index, text, max_len: int | None = None, infgram: bool = False) -> LongestMatches:
+    """For every position, the longest span ending there that occurs in the index, and its count
+    (and, with ``infgram``, the ∞-gram probabilities of every position from the same pass)."""
     ids = index._ids(text, allow_empty=True, name="text")
     res = _pass(index, ids, _check_max_len(max_len))
-    return LongestMatches(ids, res["lengths"], res["counts"])
+    return LongestMatches(ids, res["lengths"], res["counts"], _probs(res) if infgram else None)
+
+
+def _probs(res) -> ProbBatchResult:
+    prompt, cont = res["prompt"], res["cont"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        probs = np.where(prompt > 0, cont / np.maximum(prompt, 1), -1.0)
+    return ProbBatchResult(prompt, cont, probs, res["suffix"])
 
 
 def infgram_probs(index, text, max_len: int | None = None) -> ProbBatchResult:
@@ -105,11 +114,7 @@ def infgram_probs(index, text, max_len: int | None = None) -> ProbBatchResult:
     ``index.infgram_prob(text[:j], text[j])`` (prob -1.0 never happens here: the empty suffix
     always occurs). ``max_len`` caps the suffix length."""
     ids = index._ids(text, allow_empty=True, name="text")
-    res = _pass(index, ids, _check_max_len(max_len))
-    prompt, cont = res["prompt"], res["cont"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        probs = np.where(prompt > 0, cont / np.maximum(prompt, 1), -1.0)
-    return ProbBatchResult(prompt, cont, probs, res["suffix"])
+    return _probs(_pass(index, ids, _check_max_len(max_len)))
 
 
 def uniqueness(lengths: np.ndarray, n: int) -> float:

@@ -89,6 +89,8 @@ class ServerLimits:
     max_results_per_stream: int = 1000
     max_support: int = 1_000_000
     max_disp_len: int = 100_000
+    max_ngram_rows: int = 1_000_000
+    max_clause_freq: int = 1_000_000
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -660,6 +662,126 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
         else:
             raise InvalidQueryError("the document locator is missing: set doc_ix, rank or pointer")
         return pb.GetDocumentResponse(document=_doc_proto(doc))
+
+
+    # -- frequent n-grams, longest matches, attribution, AND/OR search (issue 4) ---------------
+
+    def _backend_method(self, name: str):
+        fn = getattr(self.backend, name, None)
+        if fn is None:
+            raise NgramError(f"{name} is not served by this backend ({type(self.backend).__name__}); "
+                             "ask a server that holds the index itself")
+        return fn
+
+    @staticmethod
+    def _opt(request, field: str, default):
+        return int(getattr(request, field)) if request.HasField(field) else default
+
+    def _query_msg(self, q: pb.Query, field: str) -> np.ndarray:
+        kind = q.WhichOneof("kind")
+        if kind == "token_ids":
+            return self._ids(q.token_ids.ids, field)
+        if kind == "text":
+            return self._tokenize(q.text, field)
+        raise InvalidQueryError(f"{field} is empty: set its token_ids or text")
+
+    def _cnf(self, request) -> tuple[list, int]:
+        if not request.clauses:
+            raise InvalidQueryError("clauses is empty: give at least one clause of at least one term")
+        terms = sum(len(c.terms) for c in request.clauses)
+        if terms > self.limits.max_batch_size:
+            raise _over("the number of CNF terms", terms, "max_batch_size", self.limits.max_batch_size)
+        cnf = [[self._query_msg(t, f"clauses[{i}].terms[{k}]") for k, t in enumerate(c.terms)]
+               for i, c in enumerate(request.clauses)]
+        cap = self.limits.max_clause_freq
+        freq = self._opt(request, "max_clause_freq", cap)
+        if freq > cap:
+            raise _over("max_clause_freq", freq, "max_clause_freq", cap)
+        return cnf, freq
+
+    def _max_docs(self, request, default: int) -> int:
+        n = self._opt(request, "max_docs", default)
+        if n < 0:
+            raise InvalidQueryError(f"max_docs must be non-negative, got {n}")
+        if n > self.limits.max_results_per_stream:
+            raise _over("max_docs", n, "max_results_per_stream", self.limits.max_results_per_stream)
+        return n
+
+    @_stream
+    def _FrequentNgrams(self, request, context) -> Iterator[pb.FrequentNgramsResponse]:
+        min_count = self._opt(request, "min_count", None)
+        top_k = self._opt(request, "top_k", None)
+        if min_count is None and top_k is None:
+            raise InvalidQueryError("set min_count (every n-gram occurring that often), top_k, or both")
+        cap = self.limits.max_ngram_rows
+        if top_k is not None and top_k > cap:
+            raise _over("top_k", top_k, "max_ngram_rows", cap)
+        n_max = int(request.n_max)
+        chunk = self._opt(request, "chunk_rows", 65536)
+        if chunk < 1:
+            raise InvalidQueryError(f"chunk_rows must be positive, got {chunk}")
+        # Keep each message under the size limit (a row is at most n_max ids, an offset and a count).
+        chunk = max(1, min(chunk, self.limits.max_message_bytes // (8 * (max(n_max, 1) + 2)) - 1))
+        table = self._backend_method("frequent_ngrams")(
+            int(request.n_min), n_max, min_count=min_count, top_k=cap + 1 if top_k is None else top_k)
+        if top_k is None:
+            if len(table) > cap:
+                raise _over(f"the number of n-grams occurring at least {min_count} times", f"more than {cap}",
+                            "max_ngram_rows", cap)
+            table.meta["top_k"] = None
+        yield pb.FrequentNgramsResponse(summary=pb.FrequentNgramsSummary(
+            num_rows=len(table), threshold=int(table.meta.get("threshold", 0)), meta_json=_json(table.meta)))
+        for a in range(0, len(table), chunk):
+            b = min(len(table), a + chunk)
+            lo, hi = int(table.offsets[a]), int(table.offsets[b])
+            yield pb.FrequentNgramsResponse(rows=pb.NgramRows(
+                token_ids=_i8(table.tokens[lo:hi]), offsets=_i8(np.asarray(table.offsets[a:b + 1]) - lo),
+                counts=_i8(table.counts[a:b])))
+
+    @_unary
+    def _LongestMatches(self, request, context):
+        text = self._query(request, "text")
+        max_len = self._opt(request, "max_len", None)
+        m = self._backend_method("longest_matches")(text, max_len, infgram=True)
+        p = m.infgram
+        return pb.LongestMatchesResponse(
+            token_ids=_i8(m.tokens), lengths=_i8(m.lengths), counts=_i8(m.counts),
+            prompt_counts=_i8(p.prompt_counts), cont_counts=_i8(p.cont_counts),
+            probs=np.ascontiguousarray(p.probs, dtype=_F8).tobytes(), suffix_lens=_i8(p.suffix_lens))
+
+    @_unary
+    def _Attribute(self, request, context):
+        text = self._query(request, "text")
+        disp = self._disp_len(request) if request.HasField("max_disp_len") else min(100, self.limits.max_disp_len)
+        kwargs = {"max_docs": self._max_docs(request, 3), "max_disp_len": disp}
+        if request.HasField("creativity_n"):
+            kwargs["creativity_n"] = int(request.creativity_n)
+        a = self._backend_method("attribute")(text, self._opt(request, "min_len", 8),
+                                              self._opt(request, "max_count", None), **kwargs)
+        return pb.AttributeResponse(
+            token_ids=_i8(a.matches.tokens), creativity=float(a.creativity), creativity_n=int(a.creativity_n),
+            lengths=_i8(a.matches.lengths), counts=_i8(a.matches.counts),
+            spans=[pb.AttributedSpan(start=sp.start, end=sp.end, count=sp.count,
+                                     token_ids=np.asarray(sp.token_ids, dtype=np.int64).tolist(),
+                                     documents=[_doc_proto(d) for d in sp.documents]) for sp in a.spans])
+
+    @_unary
+    def _CountCnf(self, request, context):
+        cnf, freq = self._cnf(request)
+        r = self._backend_method("count_cnf")(cnf, max_clause_freq=freq)
+        return pb.CountCnfResponse(count=int(r.count), approx=bool(r.approx), clause_counts=list(r.clause_counts),
+                                   scanned_clauses=list(r.scanned_clauses))
+
+    @_stream
+    def _SearchDocumentsCnf(self, request, context) -> Iterator[pb.SearchDocumentsCnfResponse]:
+        cnf, freq = self._cnf(request)
+        r = self._backend_method("search_docs_cnf")(cnf, max_docs=self._max_docs(request, 10), max_clause_freq=freq,
+                                                    max_disp_len=self._disp_len(request))
+        yield pb.SearchDocumentsCnfResponse(summary=pb.SearchDocumentsCnfSummary(
+            count=int(r.count), approx=bool(r.approx), clause_counts=list(r.clause_counts),
+            scanned_clauses=list(r.scanned_clauses), num_documents=len(r.documents)))
+        for doc in r.documents:
+            yield pb.SearchDocumentsCnfResponse(document=_doc_proto(doc))
 
 
 def _public_rpcs(cls) -> None:

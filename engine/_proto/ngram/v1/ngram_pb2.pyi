@@ -93,7 +93,7 @@ class Document(_message.Message):
     def __init__(self, doc_ix: _Optional[int] = ..., doc_len: _Optional[int] = ..., disp_len: _Optional[int] = ..., needle_offset: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., metadata_json: _Optional[str] = ..., shard: _Optional[int] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_message_bytes", "max_query_tokens", "max_text_bytes", "max_batch_size", "max_results_per_stream", "max_support", "max_disp_len")
+    __slots__ = ("max_message_bytes", "max_query_tokens", "max_text_bytes", "max_batch_size", "max_results_per_stream", "max_support", "max_disp_len", "max_ngram_rows", "max_clause_freq")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_QUERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_TEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +101,8 @@ class ServerLimits(_message.Message):
     MAX_RESULTS_PER_STREAM_FIELD_NUMBER: _ClassVar[int]
     MAX_SUPPORT_FIELD_NUMBER: _ClassVar[int]
     MAX_DISP_LEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_NGRAM_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLAUSE_FREQ_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     max_query_tokens: int
     max_text_bytes: int
@@ -108,7 +110,9 @@ class ServerLimits(_message.Message):
     max_results_per_stream: int
     max_support: int
     max_disp_len: int
-    def __init__(self, max_message_bytes: _Optional[int] = ..., max_query_tokens: _Optional[int] = ..., max_text_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_results_per_stream: _Optional[int] = ..., max_support: _Optional[int] = ..., max_disp_len: _Optional[int] = ...) -> None: ...
+    max_ngram_rows: int
+    max_clause_freq: int
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_query_tokens: _Optional[int] = ..., max_text_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_results_per_stream: _Optional[int] = ..., max_support: _Optional[int] = ..., max_disp_len: _Optional[int] = ..., max_ngram_rows: _Optional[int] = ..., max_clause_freq: _Optional[int] = ...) -> None: ...
 
 class GetIndexInfoRequest(_message.Message):
     __slots__ = ()
@@ -407,3 +411,177 @@ class GetDocumentResponse(_message.Message):
     DOCUMENT_FIELD_NUMBER: _ClassVar[int]
     document: Document
     def __init__(self, document: _Optional[_Union[Document, _Mapping]] = ...) -> None: ...
+
+class FrequentNgramsRequest(_message.Message):
+    __slots__ = ("n_min", "n_max", "min_count", "top_k", "chunk_rows")
+    N_MIN_FIELD_NUMBER: _ClassVar[int]
+    N_MAX_FIELD_NUMBER: _ClassVar[int]
+    MIN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_ROWS_FIELD_NUMBER: _ClassVar[int]
+    n_min: int
+    n_max: int
+    min_count: int
+    top_k: int
+    chunk_rows: int
+    def __init__(self, n_min: _Optional[int] = ..., n_max: _Optional[int] = ..., min_count: _Optional[int] = ..., top_k: _Optional[int] = ..., chunk_rows: _Optional[int] = ...) -> None: ...
+
+class FrequentNgramsSummary(_message.Message):
+    __slots__ = ("num_rows", "threshold", "meta_json")
+    NUM_ROWS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    META_JSON_FIELD_NUMBER: _ClassVar[int]
+    num_rows: int
+    threshold: int
+    meta_json: str
+    def __init__(self, num_rows: _Optional[int] = ..., threshold: _Optional[int] = ..., meta_json: _Optional[str] = ...) -> None: ...
+
+class NgramRows(_message.Message):
+    __slots__ = ("token_ids", "offsets", "counts")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    token_ids: bytes
+    offsets: bytes
+    counts: bytes
+    def __init__(self, token_ids: _Optional[bytes] = ..., offsets: _Optional[bytes] = ..., counts: _Optional[bytes] = ...) -> None: ...
+
+class FrequentNgramsResponse(_message.Message):
+    __slots__ = ("summary", "rows")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    summary: FrequentNgramsSummary
+    rows: NgramRows
+    def __init__(self, summary: _Optional[_Union[FrequentNgramsSummary, _Mapping]] = ..., rows: _Optional[_Union[NgramRows, _Mapping]] = ...) -> None: ...
+
+class LongestMatchesRequest(_message.Message):
+    __slots__ = ("text", "max_len")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEN_FIELD_NUMBER: _ClassVar[int]
+    text: Query
+    max_len: int
+    def __init__(self, text: _Optional[_Union[Query, _Mapping]] = ..., max_len: _Optional[int] = ...) -> None: ...
+
+class LongestMatchesResponse(_message.Message):
+    __slots__ = ("token_ids", "lengths", "counts", "prompt_counts", "cont_counts", "probs", "suffix_lens")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    CONT_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    PROBS_FIELD_NUMBER: _ClassVar[int]
+    SUFFIX_LENS_FIELD_NUMBER: _ClassVar[int]
+    token_ids: bytes
+    lengths: bytes
+    counts: bytes
+    prompt_counts: bytes
+    cont_counts: bytes
+    probs: bytes
+    suffix_lens: bytes
+    def __init__(self, token_ids: _Optional[bytes] = ..., lengths: _Optional[bytes] = ..., counts: _Optional[bytes] = ..., prompt_counts: _Optional[bytes] = ..., cont_counts: _Optional[bytes] = ..., probs: _Optional[bytes] = ..., suffix_lens: _Optional[bytes] = ...) -> None: ...
+
+class AttributeRequest(_message.Message):
+    __slots__ = ("text", "min_len", "max_count", "max_docs", "max_disp_len", "creativity_n")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MIN_LEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISP_LEN_FIELD_NUMBER: _ClassVar[int]
+    CREATIVITY_N_FIELD_NUMBER: _ClassVar[int]
+    text: Query
+    min_len: int
+    max_count: int
+    max_docs: int
+    max_disp_len: int
+    creativity_n: int
+    def __init__(self, text: _Optional[_Union[Query, _Mapping]] = ..., min_len: _Optional[int] = ..., max_count: _Optional[int] = ..., max_docs: _Optional[int] = ..., max_disp_len: _Optional[int] = ..., creativity_n: _Optional[int] = ...) -> None: ...
+
+class AttributedSpan(_message.Message):
+    __slots__ = ("start", "end", "count", "token_ids", "documents")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    start: int
+    end: int
+    count: int
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    documents: _containers.RepeatedCompositeFieldContainer[Document]
+    def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ..., count: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+
+class AttributeResponse(_message.Message):
+    __slots__ = ("token_ids", "spans", "creativity", "creativity_n", "lengths", "counts")
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    SPANS_FIELD_NUMBER: _ClassVar[int]
+    CREATIVITY_FIELD_NUMBER: _ClassVar[int]
+    CREATIVITY_N_FIELD_NUMBER: _ClassVar[int]
+    LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    token_ids: bytes
+    spans: _containers.RepeatedCompositeFieldContainer[AttributedSpan]
+    creativity: float
+    creativity_n: int
+    lengths: bytes
+    counts: bytes
+    def __init__(self, token_ids: _Optional[bytes] = ..., spans: _Optional[_Iterable[_Union[AttributedSpan, _Mapping]]] = ..., creativity: _Optional[float] = ..., creativity_n: _Optional[int] = ..., lengths: _Optional[bytes] = ..., counts: _Optional[bytes] = ...) -> None: ...
+
+class CnfClause(_message.Message):
+    __slots__ = ("terms",)
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    terms: _containers.RepeatedCompositeFieldContainer[Query]
+    def __init__(self, terms: _Optional[_Iterable[_Union[Query, _Mapping]]] = ...) -> None: ...
+
+class CountCnfRequest(_message.Message):
+    __slots__ = ("clauses", "max_clause_freq")
+    CLAUSES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLAUSE_FREQ_FIELD_NUMBER: _ClassVar[int]
+    clauses: _containers.RepeatedCompositeFieldContainer[CnfClause]
+    max_clause_freq: int
+    def __init__(self, clauses: _Optional[_Iterable[_Union[CnfClause, _Mapping]]] = ..., max_clause_freq: _Optional[int] = ...) -> None: ...
+
+class CountCnfResponse(_message.Message):
+    __slots__ = ("count", "approx", "clause_counts", "scanned_clauses")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    APPROX_FIELD_NUMBER: _ClassVar[int]
+    CLAUSE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_CLAUSES_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    approx: bool
+    clause_counts: _containers.RepeatedScalarFieldContainer[int]
+    scanned_clauses: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, count: _Optional[int] = ..., approx: _Optional[bool] = ..., clause_counts: _Optional[_Iterable[int]] = ..., scanned_clauses: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SearchDocumentsCnfRequest(_message.Message):
+    __slots__ = ("clauses", "max_clause_freq", "max_docs", "max_disp_len")
+    CLAUSES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CLAUSE_FREQ_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISP_LEN_FIELD_NUMBER: _ClassVar[int]
+    clauses: _containers.RepeatedCompositeFieldContainer[CnfClause]
+    max_clause_freq: int
+    max_docs: int
+    max_disp_len: int
+    def __init__(self, clauses: _Optional[_Iterable[_Union[CnfClause, _Mapping]]] = ..., max_clause_freq: _Optional[int] = ..., max_docs: _Optional[int] = ..., max_disp_len: _Optional[int] = ...) -> None: ...
+
+class SearchDocumentsCnfSummary(_message.Message):
+    __slots__ = ("count", "approx", "clause_counts", "scanned_clauses", "num_documents")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    APPROX_FIELD_NUMBER: _ClassVar[int]
+    CLAUSE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SCANNED_CLAUSES_FIELD_NUMBER: _ClassVar[int]
+    NUM_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    approx: bool
+    clause_counts: _containers.RepeatedScalarFieldContainer[int]
+    scanned_clauses: _containers.RepeatedScalarFieldContainer[int]
+    num_documents: int
+    def __init__(self, count: _Optional[int] = ..., approx: _Optional[bool] = ..., clause_counts: _Optional[_Iterable[int]] = ..., scanned_clauses: _Optional[_Iterable[int]] = ..., num_documents: _Optional[int] = ...) -> None: ...
+
+class SearchDocumentsCnfResponse(_message.Message):
+    __slots__ = ("summary", "document")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    summary: SearchDocumentsCnfSummary
+    document: Document
+    def __init__(self, summary: _Optional[_Union[SearchDocumentsCnfSummary, _Mapping]] = ..., document: _Optional[_Union[Document, _Mapping]] = ...) -> None: ...

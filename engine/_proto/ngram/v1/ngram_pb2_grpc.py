@@ -116,6 +116,31 @@ class NgramServiceStub:
                 request_serializer=ngram_dot_v1_dot_ngram__pb2.GetDocumentRequest.SerializeToString,
                 response_deserializer=ngram_dot_v1_dot_ngram__pb2.GetDocumentResponse.FromString,
                 _registered_method=True)
+        self.FrequentNgrams = channel.unary_stream(
+                '/ngram.v1.NgramService/FrequentNgrams',
+                request_serializer=ngram_dot_v1_dot_ngram__pb2.FrequentNgramsRequest.SerializeToString,
+                response_deserializer=ngram_dot_v1_dot_ngram__pb2.FrequentNgramsResponse.FromString,
+                _registered_method=True)
+        self.LongestMatches = channel.unary_unary(
+                '/ngram.v1.NgramService/LongestMatches',
+                request_serializer=ngram_dot_v1_dot_ngram__pb2.LongestMatchesRequest.SerializeToString,
+                response_deserializer=ngram_dot_v1_dot_ngram__pb2.LongestMatchesResponse.FromString,
+                _registered_method=True)
+        self.Attribute = channel.unary_unary(
+                '/ngram.v1.NgramService/Attribute',
+                request_serializer=ngram_dot_v1_dot_ngram__pb2.AttributeRequest.SerializeToString,
+                response_deserializer=ngram_dot_v1_dot_ngram__pb2.AttributeResponse.FromString,
+                _registered_method=True)
+        self.CountCnf = channel.unary_unary(
+                '/ngram.v1.NgramService/CountCnf',
+                request_serializer=ngram_dot_v1_dot_ngram__pb2.CountCnfRequest.SerializeToString,
+                response_deserializer=ngram_dot_v1_dot_ngram__pb2.CountCnfResponse.FromString,
+                _registered_method=True)
+        self.SearchDocumentsCnf = channel.unary_stream(
+                '/ngram.v1.NgramService/SearchDocumentsCnf',
+                request_serializer=ngram_dot_v1_dot_ngram__pb2.SearchDocumentsCnfRequest.SerializeToString,
+                response_deserializer=ngram_dot_v1_dot_ngram__pb2.SearchDocumentsCnfResponse.FromString,
+                _registered_method=True)
 
 
 class NgramServiceServicer:
@@ -236,6 +261,46 @@ class NgramServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FrequentNgrams(self, request, context):
+        """The most frequent n-grams of the whole corpus, exact over all shards: every n-gram of
+        n_min..n_max tokens occurring at least min_count times, or the top_k most frequent, sorted by
+        count descending, then token ids. The first message is the summary; chunks of rows follow.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LongestMatches(self, request, context):
+        """For every position of a text: the longest span ending there that occurs and its count, and
+        the infinity-gram probability of the token given all the tokens before it (one pass).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attribute(self, request, context):
+        """The maximal spans of a text that occur in the corpus, with counts and source documents, and
+        a creativity score.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountCnf(self, request, context):
+        """How many documents contain, for every clause, at least one of its n-grams (AND of ORs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchDocumentsCnf(self, request, context):
+        """Documents that contain, for every clause, at least one of its n-grams. The first message is
+        the summary; one message per document follows.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NgramServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -318,6 +383,31 @@ def add_NgramServiceServicer_to_server(servicer, server):
                     servicer.GetDocument,
                     request_deserializer=ngram_dot_v1_dot_ngram__pb2.GetDocumentRequest.FromString,
                     response_serializer=ngram_dot_v1_dot_ngram__pb2.GetDocumentResponse.SerializeToString,
+            ),
+            'FrequentNgrams': grpc.unary_stream_rpc_method_handler(
+                    servicer.FrequentNgrams,
+                    request_deserializer=ngram_dot_v1_dot_ngram__pb2.FrequentNgramsRequest.FromString,
+                    response_serializer=ngram_dot_v1_dot_ngram__pb2.FrequentNgramsResponse.SerializeToString,
+            ),
+            'LongestMatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.LongestMatches,
+                    request_deserializer=ngram_dot_v1_dot_ngram__pb2.LongestMatchesRequest.FromString,
+                    response_serializer=ngram_dot_v1_dot_ngram__pb2.LongestMatchesResponse.SerializeToString,
+            ),
+            'Attribute': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attribute,
+                    request_deserializer=ngram_dot_v1_dot_ngram__pb2.AttributeRequest.FromString,
+                    response_serializer=ngram_dot_v1_dot_ngram__pb2.AttributeResponse.SerializeToString,
+            ),
+            'CountCnf': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountCnf,
+                    request_deserializer=ngram_dot_v1_dot_ngram__pb2.CountCnfRequest.FromString,
+                    response_serializer=ngram_dot_v1_dot_ngram__pb2.CountCnfResponse.SerializeToString,
+            ),
+            'SearchDocumentsCnf': grpc.unary_stream_rpc_method_handler(
+                    servicer.SearchDocumentsCnf,
+                    request_deserializer=ngram_dot_v1_dot_ngram__pb2.SearchDocumentsCnfRequest.FromString,
+                    response_serializer=ngram_dot_v1_dot_ngram__pb2.SearchDocumentsCnfResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -754,6 +844,141 @@ class NgramService:
             '/ngram.v1.NgramService/GetDocument',
             ngram_dot_v1_dot_ngram__pb2.GetDocumentRequest.SerializeToString,
             ngram_dot_v1_dot_ngram__pb2.GetDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FrequentNgrams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ngram.v1.NgramService/FrequentNgrams',
+            ngram_dot_v1_dot_ngram__pb2.FrequentNgramsRequest.SerializeToString,
+            ngram_dot_v1_dot_ngram__pb2.FrequentNgramsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LongestMatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ngram.v1.NgramService/LongestMatches',
+            ngram_dot_v1_dot_ngram__pb2.LongestMatchesRequest.SerializeToString,
+            ngram_dot_v1_dot_ngram__pb2.LongestMatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attribute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ngram.v1.NgramService/Attribute',
+            ngram_dot_v1_dot_ngram__pb2.AttributeRequest.SerializeToString,
+            ngram_dot_v1_dot_ngram__pb2.AttributeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountCnf(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ngram.v1.NgramService/CountCnf',
+            ngram_dot_v1_dot_ngram__pb2.CountCnfRequest.SerializeToString,
+            ngram_dot_v1_dot_ngram__pb2.CountCnfResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchDocumentsCnf(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ngram.v1.NgramService/SearchDocumentsCnf',
+            ngram_dot_v1_dot_ngram__pb2.SearchDocumentsCnfRequest.SerializeToString,
+            ngram_dot_v1_dot_ngram__pb2.SearchDocumentsCnfResponse.FromString,
             options,
             channel_credentials,
             insecure,
