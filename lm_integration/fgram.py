@@ -8,7 +8,9 @@ File formats read by ``load_fgram_vocab`` (the frequent-n-grams work may add its
 ``register_fgram_loader``):
 
 * ``.npz`` with ``tokens`` (int) and ``offsets`` (int, len S+1): f-gram i is
-  tokens[offsets[i]:offsets[i+1]] (the PackedQueries layout); optional ``counts``;
+  tokens[offsets[i]:offsets[i+1]] (the PackedQueries layout); optional ``counts`` and ``meta``
+  (a JSON string). This is the layout of engine/ngram_table.py, so the f-gram vocabularies that
+  ``ngram scone-vocab`` writes load directly;
 * ``.jsonl``: one f-gram a line, either a list of ids or an object with ``tokens`` (and ``count``);
 * ``.json``: a list of id lists, or an object with ``ngrams``.
 """
@@ -47,6 +49,7 @@ class FgramVocab:
             self.offsets[1:] = np.cumsum([len(a) for a in arrays])
         self.tokens = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
         self.counts = None if counts is None else np.asarray(counts, dtype=np.int64)
+        self.meta: dict = {}  # what the file says about itself (e.g. tokenizer_fingerprint), if anything
         if self.counts is not None and len(self.counts) != len(arrays):
             raise FgramVocabError(f"{len(self.counts)} counts for {len(arrays)} f-grams")
 
@@ -103,9 +106,12 @@ def load_fgram_vocab(path) -> FgramVocab:
                 raise FgramVocabError(f"{path}: an .npz f-gram vocabulary needs arrays 'tokens' and 'offsets'")
             tokens, offsets = z["tokens"].astype(np.int64), z["offsets"].astype(np.int64)
             counts = z["counts"] if "counts" in z else None
+            meta = json.loads(str(z["meta"][()])) if "meta" in z else {}
         if len(offsets) == 0 or offsets[0] != 0 or offsets[-1] != len(tokens) or (np.diff(offsets) < 0).any():
             raise FgramVocabError(f"{path}: offsets must start at 0, not decrease and end at len(tokens)")
-        return FgramVocab((tokens[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)), counts)
+        vocab = FgramVocab((tokens[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)), counts)
+        vocab.meta = meta if isinstance(meta, dict) else {}
+        return vocab
     if name.endswith(".jsonl"):
         grams, counts = [], []
         for line in path.read_text().splitlines():

@@ -66,3 +66,31 @@ def test_vocab_validation_and_files(tmp_path):
     with pytest.raises(FgramVocabError, match="unknown"):
         (tmp_path / "v.txt").write_text("")
         load_fgram_vocab(tmp_path / "v.txt")
+
+
+def test_loads_the_engines_fgram_table_format(tmp_path):
+    # engine/ngram_table.py: uint32 tokens, int64 offsets and counts, a 0-d JSON string "meta"
+    path = tmp_path / "vocab.npz"
+    np.savez(path, tokens=np.array([5, 6, 5, 6, 7], dtype="<u4"), offsets=np.array([0, 2, 5], dtype=np.int64),
+             counts=np.array([9, 4], dtype=np.int64),
+             meta=np.array(json.dumps({"kind": "fgram_vocab", "tokenizer_fingerprint": "abc"})))
+    v = load_fgram_vocab(path)
+    assert [v[i].tolist() for i in range(len(v))] == [[5, 6], [5, 6, 7]]
+    assert v.meta["kind"] == "fgram_vocab" and v.counts.tolist() == [9, 4]
+    assert CausalFgramMatcher(v)(np.array([5, 6, 7, 5, 6])).tolist() == [-1, 0, 1, -1, 0]
+
+
+def test_matches_the_engines_matcher(tmp_path):
+    engine_ngrams = pytest.importorskip("engine.ngrams")
+    from engine.ngram_table import NgramTable
+
+    rng = np.random.default_rng(0)
+    grams = sorted({tuple(rng.integers(0, 4, rng.integers(2, 5)).tolist()) for _ in range(40)})
+    toks = np.concatenate([np.array(g) for g in grams]).astype("<u4")
+    offs = np.concatenate([[0], np.cumsum([len(g) for g in grams])]).astype(np.int64)
+    table = NgramTable(toks, offs, np.ones(len(grams), dtype=np.int64), {"kind": "fgram_vocab"})
+    theirs = engine_ngrams.FgramVocab(table)
+    seq = rng.integers(0, 5, 300)
+    ids, lens = theirs.longest(seq)
+    mine, mlens = CausalFgramMatcher(grams)(seq, return_lengths=True)
+    assert mine.tolist() == ids.tolist() and mlens.tolist() == lens.tolist()
