@@ -48,7 +48,7 @@ def _configure(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(ServerLimits):
         limits.add_argument(
             "--" + f.name.replace("_", "-"), type=int, default=getattr(defaults, f.name),
-            help=f"{_LIMIT_HELP[f.name]} (default {getattr(defaults, f.name)})",
+            help=f"{_LIMIT_HELP.get(f.name, f.name.replace('_', ' '))} (default {getattr(defaults, f.name)})",
         )
     srv = p.add_argument_group("server")
     srv.add_argument("--workers", type=int, default=None, help="RPC worker threads (default: 4 per core)")

@@ -128,6 +128,11 @@ def as_ids(query, what: str = "query") -> np.ndarray:
 def encode_query(query, what: str = "query") -> pb.Query:
     if isinstance(query, str):
         return pb.Query(text=query)
+    if type(query) is list:  # fast path: protobuf checks the ints itself
+        try:
+            return pb.Query(token_ids=pb.TokenIds(ids=query))
+        except (TypeError, ValueError):
+            pass  # as_ids below says what is wrong
     return pb.Query(token_ids=pb.TokenIds(ids=as_ids(query, what).tolist()))
 
 
@@ -364,6 +369,12 @@ class NgramClient:
             )
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
+
+    def _blocking(self, method: str, request, timeout: float | None = None):
+        """A unary call that raises grpc.RpcError (for callers that map errors themselves)."""
+        return getattr(self._stub, method)(
+            request, timeout=self._timeout(timeout), metadata=self._metadata, wait_for_ready=self._wait_for_ready
+        )
 
     def _future(self, method: str, request, timeout: float | None = None):
         """Start a unary call; ``.result()`` returns the response or raises grpc.RpcError."""

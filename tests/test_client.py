@@ -24,7 +24,10 @@ from test_service import Wrapped, assert_same, build_text_index, make_docs
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     docs = make_docs(30, 60)
-    return NgramIndex.open(build_text_index(tmp_path_factory.mktemp("client") / "idx", docs))
+    index = NgramIndex.open(build_text_index(tmp_path_factory.mktemp("client") / "idx", docs))
+    # compile the single-query kernels here (fresh clone), not inside a call's deadline
+    index.count([116]), index.find([116]), index.ntd([116]), index.infgram_ntd([116])
+    return index
 
 
 @pytest.fixture(scope="module")
