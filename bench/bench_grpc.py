@@ -91,6 +91,26 @@ def serve_one(paths: list[str]) -> None:
     server.shutdown(0)
 
 
+def serve_echo() -> None:
+    """(Child process) a bare gRPC server that echoes bytes: the floor any unary RPC pays here."""
+    import threading
+    from concurrent import futures
+
+    import grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(port, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    while not stop.wait(0.5):
+        pass
+    server.stop(0)
+
+
 def start(cmd: list[str], what: str) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -157,7 +177,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=10_000, help="queries per CountBatch request")
     ap.add_argument("--rounds", type=int, default=20, help="CountBatch requests per throughput measurement")
     ap.add_argument("--_serve", nargs="+", dest="serve", help=argparse.SUPPRESS)
+    ap.add_argument("--_echo", action="store_true", dest="echo", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.echo:
+        serve_echo()
+        return 0
     if args.serve:
         serve_one(args.serve)
         return 0
@@ -197,11 +221,22 @@ def main(argv=None) -> int:
         # compile the batch kernels in every server before timing
         assert np.array_equal(direct.count_batch(queries[:100], timeout=900), routed.count_batch(queries[:100], timeout=900))
 
+        import grpc
+
+        echo_proc, line = start([sys.executable, __file__, "--_echo"], "echo")
+        procs.append(echo_proc)
+        echo_channel = grpc.insecure_channel(f"127.0.0.1:{int(line)}")
+        echo = echo_channel.unary_unary("/bench.Echo/Echo")
+        payload = b"\x0a\x05\x0a\x03\x74\x68\x65"  # the size of a small CountRequest
+
         rows = []
+        lat_echo = latencies(lambda q: echo(payload), queries, args.calls)
         lat_direct = latencies(direct.count, queries, args.calls)
         lat_router = latencies(routed.count, queries, args.calls)
         p = lambda a, q: float(np.percentile(a, q)) * 1e6  # noqa: E731
         d50, d99, r50, r99 = p(lat_direct, 50), p(lat_direct, 99), p(lat_router, 50), p(lat_router, 99)
+        e50, e99 = p(lat_echo, 50), p(lat_echo, 99)
+        rows.append(("bare gRPC echo p50 / p99 (the floor on this machine)", f"{e50:.0f} / {e99:.0f} us", "", None))
         rows.append(("unary Count p50 (direct)", f"{d50:.0f} us", "<= 300 us", d50 <= 300))
         rows.append(("unary Count p99 (direct)", f"{d99:.0f} us", "<= 1000 us", d99 <= 1000))
         qps_direct = throughput(direct, queries, args.batch, args.rounds)
@@ -213,7 +248,7 @@ def main(argv=None) -> int:
         rows.append(("router / direct latency (p50)", f"{ratio:.2f}x", "<= 2x", ratio <= 2.0))
         qps_router = throughput(routed, queries, args.batch, max(2, args.rounds // 2))
         rows.append((f"batched counts/s (router, {args.batch}/request)", f"{qps_router:,.0f}", "", None))
-        for c in (direct, routed):
+        for c in (direct, routed, echo_channel):
             c.close()
 
         info = index.info()
