@@ -223,7 +223,11 @@ def create_server(
     server.start()
     if warmup:
         t0 = time.perf_counter()
-        backend.warmup()
+        try:
+            backend.warmup()
+        except BaseException:
+            server.stop(0)  # a server that cannot warm up must not linger (and keep the process alive)
+            raise
         log.info("warmed up in %.2fs", time.perf_counter() - t0)
     ngram_server.set_serving(True)
     ngram_server.start_health_watch(health_interval)

@@ -518,6 +518,8 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             )
             if b.eos_token_id is not None:
                 resp.eos_token_id = int(b.eos_token_id)
+            if hasattr(b, "health_status"):  # a router: its info (shard health) changes, do not cache
+                return resp
             self._info_response = resp
         return self._info_response
 

@@ -29,7 +29,7 @@ from engine import NgramIndex, build_index
 from engine._proto.ngram.v1 import ngram_pb2 as pb
 from engine._proto.ngram.v1 import ngram_pb2_grpc as pb_grpc
 from engine.client import NgramClient
-from engine.errors import InvalidQueryError, LimitExceededError, NgramError, TokenizerError
+from engine.errors import InvalidQueryError, LimitExceededError, NgramError, ShardUnavailableError, TokenizerError
 from engine.results import PackedQueries, ProbBatchResult
 from engine.server import create_server
 from engine.service import ServerLimits
@@ -671,3 +671,20 @@ def test_limits_validate():
     with pytest.raises(ValueError):
         ServerLimits(max_query_tokens=-1)
     assert ServerLimits(max_support=0).max_support == 0
+
+
+def test_a_server_that_cannot_warm_up_does_not_linger(corpus):
+    index, _ = corpus
+
+    class Broken(Wrapped):
+        def warmup(self):
+            raise ShardUnavailableError("shard 'x' is down")
+
+    port = _free_port()
+    with pytest.raises(ShardUnavailableError):
+        create_server(Broken(index), f"127.0.0.1:{port}")
+    server, bound = create_server(index, f"127.0.0.1:{port}")  # the port is free again
+    try:
+        assert bound == port
+    finally:
+        server.shutdown(0)
