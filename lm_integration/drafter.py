@@ -58,16 +58,25 @@ class PromptLookupDrafter:
         T = len(ctx)
         out: list[int] = []
         n_found = 0
-        for n in range(min(self.max_ngram, T - 1), self.min_ngram - 1, -1):
-            pat = ctx[T - n:]
-            win = np.lib.stride_tricks.sliding_window_view(ctx[: T - 1], n)  # starts 0 .. T-1-n
-            hits = np.flatnonzero((win == pat).all(axis=1))
-            if len(hits):
-                start = int(hits[-1]) + n
-                out = ctx[start : start + k].tolist()
-                if out:
-                    n_found = n
-                    break
+        if T >= 2 and k > 0:
+            # earlier positions holding the last token, then extend each match backwards
+            cands = np.flatnonzero(ctx[: T - 1] == ctx[T - 1])
+            if len(cands):
+                length = np.ones(len(cands), dtype=np.int64)
+                alive = np.ones(len(cands), dtype=bool)
+                for j in range(1, min(self.max_ngram, T - 1)):
+                    prev = cands - j
+                    ok = alive & (prev >= 0)
+                    ok[ok] = ctx[prev[ok]] == ctx[T - 1 - j]
+                    length += ok
+                    alive = ok
+                    if not alive.any():
+                        break
+                best = int(length.max())
+                if best >= self.min_ngram:
+                    c = int(cands[np.flatnonzero(length == best)[-1]])  # most recent of the longest
+                    out = ctx[c + 1 : c + 1 + k].tolist()
+                    n_found = best if out else 0
         self.seconds += time.perf_counter() - t0
         return out, n_found
 

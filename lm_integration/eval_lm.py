@@ -116,14 +116,18 @@ def score(logp_lm, p_inf, sparse, has, lam_sparse, lam_dense) -> dict:
     }
 
 
-def collect(model, source, docs_ids, *, window, stride, max_tokens=None, max_support=None, progress=False):
-    """Concatenated per-token arrays over documents (up to max_tokens scored tokens)."""
+def collect(model, source, docs_ids, *, window, stride, max_tokens=None, max_support=None, progress=False,
+            doc_tokens=None):
+    """Concatenated per-token arrays over documents (up to max_tokens scored tokens in all, and the
+    first doc_tokens tokens of each document)."""
     parts = {k: [] for k in ("logp", "p_inf", "sparse", "has", "slen")}
     total = 0
     t_lm = t_ng = 0.0
     for i, ids in enumerate(docs_ids):
         if max_tokens is not None and total >= max_tokens:
             break
+        if doc_tokens is not None:
+            ids = ids[: doc_tokens + 1]
         if max_tokens is not None:
             ids = ids[: max_tokens - total + 1]
         if len(ids) < 2:
@@ -149,12 +153,12 @@ def collect(model, source, docs_ids, *, window, stride, max_tokens=None, max_sup
 
 
 def evaluate(model, source, val_docs, test_docs, *, window=1024, stride=512, max_tokens=None,
-             max_support=None, grid=DEFAULT_GRID, progress=False) -> dict:
+             max_support=None, grid=DEFAULT_GRID, progress=False, doc_tokens=None) -> dict:
     """Tune λs on val_docs, report on test_docs (lists of token-id lists)."""
-    val = collect(model, source, val_docs, window=window, stride=stride, max_tokens=max_tokens,
-                  max_support=max_support, progress=progress)
-    test = collect(model, source, test_docs, window=window, stride=stride, max_tokens=max_tokens,
-                   max_support=max_support, progress=progress)
+    kw = dict(window=window, stride=stride, max_tokens=max_tokens, max_support=max_support, progress=progress,
+              doc_tokens=doc_tokens)
+    val = collect(model, source, val_docs, **kw)
+    test = collect(model, source, test_docs, **kw)
     lam_s, lam_d = tune_lambdas(val["logp"], val["p_inf"], val["sparse"], val["has"], grid)
     res = {
         "lambda_sparse": lam_s,
@@ -229,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=1024, help="LM context window in tokens (default 1024)")
     p.add_argument("--stride", type=int, default=512, help="window stride in tokens (default 512)")
     p.add_argument("--max-tokens", type=int, default=None, help="score at most this many tokens per split")
+    p.add_argument("--doc-tokens", type=int, default=None, help="score at most this many tokens per document")
     p.add_argument("--max-support", type=int, default=None, help="cap ntd scans (approximate, infini-gram style)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-check", action="store_true", help="skip the tokenizer compatibility check")
@@ -257,7 +262,7 @@ def main(argv=None) -> int:
     val = [ids[i] for i in order[:n_val]]
     test = [ids[i] for i in order[n_val:]]
     res = evaluate(model, source, val, test, window=args.window, stride=args.stride, max_tokens=args.max_tokens,
-                   max_support=args.max_support, progress=args.progress)
+                   max_support=args.max_support, progress=args.progress, doc_tokens=args.doc_tokens)
     res.update(index=args.index, model=args.model, documents=len(docs))
     print(format_table(res))
     if args.json:

@@ -113,58 +113,53 @@ class InfgramLogitsProcessor(_Base):
             return scores
         t0 = time.perf_counter()
         ests = self.estimates(input_ids)
-        V = scores.shape[-1]
-        rows, lams, r_idx, t_idx, vals = [], [], [], [], []
+        B, V = scores.shape
+        lams = np.zeros(B, dtype=np.float64)
+        r_idx, t_idx, vals = [], [], []
         for b, est in enumerate(ests):
             if est.empty:
                 continue
             lam = self.lambda_sparse if est.sparse else self.lambda_dense
-            if lam == 0.0:
-                continue
             keep = est.tokens < V
-            toks, probs = est.tokens[keep], est.probs[keep]
-            if len(toks) == 0:
+            if lam == 0.0 or not keep.any():
                 continue
-            k = len(rows)
-            rows.append(b)
-            lams.append(lam)
-            r_idx.append(np.full(len(toks), k, dtype=np.int64))
-            t_idx.append(toks)
-            vals.append(probs)
-        if not rows:
-            self.calls += 1
-            self.seconds += time.perf_counter() - t0
+            lams[b] = lam
+            r_idx.append(np.full(int(keep.sum()), b, dtype=np.int64))
+            t_idx.append(est.tokens[keep])
+            vals.append(est.probs[keep])
+        if not r_idx:
+            self._account(t0)
             return scores
         dev = scores.device
-        work_dtype = torch.float32 if scores.dtype in (torch.float16, torch.bfloat16) else scores.dtype
-        row_t = torch.as_tensor(rows, device=dev)
-        lam_t = torch.as_tensor(lams, device=dev, dtype=work_dtype).unsqueeze(1)
+        work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+        wd = work.dtype
         r_t = torch.as_tensor(np.concatenate(r_idx), device=dev)
         tk_t = torch.as_tensor(np.concatenate(t_idx), device=dev)
-        p_t = torch.as_tensor(np.concatenate(vals), device=dev, dtype=work_dtype)
-        s = scores[row_t].to(work_dtype)
-        # respect tokens masked by earlier processors: drop their ∞-gram mass, renormalise
-        allowed = s[r_t, tk_t] > torch.finfo(work_dtype).min
-        p_t = torch.where(allowed, p_t, torch.zeros_like(p_t))
-        mass = torch.zeros(len(rows), device=dev, dtype=work_dtype).index_add_(0, r_t, p_t)
-        ok = mass > 0
-        p_t = p_t / mass.clamp_min(torch.finfo(work_dtype).tiny)[r_t]
-        lam_t = torch.where(ok.unsqueeze(1), lam_t, torch.zeros_like(lam_t))
+        p_t = torch.as_tensor(np.concatenate(vals), device=dev, dtype=wd)
+        s_at = work[r_t, tk_t]
+        # respect tokens masked by earlier processors: drop their ∞-gram mass, renormalise per row
+        p_t = torch.where(s_at > torch.finfo(wd).min, p_t, torch.zeros_like(p_t))
+        mass = torch.zeros(B, device=dev, dtype=wd).index_add_(0, r_t, p_t)
+        lam_t = torch.as_tensor(lams, device=dev, dtype=wd) * (mass > 0)
+        p_t = p_t / mass.clamp_min(torch.finfo(wd).tiny)[r_t]
+        lam_at = lam_t[r_t]
         if self.mode == "interpolate":
-            p_lm = torch.softmax(s, dim=-1)
-            mix = p_lm * (1.0 - lam_t)
-            mix.index_put_((r_t, tk_t), lam_t.squeeze(1)[r_t] * p_t, accumulate=True)
-            new = torch.log(mix)
-            new = torch.where(lam_t > 0, new, s)  # rows whose allowed mass vanished: unchanged
+            # log((1-λ)·P_LM + λ·P∞): (1-λ)·P_LM everywhere in log space, then the ∞-gram support
+            out = torch.log_softmax(work, dim=-1)
+            lsm_at = out[r_t, tk_t]
+            out.add_(torch.log1p(-lam_t).unsqueeze(1))
+            out[r_t, tk_t] = torch.log((1.0 - lam_at) * torch.exp(lsm_at) + lam_at * p_t)
         else:
-            log_floor = math.log(self.floor)
-            bonus = torch.full_like(s, log_floor)
-            bonus[r_t, tk_t] = torch.log(p_t.clamp_min(self.floor))
-            new = s + lam_t * bonus
-        out = scores.clone() if new.dtype == scores.dtype else scores.to(new.dtype).clone()
-        out[row_t] = new
+            out = work + (lam_t * math.log(self.floor)).unsqueeze(1)
+            out[r_t, tk_t] = s_at + lam_at * torch.log(p_t.clamp_min(self.floor))
+        unused = torch.nonzero(lam_t == 0).reshape(-1)
+        if len(unused):
+            out[unused] = work[unused]  # rows without an estimate (or whose mass was masked) stay as they were
         if out.dtype != scores.dtype:
             out = out.to(scores.dtype)
+        self._account(t0)
+        return out
+
+    def _account(self, t0: float) -> None:
         self.calls += 1
         self.seconds += time.perf_counter() - t0
-        return out

@@ -120,3 +120,18 @@ def test_hybrid_drafter_prefers_the_longer_match():
     # the context repeats itself: [9, 9, 10] seen before, followed by 11 -> context wins
     assert dr.propose([9, 9, 10, 11, 1, 9, 9, 10], 2) == [11, 1]
     assert dr.used == {"context": 1, "corpus": 1}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=0, max_size=40), st.integers(1, 5), st.integers(1, 4))
+def test_prompt_lookup_matches_brute_force(ctx, max_ngram, k):
+    def brute(ctx):
+        T = len(ctx)
+        for n in range(min(max_ngram, T - 1), 0, -1):
+            pat = ctx[T - n :]
+            for s in range(T - 1 - n, -1, -1):  # most recent first; continuation must exist
+                if ctx[s : s + n] == pat:
+                    return ctx[s + n : s + n + k], n
+        return [], 0
+
+    assert PromptLookupDrafter(max_ngram=max_ngram).propose_with_len(ctx, k) == brute(ctx)
