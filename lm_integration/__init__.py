@@ -16,6 +16,7 @@ _LAZY = {
     "InfgramLogitsProcessor": "lm_integration.prior",
     "speculative_generate": "lm_integration.speculative",
     "generate_with_drafter": "lm_integration.speculative",
+    "speculative_generate_tree": "lm_integration.speculative",
     "SpecStats": "lm_integration.speculative",
     "SconeEmbedding": "lm_integration.scone",
     "FgramEncoder": "lm_integration.scone",

@@ -242,3 +242,83 @@ def generate_with_drafter(model, drafter, input_ids: torch.Tensor, *, num_draft:
             del model._get_candidate_generator
         except AttributeError:
             model._get_candidate_generator = original
+
+
+@torch.no_grad()
+def speculative_generate_tree(model, drafter, input_ids: torch.Tensor, max_new_tokens: int, *, width: int = 2,
+                              num_draft: int = 8, eos_token_id=None, return_stats: bool = False):
+    """Batch-1 speculative decoding over a small draft tree: ``drafter.propose_tree(context, k,
+    width)`` gives up to ``width`` chains (the top first tokens, each continued greedily); all are
+    verified in one forward pass (the KV cache is repeated across the branches), the branch with
+    the longest accepted prefix is kept and the cache narrowed back to it. Same tokens as greedy."""
+    t_start = time.perf_counter()
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+    if input_ids.shape[0] != 1:
+        raise ValueError("speculative_generate_tree handles batch size 1; use speculative_generate for batches")
+    device = input_ids.device
+    eos = _eos_set(model, eos_token_id)
+    stats = SpecStats()
+    if max_new_tokens <= 0:
+        return (input_ids, stats) if return_stats else input_ids
+    cache = _new_cache(model)
+    t0 = time.perf_counter()
+    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    stats.model_seconds += time.perf_counter() - t0
+    cache = out.past_key_values
+    generated = [int(out.logits[0, -1].argmax())]
+    stats.steps = stats.row_steps = 1
+    ctx = input_ids[0].tolist()
+    L = input_ids.shape[1]  # cache length; the pending token generated[-1] is not in it yet
+    done = generated[0] in eos or max_new_tokens <= 1
+    while not done:
+        budget = min(num_draft, max_new_tokens - len(generated) - 1)
+        t0 = time.perf_counter()
+        chains = drafter.propose_tree(ctx + generated, budget, width=width, key=0) if budget > 0 else []
+        chains = [[int(x) for x in c[:budget]] for c in chains if c] or [[]]
+        stats.drafter_seconds += time.perf_counter() - t0
+        W = len(chains)
+        K = max(len(c) for c in chains)
+        block = torch.full((W, 1 + K), generated[-1], dtype=torch.long)
+        bmask = torch.zeros((W, 1 + K), dtype=torch.long)
+        for w, c in enumerate(chains):
+            bmask[w, : 1 + len(c)] = 1
+            if c:
+                block[w, 1 : 1 + len(c)] = torch.tensor(c)
+        if W > 1:
+            cache.batch_repeat_interleave(W)
+        mask = torch.cat([torch.ones((W, L), dtype=torch.long), bmask], dim=1).to(device)
+        pos = (L + torch.arange(1 + K)).unsqueeze(0).expand(W, -1).to(device)
+        t0 = time.perf_counter()
+        out = model(input_ids=block.to(device), attention_mask=mask, position_ids=pos, past_key_values=cache,
+                    use_cache=True)
+        stats.model_seconds += time.perf_counter() - t0
+        cache = out.past_key_values
+        greedy = out.logits.argmax(-1).cpu().numpy()
+        best_w, best_m = 0, -1
+        for w, c in enumerate(chains):
+            m = 0
+            while m < len(c) and c[m] == greedy[w, m]:
+                m += 1
+            if m > best_m:
+                best_w, best_m = w, m
+        stats.steps += 1
+        stats.row_steps += 1
+        stats.drafted += len(chains[best_w])
+        stats.accepted += best_m
+        if W > 1:
+            cache.batch_select_indices(torch.tensor([best_w], device=device))
+        keep = L + 1 + best_m
+        if cache.get_seq_length() > keep:
+            cache.crop(keep - cache.get_seq_length())
+        L = keep
+        for tok in chains[best_w][:best_m] + [int(greedy[best_w, best_m])]:
+            generated.append(tok)
+            if tok in eos or len(generated) >= max_new_tokens:
+                done = True
+                break
+    ids = torch.cat([input_ids, torch.tensor([generated], dtype=input_ids.dtype, device=device)], dim=1)
+    stats.new_tokens = len(generated)
+    stats.per_row_new_tokens = [len(generated)]
+    stats.seconds = time.perf_counter() - t_start
+    return (ids, stats) if return_stats else ids

@@ -5,7 +5,7 @@ pytest.importorskip("transformers")
 
 from lm_fakes import FakeSource, smollm_or_skip, tiny_llama  # noqa: E402
 from lm_integration.drafter import (  # noqa: E402
-    ConstantDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter,
+    ConstantDrafter, HybridDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter,
 )
 from lm_integration.speculative import generate_with_drafter, speculative_generate  # noqa: E402
 
@@ -31,7 +31,8 @@ def drafters(model, ids, mask, n):
     ref = model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False)
     oracle = FakeSource([r.tolist() for r in ref], vocab_size=V)  # knows the answer: drafts all accepted
     noisy = FakeSource([r.tolist()[::-1] for r in ref] + [list(range(2, V))], vocab_size=V)
-    return ref, [NullDrafter(), ConstantDrafter(5), PromptLookupDrafter(), InfgramDrafter(oracle), InfgramDrafter(noisy)]
+    return ref, [NullDrafter(), ConstantDrafter(5), PromptLookupDrafter(), InfgramDrafter(oracle), InfgramDrafter(noisy),
+                 HybridDrafter(noisy)]
 
 
 @pytest.mark.parametrize("num_draft", [1, 4])
@@ -113,3 +114,23 @@ def test_smollm_speculative_equals_greedy():
     for d in (PromptLookupDrafter(), InfgramDrafter(src)):
         out, st = speculative_generate(model, d, prompt, 16, num_draft=6, return_stats=True)
         assert torch.equal(out, ref)
+
+
+def test_tree_equals_greedy(model):
+    from lm_integration.speculative import speculative_generate_tree
+
+    ids, _ = batch(2)
+    x = ids[:1]
+    ref = model.generate(x, max_new_tokens=25, do_sample=False)
+    # a corpus where the greedy continuation is the *second* branch after most contexts
+    cont = ref[0].tolist()
+    decoy = [t + 1 if t + 1 < V else 2 for t in cont]
+    src = FakeSource([cont[:-1] + [c] for c in decoy[-1:]] + [cont, cont[:12] + decoy[12:], cont[:12] + decoy[12:]],
+                     vocab_size=V)
+    for width in (1, 2, 3):
+        out, st = speculative_generate_tree(model, InfgramDrafter(src), x, 25, width=width, num_draft=5,
+                                            return_stats=True)
+        assert torch.equal(out, ref), width
+    assert st.tokens_per_step > 1.0
+    out = speculative_generate_tree(model, InfgramDrafter(FakeSource([[1, 2]], vocab_size=V)), x, 25, width=2)
+    assert torch.equal(out, ref)
