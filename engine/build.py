@@ -7,6 +7,11 @@ A build runs in three resumable phases, each leaving a durable marker:
 3. manifest: checksums, then ``manifest.json`` (atomic), then the build-state folder is removed.
 Rerunning the same command after a kill resumes at the first unfinished step; an index directory
 whose ``.build`` folder still exists is refused by NgramIndex.open as incomplete.
+
+Shard work runs on an executor (engine.executors): threads in this process by default, or Ray
+(``executor="ray"``), one task per shard sort with its estimated peak memory. With a distributed
+executor, phase 1 also runs as tasks over slices of the input files (engine.build_slices); the
+files written are byte-identical to the serial build's.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import os
 import shutil
 import time
 from array import array
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -27,6 +31,7 @@ import psutil
 from tqdm import tqdm
 
 from engine.errors import BuildError
+from engine.executors import Executor, Task, make_executor
 from engine.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -172,11 +177,16 @@ def _as_raw_document(doc):
     return RawDocument(text=None, tokens=np.asarray(doc), metadata=None)
 
 
-def _tokenize_phase(out: Path, options: BuildOptions, documents, workers: int, progress: bool) -> list[dict]:
+def _tokenize_phase(out: Path, options: BuildOptions, documents, workers: int, progress: bool,
+                    executor: Executor | None = None, tokenizer_spec: dict | None = None) -> list[dict]:
     """Phase 1: write every shard's token, offset and metadata files; return the shard list."""
     state = out / STATE_DIR / "tokenized.json"
     if state.exists():
         return json.loads(state.read_text())["shards"]
+    if executor is not None and executor.distributed and documents is None:
+        from engine.build_slices import tokenize_sliced
+
+        return tokenize_sliced(out, options, executor, tokenizer_spec, progress)
     shards: list[dict] = []
     writer: _ShardWriter | None = None
     separator = separator_id(options.token_width)
@@ -213,24 +223,15 @@ def _sort_one(args: tuple[str, int, int]) -> int:
     return sort_shard(Path(directory), shard, token_width)
 
 
-def _sort_phase(out: Path, shards: list[dict], token_width: int, max_memory: int, workers: int, progress: bool) -> None:
-    """Phase 2: sort every shard that has no finished table, several at once when memory allows."""
+def _sort_phase(out: Path, shards: list[dict], token_width: int, executor: Executor, progress: bool) -> None:
+    """Phase 2: sort every shard that has no finished table, one task each, as many at once as the
+    executor's memory allows (locally: threads suffice, divsufsort and numba release the GIL)."""
     todo = [s for s in shards if not _table_complete(out, s, token_width)]
-    if not todo:
-        return
-    peak = max(sort_peak_bytes(s["bytes"], token_width) for s in todo)
-    parallel = max(1, min(workers, len(todo), max_memory // max(peak, 1)))
-    bar = tqdm(total=len(todo), desc="sorting", unit=" shards", disable=not progress)
-    jobs = [(str(out), s["shard"], token_width) for s in todo]
-    if parallel == 1:
-        for job in jobs:
-            _sort_one(job)
-            bar.update(1)
-    else:
-        # Threads suffice: divsufsort (through ctypes) and the numba kernels release the GIL.
-        with ThreadPoolExecutor(parallel) as pool:
-            for _ in pool.map(_sort_one, jobs):
-                bar.update(1)
+    tasks = [Task(f"sort-{s['shard']}", _sort_one, ((str(out.resolve()), s["shard"], token_width),),
+                  memory=sort_peak_bytes(s["bytes"], token_width)) for s in todo]
+    bar = tqdm(total=len(todo), desc="sorting", unit=" shards", disable=not progress or not todo)
+    for _ in executor.run(tasks):
+        bar.update(1)
     bar.close()
 
 
@@ -241,7 +242,8 @@ def _table_complete(out: Path, shard: dict, token_width: int) -> bool:
 
 
 def _manifest_phase(out: Path, options: BuildOptions, shards: list[dict], tokenizer_spec: dict | None,
-                    tokenizer_fingerprint: str | None, eos_token_id: int | None, started: float) -> dict:
+                    tokenizer_fingerprint: str | None, eos_token_id: int | None, started: float,
+                    how: dict | None = None) -> dict:
     """Phase 3: checksum every file and write manifest.json last."""
     shard_entries = []
     for s in shards:
@@ -280,6 +282,7 @@ def _manifest_phase(out: Path, options: BuildOptions, shards: list[dict], tokeni
             "metadata": options.metadata,
             "seconds": round(time.time() - started, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **(how or {}),
         },
     }
     write_json_atomic(out / MANIFEST_NAME, manifest)
@@ -302,6 +305,9 @@ def build_index(
     metadata: bool = True,
     overwrite: bool = False,
     progress: bool = False,
+    executor: str | Executor = "local",
+    ray_address: str | None = None,
+    serve_targets: Iterable[str] | None = None,
 ) -> Path:
     """Build (or resume building) an index in ``output_dir``; return its path.
 
@@ -311,6 +317,11 @@ def build_index(
     file), or None for pre-tokenized documents, which then need ``vocab_size``. Shards are sized
     so that sorting one fits in ``max_memory`` bytes (default: 60% of available memory), or
     exactly ``shard_bytes`` when given.
+
+    ``executor`` runs the shard tasks: "local" (threads here), "ray" (an embedded Ray, or the
+    cluster at ``ray_address``) or an engine.executors.Executor instance. Every executor writes
+    the same bytes. ``serve_targets`` (shard-server addresses) also writes, once the index is
+    complete, per-server views and the router's ``shardmap.json`` (engine.shardmap).
     """
     started = time.time()
     out = Path(output_dir)
@@ -349,13 +360,35 @@ def build_index(
         raise BuildError(f"shard_bytes may be at most {MAX_SHARD_BYTES}")
     _prepare_output(out, options, overwrite)
     if (out / MANIFEST_NAME).exists():
-        return out
+        return _write_shard_map(out, serve_targets)
 
     tokenizer_spec = tok.save(out / "tokenizer") if tok is not None else None
-    shards = _tokenize_phase(out, options, documents, workers, progress)
-    _sort_phase(out, shards, token_width, max_memory, workers, progress)
-    _manifest_phase(out, options, shards, tokenizer_spec, tok.fingerprint() if tok else None, eos_token_id, started)
+    runner = make_executor(executor, ray_address=ray_address, workers=workers, max_memory=max_memory)
+    try:
+        shards = _tokenize_phase(out, options, documents, workers, progress, runner, tokenizer_spec)
+        _sort_phase(out, shards, token_width, runner, progress)
+        how = runner.describe() if runner.name != "local" else None
+    finally:
+        if runner is not executor:  # made here: ours to close (an Executor passed in is the caller's)
+            runner.close()
+    _remove_stale_temporaries(out)
+    _manifest_phase(out, options, shards, tokenizer_spec, tok.fingerprint() if tok else None, eos_token_id, started,
+                    how)
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
+    return _write_shard_map(out, serve_targets)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files left by a killed task (a worker's kill skips its cleanup); none is running now."""
+    for path in list(out.glob(".*.tmp-*")) + list(out.glob(".*.partial")):
+        path.unlink(missing_ok=True)
+
+
+def _write_shard_map(out: Path, serve_targets: Iterable[str] | None) -> Path:
+    if serve_targets:  # derived from the finished manifest, so written after it
+        from engine.shardmap import write_shard_map
+
+        write_shard_map(out, list(serve_targets))
     return out
 
 
