@@ -39,6 +39,7 @@ from engine.results import (
 
 _EMPTY_TABLE = np.zeros(0, dtype=np.int64)
 _EMPTY_TABLE.flags.writeable = False
+_INT64 = np.dtype(np.int64)
 DEFAULT_MAX_DISP_LEN = 1000
 
 
@@ -238,6 +239,14 @@ class NgramIndex:
 
     def _ids(self, query, *, allow_empty: bool, name: str = "query") -> np.ndarray:
         """Validated int64 token ids of a query given as ids or text."""
+        # Fast path for the usual query (a list or int64 array of valid ids): a few attribute checks
+        # and one compiled pass; anything else, or anything wrong, takes the general path below.
+        kind = type(query)
+        if kind is list or kind is np.ndarray:
+            ids = np.asarray(query)
+            if ids.dtype is _INT64 and ids.ndim == 1 and ids.shape[0] and \
+                    kernels.ids_ok(ids, self.vocab_size, self.separator_id):
+                return ids
         if isinstance(query, str):
             ids = self.tokenize(query)
         elif isinstance(query, (bytes, bytearray)):
@@ -265,6 +274,8 @@ class NgramIndex:
         return ids
 
     def _check_range(self, ids: np.ndarray, name: str) -> None:
+        if ids.dtype == np.int64 and kernels.ids_ok(ids, self.vocab_size, self.separator_id):
+            return  # the common case, in one compiled pass; the checks below only word the error
         low, high = ids.min(), ids.max()
         if low < 0 or high >= self.vocab_size:
             bad = int(low if low < 0 else high)
@@ -277,10 +288,13 @@ class NgramIndex:
     def _token(self, token, name: str) -> int:
         if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
             raise InvalidQueryError(f"{name} must be one int token id, got {type(token).__name__}")
-        self._check_range(np.array([token], dtype=np.int64), name)
+        if not (0 <= token < self.vocab_size and token != self.separator_id):
+            self._check_range(np.array([token], dtype=np.int64), name)
         return int(token)
 
     def _keys(self, ids: np.ndarray) -> np.ndarray:
+        if ids.dtype == np.int64:
+            return kernels.ids_to_keys(ids, self.token_width)
         return kernels.tokens_to_keys(ids, self.token_width)
 
     def _packed(self, queries, *, allow_empty: bool, name: str = "queries") -> PackedQueries:
@@ -318,8 +332,7 @@ class NgramIndex:
     def count(self, query) -> int:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
         ids = self._ids(query, allow_empty=True)
-        return int(kernels.count_keys(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
-                                      self._keys(ids)))
+        return int(kernels.count_ids(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi, ids))
 
     def count_batch(self, queries) -> np.ndarray:
         """Counts of many queries (a list of queries, or PackedQueries), computed in parallel."""
@@ -334,17 +347,9 @@ class NgramIndex:
         """P(cont_id | prompt) by counting: count(prompt + cont) / count(prompt)."""
         ids = self._ids(prompt, allow_empty=True, name="prompt")
         cont = self._token(cont_id, "cont_id")
-        prompt_count, cont_count = self._prompt_and_cont_counts(ids, cont)
-        return ProbResult(prompt_count, cont_count, cont_count / prompt_count if prompt_count else -1.0)
-
-    def _prompt_and_cont_counts(self, ids: np.ndarray, cont: int) -> tuple[int, int]:
-        prompt_count, lo, hi = self._ranges(ids)
-        if prompt_count == 0:
-            return 0, 0
-        cont_key = int(self._keys(np.array([cont]))[0])
-        cont_count = kernels.extend_ranges(self._ds, self._sa, self._ps, self.token_width, lo, hi,
-                                           len(ids) * self.token_width, cont_key, lo, hi)
-        return prompt_count, int(cont_count)
+        prompt_count, cont_count, _ = kernels.prob_ids(self._ds, self._sa, self._ps, self.token_width, self._ftlo,
+                                                       self._fthi, ids, cont, False)
+        return ProbResult(int(prompt_count), int(cont_count), cont_count / prompt_count if prompt_count else -1.0)
 
     def _longest_suffix_len(self, ids: np.ndarray) -> int:
         return int(kernels.longest_suffix(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
@@ -354,10 +359,10 @@ class NgramIndex:
         """P(cont_id | longest suffix of prompt that occurs); suffix_len says how long it was."""
         ids = self._ids(prompt, allow_empty=True, name="prompt")
         cont = self._token(cont_id, "cont_id")
-        suffix_len = self._longest_suffix_len(ids)
-        prompt_count, cont_count = self._prompt_and_cont_counts(ids[len(ids) - suffix_len:], cont)
+        prompt_count, cont_count, suffix_len = kernels.prob_ids(self._ds, self._sa, self._ps, self.token_width,
+                                                                self._ftlo, self._fthi, ids, cont, True)
         prob = cont_count / prompt_count if prompt_count else -1.0
-        return InfgramProbResult(prompt_count, cont_count, prob, suffix_len=suffix_len)
+        return InfgramProbResult(int(prompt_count), int(cont_count), prob, suffix_len=int(suffix_len))
 
     def prob_batch(self, prompts, cont_ids) -> ProbBatchResult:
         return self._prob_batch(prompts, cont_ids, use_suffix=False)
@@ -389,20 +394,22 @@ class NgramIndex:
             raise InvalidQueryError("max_support must be a positive int, or None for the exact distribution")
         return int(max_support)
 
-    def _distribution(self, ids: np.ndarray, max_support: int | None):
-        """(prompt_count, tokens, counts, end_count, approx) of the tokens after ``ids``."""
-        prompt_count, lo, hi = self._ranges(ids)
-        depth = len(ids) * self.token_width
-        widths = hi - lo
-        if max_support is not None and prompt_count > max_support:
-            return self._sampled_distribution(prompt_count, lo, hi, depth, max_support)
-        capacity = int(np.minimum(widths, self._max_distinct).sum())
-        keys = np.empty(capacity, dtype=np.int64)
-        counts = np.empty(capacity, dtype=np.int64)
-        n = kernels.next_token_runs(self._ds, self._sa, self._ps, self.token_width, lo, hi, depth, keys, counts)
-        keys, counts = keys[:n], counts[:n]
-        tokens, counts, end_count = self._split_ends(keys, counts)
-        return prompt_count, tokens, counts, end_count, False
+    def _distribution(self, ids: np.ndarray, max_support: int | None, *, use_suffix: bool = False):
+        """(prompt_count, tokens, counts, end_count, approx, prompt length used) of the tokens after
+        ``ids`` (after its longest occurring suffix with ``use_suffix``)."""
+        if max_support is not None:
+            if use_suffix:
+                ids = ids[len(ids) - self._longest_suffix_len(ids):]
+                use_suffix = False
+            prompt_count, lo, hi = self._ranges(ids)
+            if prompt_count > max_support:
+                sampled = self._sampled_distribution(prompt_count, lo, hi, len(ids) * self.token_width, max_support)
+                return (*sampled, len(ids))
+        # The exact distribution, in one kernel call (suffix search, ranges, runs, ends, sorting by id).
+        prompt_count, tokens, counts, end_count, used = kernels.next_tokens_ids(
+            self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi, ids, use_suffix,
+            self._max_distinct, self.separator_id)
+        return int(prompt_count), tokens, counts, int(end_count), False, int(used)
 
     def _split_ends(self, keys: np.ndarray, counts: np.ndarray):
         """Tokens sorted by id with their counts, and the count of document ends (separator / end of data)."""
@@ -439,15 +446,15 @@ class NgramIndex:
         """Every distinct next token after ``prompt`` with its exact count (``max_support`` caps the scan
         the way infini-gram does, returning approx=True)."""
         ids = self._ids(prompt, allow_empty=True, name="prompt")
-        prompt_count, tokens, counts, end_count, approx = self._distribution(ids, self._check_support(max_support))
+        prompt_count, tokens, counts, end_count, approx, _ = self._distribution(ids, self._check_support(max_support))
         return NextTokenDistribution(prompt_count, tokens, counts, end_count, approx)
 
     def infgram_ntd(self, prompt, max_support: int | None = None) -> InfgramNtdResult:
         """ntd of the longest suffix of ``prompt`` that occurs; suffix_len says how long it was."""
         ids = self._ids(prompt, allow_empty=True, name="prompt")
         max_support = self._check_support(max_support)
-        suffix_len = self._longest_suffix_len(ids)
-        prompt_count, tokens, counts, end_count, approx = self._distribution(ids[len(ids) - suffix_len:], max_support)
+        prompt_count, tokens, counts, end_count, approx, suffix_len = self._distribution(ids, max_support,
+                                                                                        use_suffix=True)
         return InfgramNtdResult(prompt_count, tokens, counts, end_count, approx, suffix_len=suffix_len)
 
     def ntd_batch(self, prompts, max_support: int | None = None) -> list[NextTokenDistribution]:

@@ -30,6 +30,37 @@ def tokens_to_keys(tokens: np.ndarray, token_width: int) -> np.ndarray:
     return ((t & 0xFF) << 24) | (((t >> 8) & 0xFF) << 16) | (((t >> 16) & 0xFF) << 8) | ((t >> 24) & 0xFF)
 
 
+@njit(nogil=True, cache=True)
+def ids_ok(ids, vocab_size, separator):
+    """True when every id is in 0..vocab_size-1 and none is the separator: the fast path of
+    validation (the Python layer works out the error message only when this says False)."""
+    for i in range(ids.shape[0]):
+        t = ids[i]
+        if t < 0 or t >= vocab_size or t == separator:
+            return False
+    return True
+
+
+@njit(inline="always")
+def _swap_key(t, token_width):
+    """One token id to its key, or a key back to its token id (the mapping is its own inverse)."""
+    t = np.int64(t)
+    if token_width == 1:
+        return t
+    if token_width == 2:
+        return ((t & 0xFF) << 8) | ((t >> 8) & 0xFF)
+    return ((t & 0xFF) << 24) | (((t >> 8) & 0xFF) << 16) | (((t >> 16) & 0xFF) << 8) | ((t >> 24) & 0xFF)
+
+
+@njit(nogil=True, cache=True)
+def ids_to_keys(ids, token_width):
+    """tokens_to_keys compiled: one call instead of several numpy temporaries per (small) query."""
+    out = np.empty(ids.shape[0], dtype=np.int64)
+    for i in range(ids.shape[0]):
+        out[i] = _swap_key(ids[i], token_width)
+    return out
+
+
 @njit(inline="always")
 def _ptr(sa, ps, rank):
     base = rank * ps
@@ -98,23 +129,67 @@ def _narrow(ds, sa, ps, tw, lo, hi, depth, key):
 
 
 @njit(inline="always")
+def _compare_at(ds, sa, ps, tw, rank, keys, start, stop, skip):
+    """Sign of the suffix at ``rank`` against keys[start:stop], from token ``skip`` on (the tokens
+    before are known equal): -1 if it sorts before, 0 if it starts with the keys, 1 if after."""
+    ptr = _ptr(sa, ps, rank)
+    for j in range(start + skip, stop):
+        k = _key(ds, tw, ptr + (j - start) * tw)
+        q = keys[j]
+        if k != q:
+            return -1 if k < q else 1
+    return 0
+
+
+@njit(inline="always")
 def _find_in_shard(ds, sa, ps, tw, ftlo, fthi, keys, start, stop):
-    """Range of the suffixes that start with keys[start:stop], starting from the first-token table."""
+    """Range of the suffixes that start with keys[start:stop], starting from the first-token table.
+
+    The rest of the query is matched whole at each step of the binary search (its tokens lie side
+    by side in tokenized.s), so a query costs O(log N) random reads whatever its length, instead of
+    O(length * log N) when narrowing one token at a time.
+    """
     n_pos = sa.shape[0] // ps
     if start >= stop:
         return np.int64(0), np.int64(n_pos)
     if ftlo.shape[0] > 0:
         lo = ftlo[keys[start]]
         hi = fthi[keys[start]]
-        j = start + 1
+        skip = 1
     else:
         lo = np.int64(0)
         hi = np.int64(n_pos)
-        j = start
-    while j < stop and lo < hi:
-        lo, hi = _narrow(ds, sa, ps, tw, lo, hi, (j - start) * tw, keys[j])
-        j += 1
-    return lo, hi
+        skip = 0
+    if stop - start <= skip:
+        return lo, hi
+    # Narrow both ends until some rank matches, then search each side of it for the boundaries.
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        c = _compare_at(ds, sa, ps, tw, mid, keys, start, stop, skip)
+        if c < 0:
+            lo = mid + 1
+        elif c > 0:
+            hi = mid
+        else:
+            a = lo
+            b = mid
+            while a < b:
+                m = (a + b) >> 1
+                if _compare_at(ds, sa, ps, tw, m, keys, start, stop, skip) < 0:
+                    a = m + 1
+                else:
+                    b = m
+            first = a
+            a = mid + 1
+            b = hi
+            while a < b:
+                m = (a + b) >> 1
+                if _compare_at(ds, sa, ps, tw, m, keys, start, stop, skip) == 0:
+                    a = m + 1
+                else:
+                    b = m
+            return first, a
+    return lo, lo
 
 
 @njit(nogil=True, cache=True)
@@ -132,6 +207,17 @@ def find_ranges(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, start, stop, lo_out,
 @njit(nogil=True, cache=True)
 def count_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys):
     """Total occurrences of the whole key sequence over all shards."""
+    total = np.int64(0)
+    for s in range(len(ds_t)):
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, 0, keys.shape[0])
+        total += hi - lo
+    return total
+
+
+@njit(nogil=True, cache=True)
+def count_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, ids):
+    """count_keys of token ids (int64, already validated), converting them here: one call per count."""
+    keys = ids_to_keys(ids, tw)
     total = np.int64(0)
     for s in range(len(ds_t)):
         lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, 0, keys.shape[0])
@@ -184,6 +270,27 @@ def longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, max_len):
     return good
 
 
+@njit(nogil=True, cache=True)
+def prob_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, ids, cont, use_suffix):
+    """(count of the prompt, count of prompt + cont, prompt length used) for one validated query of
+    token ids; with ``use_suffix`` the prompt is first cut to its longest occurring suffix (infgram)."""
+    keys = ids_to_keys(ids, tw)
+    n = keys.shape[0]
+    start = 0
+    if use_suffix:
+        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, n)
+    cont_key = _swap_key(cont, tw)
+    prompt_count = np.int64(0)
+    cont_count = np.int64(0)
+    for s in range(len(ds_t)):
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, start, n)
+        prompt_count += hi - lo
+        if hi > lo:
+            clo, chi = _narrow(ds_t[s], sa_t[s], ps_a[s], tw, lo, hi, (n - start) * tw, cont_key)
+            cont_count += chi - clo
+    return prompt_count, cont_count, n - start
+
+
 @njit(inline="always")
 def _runs_in_range(ds, sa, ps, tw, lo, hi, depth, out_keys, out_counts, n):
     """Append (key, run length) of each distinct key at ``depth`` in [lo, hi), jumping over runs."""
@@ -234,6 +341,52 @@ def next_token_runs(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, out_keys, out_count
             out_counts[merged] = counts[i]
             merged += 1
     return merged
+
+
+@njit(nogil=True, cache=True)
+def next_tokens_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, ids, use_suffix, max_distinct, separator):
+    """The exact next-token distribution of one validated prompt of token ids (with ``use_suffix``,
+    of its longest occurring suffix), in one call: (prompt count, token ids ascending, their counts,
+    how many occurrences end a document, prompt length used). ``max_distinct`` bounds the distinct
+    keys one shard can hold (vocabulary + 2)."""
+    keys = ids_to_keys(ids, tw)
+    n = keys.shape[0]
+    start = 0
+    if use_suffix:
+        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, n)
+    n_shards = len(ds_t)
+    lo = np.empty(n_shards, dtype=np.int64)
+    hi = np.empty(n_shards, dtype=np.int64)
+    total = np.int64(0)
+    capacity = 0
+    for s in range(n_shards):
+        a, b = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, start, n)
+        lo[s] = a
+        hi[s] = b
+        total += b - a
+        capacity += min(b - a, max_distinct)
+    run_keys = np.empty(capacity, dtype=np.int64)
+    run_counts = np.empty(capacity, dtype=np.int64)
+    m = next_token_runs(ds_t, sa_t, ps_a, tw, lo, hi, (n - start) * tw, run_keys, run_counts)
+    tokens = np.empty(m, dtype=np.int64)
+    counts = np.empty(m, dtype=np.int64)
+    k = 0
+    ends = np.int64(0)
+    for i in range(m):
+        key = run_keys[i]
+        if key < 0 or key == separator:
+            ends += run_counts[i]
+        else:
+            tokens[k] = _swap_key(key, tw)
+            counts[k] = run_counts[i]
+            k += 1
+    tokens = tokens[:k]
+    counts = counts[:k]
+    if tw != 1:  # keys ascend in byte order; ids must ascend numerically
+        order = np.argsort(tokens, kind="mergesort")
+        tokens = tokens[order]
+        counts = counts[order]
+    return total, tokens, counts, ends, n - start
 
 
 @njit(nogil=True, cache=True)
@@ -320,10 +473,32 @@ def first_key_table(ds, sa, ps, tw, table_lo, table_hi):
             table_hi[key] = start
 
 
+@njit(nogil=True, cache=True)
+def locality_order(keys, offsets, tw):
+    """An order of the queries keys[offsets[i]:offsets[i+1]] sorted by their first few keys.
+
+    Answering a batch in this order makes neighbouring queries search the same parts of the
+    suffix array, so most of their reads hit the CPU caches instead of memory.
+    """
+    nq = offsets.shape[0] - 1
+    bits = 8 * tw + 1  # a key, plus one value for "the query has ended"
+    per = max(1, 63 // bits)
+    packed = np.empty(nq, dtype=np.int64)
+    for q in range(nq):
+        v = np.int64(0)
+        for j in range(per):
+            i = offsets[q] + j
+            v = (v << bits) | (keys[i] + 1 if i < offsets[q + 1] else 0)
+        packed[q] = v
+    return np.argsort(packed, kind="mergesort")
+
+
 @njit(parallel=True)
 def count_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, offsets, out):
     """Counts of many key sequences, query i being keys[offsets[i]:offsets[i+1]]."""
-    for q in prange(offsets.shape[0] - 1):
+    order = locality_order(keys, offsets, tw)
+    for i in prange(offsets.shape[0] - 1):
+        q = order[i]
         total = np.int64(0)
         for s in range(len(ds_t)):
             lo, hi = _find_in_shard(
@@ -340,7 +515,9 @@ def prob_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, offsets, cont_ke
     With ``use_suffix`` the prompt is first cut to its longest occurring suffix (the infgram form).
     """
     n_shards = len(ds_t)
-    for q in prange(offsets.shape[0] - 1):
+    order = locality_order(keys, offsets, tw)
+    for i in prange(offsets.shape[0] - 1):
+        q = order[i]
         start = offsets[q]
         stop = offsets[q + 1]
         if use_suffix:
