@@ -92,7 +92,7 @@ def machine(device: str) -> str:
     return s
 
 
-def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_count, with_null=False):
+def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_count, with_null=False, min_prob=0.0):
     """Every method on every prompt, methods interleaved per prompt (so that load drift on a shared
     machine hits them alike). Returns {method: (SpecStats summed over prompts, same_as_greedy)}."""
     import torch
@@ -109,8 +109,8 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
         methods["greedy (our loop, no drafts)"] = lambda: NullDrafter()
     methods.update({
         "prompt lookup (context only)": lambda: PromptLookupDrafter(max_ngram=3),
-        "∞-gram drafter (corpus only)": lambda: InfgramDrafter(index, min_count=min_count),
-        "hybrid (corpus + context)": lambda: HybridDrafter(index, min_count=min_count),
+        "∞-gram drafter (corpus only)": lambda: InfgramDrafter(index, min_count=min_count, min_prob=min_prob),
+        "hybrid (corpus + context)": lambda: HybridDrafter(index, min_count=min_count, min_prob=min_prob),
     })
     agg = {name: SpecStats() for name in methods}
     same = {name: True for name in methods}
@@ -165,6 +165,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--num-draft", type=int, default=8)
     ap.add_argument("--min-count", type=int, default=1, help="∞-gram drafter: stop at continuations seen fewer times")
+    ap.add_argument("--min-prob", type=float, default=0.0,
+                    help="∞-gram drafter: stop where the top continuation's share is below this")
     ap.add_argument("--ppl-tokens", type=int, default=4000, help="tokens scored per split (validation, test)")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--stride", type=int, default=256)
@@ -204,7 +206,7 @@ def main(argv=None) -> int:
         # warm up (first calls allocate, compile kernels)
         run_spec(model, tok, index, prompts[:1], 8, args.num_draft, args.device, args.min_count)
         spec = run_spec(model, tok, index, prompts, args.new_tokens, args.num_draft, args.device, args.min_count,
-                        args.with_null)
+                        args.with_null, args.min_prob)
 
     raw: dict = {"machine": machine(args.device), "args": vars(args)}
     lam_s, lam_d = 0.5, 0.5
@@ -254,7 +256,7 @@ def main(argv=None) -> int:
         lines += ["", f"Held-out perplexity (documents never indexed; at most {args.ppl_doc_tokens} tokens of each):",
                   "", format_table(ppl)]
     lines += ["", f"Reproduce: `python bench/bench_lm.py --corpus {args.corpus} --prompt-offset {args.prompt_offset} --prompts {args.prompts} --new-tokens {args.new_tokens} "
-              f"--num-draft {args.num_draft} --ppl-tokens {args.ppl_tokens} --ppl-doc-tokens {args.ppl_doc_tokens} "
+              f"--num-draft {args.num_draft} --min-count {args.min_count} --min-prob {args.min_prob} --ppl-tokens {args.ppl_tokens} --ppl-doc-tokens {args.ppl_doc_tokens} "
               f"--device {args.device} --threads {args.threads}"
               + (" --skip-ppl" if args.skip_ppl else "") + (" --skip-spec" if args.skip_spec else "") + "`"]
     print("\n".join(lines))

@@ -4,7 +4,7 @@
   trained with the LM and then run once over the whole vocabulary (precompute_fgram_table) so
   that inference needs only a table lookup: no extra FLOPs on the accelerator.
 * SconeEmbedding: token embedding, with the embedding of the longest f-gram ending at each
-  position (CausalFgramMatcher) replacing (or added to) it. In training mode the f-gram
+  position (CausalFgramMatcher) added to it (``combine="add"``, the default) or replacing it. In training mode the f-gram
   embeddings come from the encoder (only the distinct f-grams of the batch are encoded); in
   inference mode they come from a table kept off the accelerator, a memory map or pinned CPU
   memory, and only the rows a batch needs are gathered and copied. ``prefetch(ids)`` starts
@@ -93,7 +93,7 @@ def open_fgram_table(path, mode: str = "mmap"):
 
 class SconeEmbedding(nn.Module):
     def __init__(self, vocab_size: int, d_model: int, fgram_vocab: FgramVocab, *,
-                 encoder: FgramEncoder | None = None, table=None, combine: str = "replace"):
+                 encoder: FgramEncoder | None = None, table=None, combine: str = "add"):
         super().__init__()
         if combine not in ("replace", "add"):
             raise ValueError("combine must be 'replace' or 'add'")

@@ -10,7 +10,7 @@ V, D = 20, 8
 GRAMS = [(1, 2), (2, 3), (1, 2, 3), (4, 4), (4, 4, 4, 4), (5, 6, 7)]
 
 
-def make(combine="replace"):
+def make(combine="add"):
     torch.manual_seed(0)
     vocab = FgramVocab(GRAMS)
     enc = FgramEncoder(V, vocab.max_len, D, d_model=16, n_layers=1).eval()
