@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 from array import array
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -66,7 +67,10 @@ class BuildOptions:
     metadata: bool
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:16]
+        # shard_bytes is left out: by default it follows the memory available at the time, which
+        # differs between a build and its resumption; a resumed build reuses the recorded plan.
+        identity = {k: v for k, v in self.__dict__.items() if k != "shard_bytes"}
+        return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def default_max_memory() -> int:
@@ -358,7 +362,7 @@ def build_index(
     )
     if options.shard_bytes > MAX_SHARD_BYTES:
         raise BuildError(f"shard_bytes may be at most {MAX_SHARD_BYTES}")
-    _prepare_output(out, options, overwrite)
+    options = _prepare_output(out, options, overwrite)
     if (out / MANIFEST_NAME).exists():
         return _write_shard_map(out, serve_targets)
 
@@ -392,8 +396,10 @@ def _write_shard_map(out: Path, serve_targets: Iterable[str] | None) -> Path:
     return out
 
 
-def _prepare_output(out: Path, options: BuildOptions, overwrite: bool) -> None:
-    """Create the output folder, or check that an existing one is this same build (to resume)."""
+def _prepare_output(out: Path, options: BuildOptions, overwrite: bool) -> BuildOptions:
+    """Create the output folder, or check that an existing one is this same build (to resume).
+
+    Returns the options to build with: a resumed build keeps the shard size it was planned with."""
     state_file = out / STATE_DIR / "options.json"
     manifest = read_manifest(out) if out.exists() else None
     same = False
@@ -409,6 +415,10 @@ def _prepare_output(out: Path, options: BuildOptions, overwrite: bool) -> None:
                 "(--overwrite)"
             )
         shutil.rmtree(out)
+    if existing and same and state_file.exists():
+        recorded = json.loads(state_file.read_text())["options"]["shard_bytes"]
+        return dataclasses.replace(options, shard_bytes=recorded)
     if not existing or not same:
         (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
         write_json_atomic(state_file, {"fingerprint": options.fingerprint(), "options": options.__dict__})
+    return options

@@ -277,13 +277,13 @@ class NgramIndex:
         if ids.dtype == np.int64 and kernels.ids_ok(ids, self.vocab_size, self.separator_id):
             return  # the common case, in one compiled pass; the checks below only word the error
         low, high = ids.min(), ids.max()
-        if low < 0 or high >= self.vocab_size:
-            bad = int(low if low < 0 else high)
-            raise InvalidQueryError(f"{name} holds token id {bad}, outside the vocabulary 0..{self.vocab_size - 1}")
-        if high == self.separator_id:
+        if high >= min(self.vocab_size, self.separator_id) and np.any(ids == self.separator_id):
             raise InvalidQueryError(
                 f"{name} holds token id {self.separator_id}, the document separator, which never occurs in a query"
             )
+        if low < 0 or high >= self.vocab_size:
+            bad = int(low if low < 0 else high)
+            raise InvalidQueryError(f"{name} holds token id {bad}, outside the vocabulary 0..{self.vocab_size - 1}")
 
     def _token(self, token, name: str) -> int:
         if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
