@@ -317,7 +317,7 @@ def main(argv=None) -> int:
         disk = f"{row['disk'] / 1e9:.3f} GB" if row["disk"] else "-"
         per = f"{row['disk'] / row['tokens']:.2f}" if row["disk"] and row["tokens"] else "-"
         lines.append(f"| {row['tool']} | {row['rc']} | {minutes(row['wall'])} | {tok_end} | {row['cpu']:.0f} "
-                     f"| {row['load']:.1f} | {gib(row['anon'])} ({gib(row['peak'])}) | {gib(row['budget'])} | {tokens} "
+                     f"| {row['load']:.1f} | {gib(row['anon']) if row.get('anon') is not None else '-'} ({gib(row['peak'])}) | {gib(row['budget'])} | {tokens} "
                      f"| {row['shards'] or '-'} "
                      f"| {disk} | {per} |")
     lines += ["", "Commands:", ""] + [f"- `{row['cmd']}`" for row in rows]
