@@ -607,6 +607,14 @@ class NgramIndex:
 
         return count_cnf(self, cnf, DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq)
 
+    def warmup_ngrams(self) -> None:
+        """Compile (or load from numba's cache) the kernels of the block above; a server may call it
+        from warmup() so that LongestMatches, Attribute and the CNF RPCs answer fast from the start."""
+        probe = [0]
+        self.longest_matches(probe, infgram=True)
+        self.attribute(probe, min_len=1, max_docs=1)
+        self.search_docs_cnf([[probe], [probe]], max_docs=1, max_clause_freq=1)
+
     def search_docs_cnf(self, cnf, max_docs: int = 10, max_clause_freq: int | None = None,
                         max_disp_len: int = DEFAULT_MAX_DISP_LEN):
         """The first max_docs documents matching a CNF query, with the exact count (engine.cnf)."""

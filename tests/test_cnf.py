@@ -84,3 +84,16 @@ def test_validation(tmp_path):
         count_cnf(index, [[[1]]], max_clause_freq=0)
     with pytest.raises(InvalidQueryError, match="max_docs"):
         search_docs_cnf(index, [[[1]]], max_docs=-1)
+
+
+def test_cli_cnf(tmp_path, capsys):
+    import json
+
+    from engine.cli import main
+
+    build_index(tmp_path / "idx", documents=["the cat sat", "the dog sat", "a cat ran"], tokenizer="bytes")
+    assert main(["cnf", str(tmp_path / "idx"), "--clause", "cat", "dog", "--clause", "sat", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == 2 and out["doc_ixs"] == [0, 1] and out["approx"] is False
+    assert main(["cnf", str(tmp_path / "idx"), "--clause", "cat", "--max-docs", "1"]) == 0
+    assert "2 matching document(s)" in capsys.readouterr().out

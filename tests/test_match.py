@@ -126,3 +126,17 @@ def test_empty_text_and_validation(tmp_path):
         longest_matches(index, [1, 2], max_len=0)
     with pytest.raises(InvalidQueryError):
         longest_matches(index, [1, 255])  # the separator
+
+
+def test_cli_attribute(tmp_path, capsys):
+    from engine.cli import main
+
+    build_from_token_docs(tmp_path / "idx", [[1, 2, 3, 4], [1, 2, 3, 5]], 1)
+    assert main(["attribute", str(tmp_path / "idx"), "--ids", "1 2 3 4 7", "--min-len", "2", "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert [(s["start"], s["end"], s["count"]) for s in out["spans"]] == [(0, 4, 1)]
+    assert out["creativity"] == pytest.approx(0.2)
+    assert main(["attribute", str(tmp_path / "idx"), "--ids", "1 2 3", "--min-len", "2"]) == 0
+    assert "maximal span" in capsys.readouterr().out
