@@ -16,7 +16,7 @@ from engine.errors import NgramError
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 # Subcommands that live in their own modules, each exposing add_parsers(subparsers) or add_parser(subparsers).
-_PLUGIN_MODULES = ("engine.cli_serve", "engine.cli_ngrams", "engine.fetch", "engine.demo")
+_PLUGIN_MODULES = ("engine.cli_serve", "engine.cli_ngrams", "engine.fetch", "engine.demo", "engine.shardmap")
 
 
 def parse_size(text: str) -> int:
@@ -58,6 +58,7 @@ def _cmd_build(args) -> int:
         metadata=not args.no_metadata,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        serve_targets=args.serve_targets,
         **({"executor": args.executor, "ray_address": args.ray_address} if args.executor != "local" else {}),
     )
     manifest = json.loads((Path(path) / "manifest.json").read_text())
@@ -86,6 +87,8 @@ def _add_build(sub) -> None:
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="run shard tasks in this process pool (local) or on Ray")
     p.add_argument("--ray-address", help="Ray cluster address (default: start Ray embedded)")
+    p.add_argument("--serve-targets", nargs="+", metavar="HOST:PORT",
+                   help="also write per-server views and the router's shardmap.json for these shard servers")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_build)
 
