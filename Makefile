@@ -13,7 +13,7 @@ $(PY):
 # torch is pinned first: the CPU wheel of this version is what the machines here provide.
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,torch]'
+	$(PY) -m pip install --quiet -e '.[dev,torch,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
