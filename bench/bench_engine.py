@@ -15,7 +15,7 @@ Face hub; so both builds tokenize with the same BPE, and our builder's token and
 come out byte-identical to infini-gram's).
 
 Both engines then query our build's files (in page cache) with the same random queries drawn from
-the indexed tokens: count for n = 1, 2, 5, 10, 20, 100; prob and ntd after corpus prompts;
+the indexed tokens, alternating in blocks of 100 calls (bench.common.time_pair): count for n = 1, 2, 5, 10, 20, 100; prob and ntd after corpus prompts;
 infgram_prob and infgram_ntd with 100-token contexts taken from held-out documents (never indexed),
 as a language model would use them; search_docs; and batched counts (our ``count_batch`` against a
 loop of infini-gram's ``count``). Our ntd is exact; infini-gram's samples when a prompt occurs more
@@ -225,6 +225,7 @@ def _index_sizes(path: Path) -> tuple[int, int, int]:
 
 def build_ours(corpus: Path, out: Path, workers: int) -> Build:
     log(f"building with ours: {out}")
+    shutil.rmtree(out, ignore_errors=True)  # an existing finished index would be reused, not rebuilt
     res = run_measured([sys.executable, "-c", _OURS_BUILD, str(out), str(corpus / "corpus.jsonl"), str(workers)],
                        env=python_env())
     if res.returncode != 0:
