@@ -292,23 +292,29 @@ def prob_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, ids, cont, use_suffix):
 
 
 @njit(inline="always")
+def _run_end(ds, sa, ps, tw, i, hi, depth, key):
+    """End (exclusive) of the run of ``key`` that contains rank ``i``: gallop to bracket it, then
+    binary search inside the bracket, so a run costs O(log run length)."""
+    last_equal = i
+    step = 1
+    bound = hi
+    while i + step < hi:
+        if _key_at_rank(ds, sa, ps, tw, i + step, depth) == key:
+            last_equal = i + step
+            step <<= 1
+        else:
+            bound = i + step
+            break
+    return _upper_bound(ds, sa, ps, tw, last_equal + 1, bound, depth, key)
+
+
+@njit(inline="always")
 def _runs_in_range(ds, sa, ps, tw, lo, hi, depth, out_keys, out_counts, n):
     """Append (key, run length) of each distinct key at ``depth`` in [lo, hi), jumping over runs."""
     i = lo
     while i < hi:
         key = _key_at_rank(ds, sa, ps, tw, i, depth)
-        # Gallop to bracket the end of the run, then binary search inside the bracket.
-        last_equal = i
-        step = 1
-        bound = hi
-        while i + step < hi:
-            if _key_at_rank(ds, sa, ps, tw, i + step, depth) == key:
-                last_equal = i + step
-                step <<= 1
-            else:
-                bound = i + step
-                break
-        j = _upper_bound(ds, sa, ps, tw, last_equal + 1, bound, depth, key)
+        j = _run_end(ds, sa, ps, tw, i, hi, depth, key)
         out_keys[n] = key
         out_counts[n] = j - i
         n += 1

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.kernels import _key_at_rank, _lower_bound, _narrow, _upper_bound
+from engine.kernels import _key_at_rank, _lower_bound, _narrow, _run_end, _upper_bound
 
 
 @njit(inline="always")
@@ -35,22 +35,6 @@ def _key_to_id(key, tw):
     if tw == 2:
         return ((key & 0xFF) << 8) | ((key >> 8) & 0xFF)
     return ((key & 0xFF) << 24) | (((key >> 8) & 0xFF) << 16) | (((key >> 16) & 0xFF) << 8) | ((key >> 24) & 0xFF)
-
-
-@njit(inline="always")
-def _run_end(ds, sa, ps, tw, i, hi, depth, key):
-    """End (exclusive) of the run of ``key`` that contains rank ``i``: gallop, then binary search."""
-    last_equal = i
-    step = 1
-    bound = hi
-    while i + step < hi:
-        if _key_at_rank(ds, sa, ps, tw, i + step, depth) == key:
-            last_equal = i + step
-            step <<= 1
-        else:
-            bound = i + step
-            break
-    return _upper_bound(ds, sa, ps, tw, last_equal + 1, bound, depth, key)
 
 
 @njit(inline="always")
