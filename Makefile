@@ -24,5 +24,7 @@ demo: install
 test: install
 	$(PY) -m pytest -q -x --timeout=900 tests || [ $$? -eq 5 ]
 
+# Quick side-by-side run; see bench/README.md for the full-size benchmarks of each issue.
 bench: install
-	$(PY) -m bench.run_all
+	$(PY) bench/bench_engine.py --size smoke
+	$(PY) bench/bench_grpc.py
