@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import time
-from array import array
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ from engine.format import (
     MANIFEST_NAME,
     NUMPY_TOKEN_DTYPES,
     TOKEN_DTYPES,
-    atomic_write_path,
     file_sha256,
     pointer_size,
     read_manifest,

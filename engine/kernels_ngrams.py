@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.kernels import _key_at_rank, _lower_bound, _narrow, _run_end, _upper_bound
+from engine.kernels import _key_at_rank, _lower_bound, _narrow, _run_end
 
 
 @njit(inline="always")
