@@ -28,7 +28,8 @@ def _decoder(index):
     return lambda ids: "".join(tok.token_str(int(t)) for t in ids)
 
 
-def _print_rows(table, decode, limit: int, stream=sys.stdout) -> None:
+def _print_rows(table, decode, limit: int, stream=None) -> None:
+    stream = stream or sys.stdout  # looked up per call: sys.stdout may be replaced after import
     for line in table.text_rows(decode, limit):
         print(line, file=stream)
 
