@@ -102,17 +102,21 @@ class _ShardWriter:
         self.docs = 0
         self.meta_bytes = 0
 
-    def add(self, tokens: np.ndarray, metadata: dict | None) -> None:
-        self._fh["offset"].write(np.uint64(self.bytes).tobytes())
-        payload = self.separator + tokens.astype(self.dtype, copy=False).tobytes()
-        self._fh["tokenized"].write(payload)
-        self.bytes += len(payload)
-        self.docs += 1
+    def add_batch(self, payload: np.ndarray, sizes: np.ndarray, metadatas: list) -> None:
+        """Append documents: ``payload`` holds each one's separator and tokens, ``sizes`` their lengths
+        in tokens, ``metadatas`` their metadata (dicts or None)."""
+        nbytes = sizes * payload.itemsize
+        self._fh["offset"].write(_starts(nbytes, self.bytes).tobytes())
+        self._fh["tokenized"].write(memoryview(np.ascontiguousarray(payload)).cast("B"))
+        self.bytes += int(nbytes.sum())
+        self.docs += len(sizes)
         if "metadata" in self._fh:
-            line = (json.dumps(metadata, ensure_ascii=False) if metadata else "").encode() + b"\n"
-            self._fh["metaoff"].write(np.uint64(self.meta_bytes).tobytes())
-            self._fh["metadata"].write(line)
-            self.meta_bytes += len(line)
+            lines = [(json.dumps(m, ensure_ascii=False) if m else "").encode() + b"\n" for m in metadatas]
+            lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+            self._fh["metaoff"].write(_starts(lengths, self.meta_bytes).tobytes())
+            block = b"".join(lines)
+            self._fh["metadata"].write(block)
+            self.meta_bytes += len(block)
 
     def finish(self) -> dict:
         for kind, fh in self._fh.items():
@@ -123,8 +127,19 @@ class _ShardWriter:
         return {"shard": self.number, "bytes": self.bytes, "num_docs": self.docs}
 
 
-def _iter_token_docs(options: "BuildOptions", documents, workers: int) -> Iterator[tuple[np.ndarray, dict | None]]:
-    """(token array, metadata) for every document, in input order.
+def _starts(lengths: np.ndarray, first: int) -> np.ndarray:
+    """Little-endian u64 start of each of consecutive pieces of ``lengths``, the first at ``first``."""
+    starts = np.empty(len(lengths), dtype=np.int64)
+    starts[0] = first
+    np.cumsum(lengths[:-1], out=starts[1:])
+    starts[1:] += first
+    return starts.astype("<u8")
+
+
+def _token_batches(options: "BuildOptions", documents, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray, int, list]]:
+    """``(payload, sizes, bad, metadatas)`` for runs of documents, in input order: the documents as a
+    shard stores them (separator + tokens, in the index's dtype), each one's size in tokens, and
+    the position in the run of the first document with an id outside the vocabulary (-1: none).
 
     A build is either all text (tokenized in parallel, streaming) or all pre-tokenized; the
     first document decides which.
@@ -140,14 +155,23 @@ def _iter_token_docs(options: "BuildOptions", documents, workers: int) -> Iterat
     if first is None:
         raise BuildError("the inputs hold no documents; check the paths, globs and --text-field")
     rest = _chain_one(first, source)
+    limit = min(options.vocab_size, separator_id(options.token_width))
     if first.tokens is not None:
-        yield from _pretokenized(rest)
+        dtype = NUMPY_TOKEN_DTYPES[options.token_width]
+        separator = np.full(1, separator_id(options.token_width), dtype=dtype)
+        for tokens, metadata in _pretokenized(rest):
+            bad = bool(tokens.size and (tokens.min() < 0 or tokens.max() >= limit))
+            payload = separator if bad else np.concatenate([separator, tokens.astype(dtype, copy=False)])
+            yield payload, np.array([tokens.size + 1], dtype=np.int64), 0 if bad else -1, [metadata]
         return
     if options.tokenizer is None:
         raise BuildError("text documents need a tokenizer; pass tokenizer='bytes', 'gpt2', a tokenizer.json path, ...")
-    from engine.tokenize import tokenize_stream
+    from engine.tokenize import tokenize_to_payloads
 
-    yield from tokenize_stream(_texts(rest), options.tokenizer, workers)
+    for payload, sizes, highest, metadatas in tokenize_to_payloads(_texts(rest), options.tokenizer, workers,
+                                                                   options.token_width):
+        wrong = np.flatnonzero(highest >= limit)
+        yield payload, sizes, int(wrong[0]) if wrong.size else -1, metadatas
 
 
 def _chain_one(first, rest):
@@ -191,27 +215,39 @@ def _tokenize_phase(out: Path, options: BuildOptions, documents, workers: int, p
         return tokenize_sliced(out, options, executor, tokenizer_spec, progress)
     shards: list[dict] = []
     writer: _ShardWriter | None = None
-    separator = separator_id(options.token_width)
+    width = options.token_width
+    limit = min(options.vocab_size, separator_id(width))
     bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress, mininterval=1.0)
-    for tokens, metadata in _iter_token_docs(options, documents, workers):
-        if tokens.size and (tokens.min() < 0 or tokens.max() >= min(options.vocab_size, separator)):
+    done = 0  # documents before this run
+    for payload, sizes, bad, metadatas in _token_batches(options, documents, workers):
+        doc_bytes = sizes * width
+        too_big = np.flatnonzero(doc_bytes > options.shard_bytes)
+        if bad >= 0 and (not too_big.size or bad <= too_big[0]):
             raise BuildError(
-                f"document {bar.n} has token ids outside 0..{min(options.vocab_size, separator) - 1}; "
-                "pass the right vocab_size / tokenizer"
+                f"document {done + bad} has token ids outside 0..{limit - 1}; pass the right vocab_size / tokenizer"
             )
-        doc_bytes = (tokens.size + 1) * options.token_width
-        if doc_bytes > options.shard_bytes:
+        if too_big.size:
+            n = int(too_big[0])
             raise BuildError(
-                f"document {bar.n} ({doc_bytes} bytes) is larger than a shard ({options.shard_bytes} bytes); "
-                "raise --max-memory"
+                f"document {done + n} ({int(doc_bytes[n])} bytes) is larger than a shard ({options.shard_bytes} "
+                "bytes); raise --max-memory"
             )
-        if writer is not None and writer.bytes + doc_bytes > options.shard_bytes:
-            shards.append(writer.finish())
-            writer = None
-        if writer is None:
-            writer = _ShardWriter(out, len(shards), options.token_width, options.metadata)
-        writer.add(tokens, metadata)
-        bar.update(1)
+        # The greedy cut: a shard takes documents while they fit in shard_bytes.
+        ends = np.cumsum(doc_bytes)
+        first = 0
+        while first < len(sizes):
+            if writer is None:
+                writer = _ShardWriter(out, len(shards), width, options.metadata)
+            base = int(ends[first - 1]) if first else 0
+            end = int(np.searchsorted(ends, base + options.shard_bytes - writer.bytes, side="right"))
+            if end == first:
+                shards.append(writer.finish())
+                writer = None
+                continue
+            writer.add_batch(payload[base // width:int(ends[end - 1]) // width], sizes[first:end], metadatas[first:end])
+            first = end
+        done += len(sizes)
+        bar.update(len(sizes))
     bar.close()
     if writer is None:
         raise BuildError("the inputs hold no documents; check the paths, globs and --text-field")

@@ -48,6 +48,7 @@ __all__ = [
     "load_tokenizer",
     "token_width_for",
     "tokenize_stream",
+    "tokenize_to_payloads",
 ]
 
 #: Pre-tokenizer regexes for tiktoken ranks files, by preset name.
@@ -138,6 +139,12 @@ class Tokenizer(abc.ABC):
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         """:meth:`encode` for many texts (backends with a parallel batch path override this)."""
         return [self.encode(t) for t in texts]
+
+    def encode_serial(self, text: str) -> np.ndarray:
+        """The ids of :meth:`encode` computed on the calling thread alone, for callers that parallelize
+        themselves (the builder's worker processes). The array may be read-only and of any unsigned
+        dtype wide enough for the vocabulary."""
+        return self.encode(text)
 
     @abc.abstractmethod
     def _decode(self, ids: list[int]) -> str: ...
@@ -244,6 +251,9 @@ class BytesTokenizer(Tokenizer):
 
     def encode(self, text: str) -> np.ndarray:
         return np.frombuffer(_clean_text(text).encode("utf-8"), dtype=np.uint8).astype(np.uint32)
+
+    def encode_serial(self, text: str) -> np.ndarray:
+        return np.frombuffer(_clean_text(text).encode("utf-8"), dtype=np.uint8)
 
     def _decode(self, ids: list[int]) -> str:
         return bytes(ids).decode("utf-8", errors="replace")
@@ -444,9 +454,19 @@ class TiktokenTokenizer(Tokenizer):
                     break
         self.eos_token_id = None if eos_token_id is None else int(eos_token_id)
         self._special_bytes = {v: k.encode("utf-8") for k, v in self.special_tokens.items()}
+        # tiktoken's core encoder writing straight into a uint32 buffer (no Python list of ints).
+        # With no special token allowed it encodes the whole text as ordinary text: the same ids as
+        # encode_ordinary (tests/test_tokenize.py checks it on special-token text).
+        self._to_buffer = getattr(self._enc._core_bpe, "encode_to_tiktoken_buffer", None)
 
     def encode(self, text: str) -> np.ndarray:
-        return np.array(self._enc.encode_ordinary(_clean_text(text)), dtype=np.uint32)
+        return np.array(self.encode_serial(text), dtype=np.uint32)
+
+    def encode_serial(self, text: str) -> np.ndarray:
+        text = _clean_text(text)
+        if self._to_buffer is not None:
+            return np.frombuffer(self._to_buffer(text, set()), dtype=np.uint32)
+        return np.array(self._enc.encode_ordinary(text), dtype=np.uint32)  # pragma: no cover
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         out = self._enc.encode_ordinary_batch([_clean_text(t) for t in texts])
@@ -711,15 +731,47 @@ def load_tokenizer(spec: "str | dict | os.PathLike | Tokenizer", base_dir: str |
 _WORKER_CACHE: dict[str, Tokenizer] = {}
 
 
-def _worker_encode(spec_json: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _worker_tokenizer(spec_json: str) -> Tokenizer:
     tok = _WORKER_CACHE.get(spec_json)
     if tok is None:
         _WORKER_CACHE.clear()
         tok = _WORKER_CACHE[spec_json] = load_tokenizer(json.loads(spec_json))
-    arrays = tok.encode_batch(texts)
+    return tok
+
+
+def _worker_encode(spec_json: str, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    # One document after another on this process's thread: the pool already has a process per core,
+    # and a backend's own batch threads would only compete with it for the cores.
+    tok = _worker_tokenizer(spec_json)
+    arrays = [tok.encode_serial(t) for t in texts]
     lengths = np.fromiter((a.size for a in arrays), dtype=np.int64, count=len(arrays))
     flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint32)
     return flat.astype(np.uint32, copy=False), lengths
+
+
+def encode_shard_payload(tok: Tokenizer, texts: Sequence[str], token_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode ``texts`` straight into the bytes a shard stores: per document, the separator then its ids.
+
+    Returns ``(payload, sizes, highest)``: ``payload`` in the width's little-endian dtype, each
+    document's size in tokens (its ids plus the separator), and each document's largest id (-1 when
+    it has none), by which the caller rejects ids that do not fit below the separator.
+    """
+    dtype = np.dtype(f"<u{token_width}")
+    arrays = [tok.encode_serial(t) for t in texts]
+    count = len(arrays)
+    sizes = np.fromiter((a.size + 1 for a in arrays), dtype=np.int64, count=count)
+    highest = np.fromiter((int(a.max()) if a.size else -1 for a in arrays), dtype=np.int64, count=count)
+    payload = np.empty(int(sizes.sum()), dtype=dtype)
+    ends = np.cumsum(sizes)
+    payload[ends - sizes] = (1 << (8 * token_width)) - 1
+    for a, end in zip(arrays, ends.tolist()):
+        if a.size:
+            payload[end - a.size:end] = a  # an id too wide for the dtype is caught by ``highest``
+    return payload, sizes, highest
+
+
+def _worker_payload(spec_json: str, texts: list[str], token_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return encode_shard_payload(_worker_tokenizer(spec_json), texts, token_width)
 
 
 def _batches(docs: Iterable[tuple[Any, dict | None]], batch_docs: int, batch_chars: int):
@@ -815,5 +867,63 @@ def tokenize_stream(
                 yield from finish(*pending.popleft())
         while pending:
             yield from finish(*pending.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def tokenize_to_payloads(
+    docs: Iterable[tuple[str, Any]],
+    spec: "dict | str | os.PathLike | Tokenizer",
+    workers: int,
+    token_width: int,
+    *,
+    batch_docs: int = 1024,
+    batch_chars: int = 1 << 22,
+    base_dir: str | os.PathLike | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, list]]:
+    """Tokenize ``(text, metadata)`` pairs into shard-ready batches, in input order.
+
+    Yields ``(payload, sizes, highest, metadatas)`` per batch (see :func:`encode_shard_payload`):
+    the index builder writes ``payload`` as it is. With ``workers > 1`` the batches are encoded by a
+    pool of spawned processes, one document at a time each, while this process reads the input and
+    writes what comes back; at most ``2 * workers`` batches are in flight. A batch closes at
+    ``batch_docs`` documents or ``batch_chars`` characters.
+    """
+    if batch_docs < 1 or batch_chars < 1:
+        raise ValueError("batch_docs and batch_chars must be at least 1")
+    if token_width not in (1, 2, 4):
+        raise ValueError(f"token_width must be 1, 2 or 4, got {token_width}")
+    tok = load_tokenizer(spec, base_dir=base_dir)
+    workers = max(1, int(workers))
+
+    def split(batch):
+        texts = [t for t, _ in batch]
+        for t in texts:
+            if not isinstance(t, str):
+                raise TypeError(f"document text must be str, got {type(t).__name__}")
+        return texts, [m for _, m in batch]
+
+    if workers == 1:
+        for batch in _batches(docs, batch_docs, batch_chars):
+            texts, metas = split(batch)
+            yield (*encode_shard_payload(tok, texts, token_width), metas)
+        return
+
+    import multiprocessing
+
+    spec_json = json.dumps(tok.to_spec())
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    pending: collections.deque[tuple[Future, list]] = collections.deque()
+    try:
+        for batch in _batches(docs, batch_docs, batch_chars):
+            texts, metas = split(batch)
+            pending.append((pool.submit(_worker_payload, spec_json, texts, token_width), metas))
+            del batch, texts
+            while len(pending) >= 2 * workers:
+                fut, metas = pending.popleft()
+                yield (*fut.result(), metas)
+        while pending:
+            fut, metas = pending.popleft()
+            yield (*fut.result(), metas)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
