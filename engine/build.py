@@ -404,6 +404,7 @@ def build_index(
     runner = make_executor(executor, ray_address=ray_address, workers=workers, max_memory=max_memory)
     try:
         shards = _tokenize_phase(out, options, documents, workers, progress, runner, tokenizer_spec)
+        _release_free_memory()  # the sort's peak starts from what tokenizing left behind
         _sort_phase(out, shards, token_width, runner, progress)
         how = runner.describe() if runner.name != "local" else None
     finally:
@@ -414,6 +415,19 @@ def build_index(
                     how)
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     return _write_shard_map(out, serve_targets)
+
+
+def _release_free_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc keeps them after large frees)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _remove_stale_temporaries(out: Path) -> None:
