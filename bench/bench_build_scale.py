@@ -14,8 +14,11 @@ files.
 
 Notes on the peer. infini-gram's indexer reads JSONL and loads its tokenizer with
 ``transformers.AutoTokenizer.from_pretrained("gpt2")``, which needs the Hugging Face hub; offline,
-the bench hands it the same GPT-2 BPE (tiktoken over the cached gpt2.tiktoken ranks, the tokenizer
-our build uses), so both tools tokenize identically and their files can be compared byte for byte.
+the bench writes a local Hugging Face cache (``gpt2_hf_home``: vocab.json and merges.txt derived from
+the same GPT-2 ranks our build uses) and runs the indexer unmodified against it with
+``HF_HUB_OFFLINE=1``, so it tokenizes with transformers' own GPT-2 tokenizer, as it would online.
+``--peer-tokenizer ours`` swaps in our tokenizer (tiktoken) instead, to time the indexer alone.
+Both give the same ids, so the two tools' files can be compared byte for byte.
 The conversion of the source tree to one JSONL file is timed apart and not charged to it.
 Peak memory is sampled every 0.25 s over a tool's whole process tree (Ray's daemons and workers
 included): *private* sums RssAnon (RSS less file-backed and shared pages: the memory a budget must
@@ -64,6 +67,73 @@ sys.argv = ["infini_gram.indexing"] + sys.argv[1:]
 import infini_gram.indexing as indexing  # its tok() must pickle by reference for the worker pool
 indexing.main()
 """
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (vocab.json and merges.txt spell tokens with it)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _bpe_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
+    """The merge list of a byte-level BPE given its ranks: the pair each token is made from, in rank
+    order (for GPT-2 this recovers merges.txt: 50,000 merges, token 256 + i made by merge i)."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) == 1:
+            continue
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:  # apply lower-ranked merges until two parts remain
+            best = None
+            for i in range(len(parts) - 1):
+                r = ranks.get(parts[i] + parts[i + 1])
+                if r is not None and r < rank and (best is None or r < best[0]):
+                    best = (r, i)
+            if best is None:
+                break
+            i = best[1]
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2:
+            merges.append((parts[0], parts[1]))
+    return merges
+
+
+def gpt2_hf_home(home: Path) -> Path:
+    """A Hugging Face cache (``HF_HOME``) holding the ``gpt2`` tokenizer files (vocab.json, merges.txt,
+    configs), written from the same GPT-2 ranks our builds use; with ``HF_HUB_OFFLINE=1``,
+    ``transformers.AutoTokenizer.from_pretrained("gpt2")`` loads them instead of downloading, so
+    infini-gram's indexer runs unmodified with transformers' own GPT-2 tokenizer."""
+    repo = home / "hub" / "models--gpt2"
+    if (repo / "refs" / "main").exists():
+        return home
+    from engine.tokenize import load_tokenizer
+
+    ranks = load_tokenizer("gpt2")._ranks
+    chars = _bytes_to_unicode()
+
+    def spell(b: bytes) -> str:
+        return "".join(chars[x] for x in b)
+
+    snapshot = repo / "snapshots" / "local"
+    snapshot.mkdir(parents=True, exist_ok=True)
+    vocab = {spell(t): r for t, r in ranks.items()}
+    vocab["<|endoftext|>"] = 50256
+    (snapshot / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    merges = "".join(f"{spell(a)} {spell(b)}\n" for a, b in _bpe_merges(ranks))
+    (snapshot / "merges.txt").write_text("#version: 0.2\n" + merges, encoding="utf-8")
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 50257}))
+    (snapshot / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": 1024, "add_prefix_space": False,
+        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text("local")
+    return home
 
 
 def parse_size(text: str) -> int:
@@ -212,6 +282,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-infinigram", action="store_true", help="skip the peer")
     ap.add_argument("--infinigram-timeout", type=float, default=2400, help="seconds before the peer is stopped")
     ap.add_argument("--reuse-peer", action="store_true", help="reuse infini-gram's last saved result")
+    ap.add_argument("--peer-tokenizer", choices=["transformers", "ours"], default="transformers",
+                    help="infini-gram's tokenizer: transformers' GPT-2 tokenizer loaded from a local cache "
+                         "(its own code path, unmodified; default) or ours swapped in (tiktoken)")
     ap.add_argument("--keep", action="store_true", help="keep the built indexes")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -270,10 +343,16 @@ def main(argv=None) -> int:
         peer_args = ["--data_dir", str(data), "--save_dir", str(peer), "--tokenizer", "gpt2", "--token_dtype", "u16",
                      "--cpus", str(os.cpu_count()), "--mem", str(max(1, budget // 2**30)), "--shards", "1",
                      "--ulimit", str(ulimit)]
-        cmd = [sys.executable, "-c", _PEER_WRAPPER] + peer_args
-        shown_peer = "python -m infini_gram.indexing " + " ".join(shlex.quote(a) for a in peer_args)
-        print(f"running: {shown_peer} (JSONL written in {convert_s:.0f} s)", flush=True)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+        if args.peer_tokenizer == "transformers":
+            cmd = [sys.executable, "-m", "infini_gram.indexing"] + peer_args
+            env["HF_HOME"] = str(gpt2_hf_home(args.work / "hf-home"))
+        else:
+            cmd = [sys.executable, "-c", _PEER_WRAPPER] + peer_args
+        shown_peer = "python -m infini_gram.indexing " + " ".join(shlex.quote(a) for a in peer_args)
+        if args.peer_tokenizer == "ours":
+            shown_peer += " (tokenizer swapped for ours)"
+        print(f"running: {shown_peer} (JSONL written in {convert_s:.0f} s)", flush=True)
         p = run_monitored(cmd, args.work / f"infinigram-{tag}.log", timeout=args.infinigram_timeout, env=env,
                           )
         ok = p["rc"] == 0 and (peer / "table.0").exists()

@@ -160,18 +160,24 @@ _OURS_BUILD = r"""
 import json, sys, time
 import engine.build as b
 timings = {}
-_sort = b._sort_phase
-def timed_sort(*a, **k):
-    t0 = time.perf_counter(); r = _sort(*a, **k); timings["sort_seconds"] = time.perf_counter() - t0; return r
-b._sort_phase = timed_sort
-from engine import build_index
-t0 = time.perf_counter()
-build_index(sys.argv[1], inputs=[sys.argv[2]], tokenizer="gpt2", workers=int(sys.argv[3]), overwrite=True)
-timings["seconds"] = time.perf_counter() - t0
-print("__TIMINGS__", json.dumps(timings))
+def timed(name, key):
+    f = getattr(b, name)
+    def g(*a, **k):
+        t0 = time.perf_counter(); r = f(*a, **k); timings[key] = time.perf_counter() - t0; return r
+    setattr(b, name, g)
+timed("_tokenize_phase", "tokenize_seconds")
+timed("_sort_phase", "sort_seconds")
+if __name__ == "__main__":
+    from engine import build_index
+    t0 = time.perf_counter()
+    build_index(sys.argv[1], inputs=[sys.argv[2]], tokenizer="gpt2", workers=int(sys.argv[3]), overwrite=True)
+    timings["seconds"] = time.perf_counter() - t0
+    print("__TIMINGS__", json.dumps(timings))
 """
 
-# infini-gram's indexer with a stand-in `transformers` whose GPT-2 tokenizer is ours (offline).
+# infini-gram's indexer with a stand-in `transformers` whose GPT-2 tokenizer is ours (tiktoken): the
+# indexer's own time, tokenizing at our tokenizer's speed. The default peer run instead is the
+# unmodified indexer with transformers' GPT-2 tokenizer from a local cache (build_infinigram).
 _IG_BUILD = r"""
 import runpy, sys, types
 class AutoTokenizer:
@@ -199,6 +205,7 @@ class Build:
     tokens: int
     index_bytes: int  # tokenized + table + offset
     total_bytes: int  # every file of the index
+    tokenize_seconds: float | None = None
 
     @property
     def peak_per_token(self) -> float:
@@ -233,11 +240,17 @@ def build_ours(corpus: Path, out: Path, workers: int) -> Build:
     timings = json.loads(res.stdout.split("__TIMINGS__", 1)[1])
     positions, core, total = _index_sizes(out)
     return Build("ours", res.seconds, timings.get("sort_seconds"), res.peak_rss_bytes, res.max_single_rss_bytes,
-                 positions, core, total)
+                 positions, core, total, timings.get("tokenize_seconds"))
 
 
-def build_infinigram(corpus: Path, out: Path, workers: int) -> Build:
-    log(f"building with infini-gram's indexer: {out}")
+IG_TOKENIZERS = {"transformers": "infini-gram", "ours": "infini-gram, our tokenizer"}
+
+
+def build_infinigram(corpus: Path, out: Path, workers: int, tokenizer: str = "transformers") -> Build:
+    """infini-gram's indexer on the same JSONL. ``tokenizer="transformers"``: unmodified, loading
+    transformers' GPT-2 tokenizer from a local Hugging Face cache written from the same ranks as ours
+    (bench.bench_build_scale.gpt2_hf_home); ``"ours"``: our tokenizer swapped in (_IG_BUILD)."""
+    log(f"building with infini-gram's indexer ({tokenizer} tokenizer): {out}")
     shutil.rmtree(out, ignore_errors=True)
     data = out.parent / (out.name + "-data")
     shutil.rmtree(data, ignore_errors=True)
@@ -247,25 +260,52 @@ def build_infinigram(corpus: Path, out: Path, workers: int) -> Build:
 
     ulimit = min(resource.getrlimit(resource.RLIMIT_NOFILE)[1], 65536)
     mem_gib = max(1, int(__import__("psutil").virtual_memory().available * 0.6 / 2**30))
-    res = run_measured([sys.executable, "-c", _IG_BUILD, "--data_dir", str(data), "--save_dir", str(out),
-                        "--tokenizer", "gpt2", "--token_dtype", "u16", "--cpus", str(workers), "--mem",
-                        str(mem_gib), "--shards", "1", "--add_metadata", "--ulimit", str(ulimit)], env=python_env())
+    args = ["--data_dir", str(data), "--save_dir", str(out), "--tokenizer", "gpt2", "--token_dtype", "u16",
+            "--cpus", str(workers), "--mem", str(mem_gib), "--shards", "1", "--add_metadata", "--ulimit", str(ulimit)]
+    env = python_env()
+    if tokenizer == "transformers":
+        from bench.bench_build_scale import gpt2_hf_home
+
+        env.update(HF_HOME=str(gpt2_hf_home(corpus.parent / "hf-home")), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        cmd = [sys.executable, "-m", "infini_gram.indexing", *args]
+    else:
+        cmd = [sys.executable, "-c", _IG_BUILD, *args]
+    res = run_measured(cmd, env=env)
     shutil.rmtree(data, ignore_errors=True)
     if res.returncode != 0 or "went wrong" in res.stdout:
         raise RuntimeError(f"infini-gram's build failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     m = re.search(r"Step 2 \(build_sa\): Done\. Took ([0-9.]+) seconds", res.stdout)
     positions, core, total = _index_sizes(out)
-    return Build("infini-gram", res.seconds, float(m.group(1)) if m else None, res.peak_rss_bytes,
-                 res.max_single_rss_bytes, positions, core, total)
+    sort_seconds = float(m.group(1)) if m else None
+    return Build(IG_TOKENIZERS[tokenizer], res.seconds, sort_seconds, res.peak_rss_bytes, res.max_single_rss_bytes,
+                 positions, core, total, None if sort_seconds is None else res.seconds - sort_seconds)
 
 
-def ensure_builds(corpus: Path, workers: int, rebuild: bool) -> tuple[Path, dict[str, Build]]:
-    """Both builds of ``corpus`` (measured, or read back from a previous run); returns our index path."""
+def _median_build(runs: list[Build]) -> Build:
+    """The run of median wall time (its other figures with it)."""
+    return sorted(runs, key=lambda b: b.seconds)[len(runs) // 2]
+
+
+def ensure_builds(corpus: Path, workers: int, rebuild: bool, repeats: int = 1) -> tuple[Path, dict[str, Build]]:
+    """Every build of ``corpus`` (measured, or read back from a previous run); returns our index path.
+
+    With ``repeats`` > 1 the builders take turns (ours, infini-gram, infini-gram with our tokenizer,
+    ours, ...) so that load from other processes hits them alike; each keeps its median-time run."""
     record = corpus / "builds.json"
-    ours_dir, ig_dir = corpus / "index-ours", corpus / "index-infinigram"
-    if not rebuild and record.exists() and (ours_dir / "manifest.json").exists() and (ig_dir / "table.0").exists():
-        return ours_dir, {k: Build(**v) for k, v in json.loads(record.read_text()).items()}
-    builds = {"ours": build_ours(corpus, ours_dir, workers), "infini-gram": build_infinigram(corpus, ig_dir, workers)}
+    ours_dir = corpus / "index-ours"
+    ig_dirs = {"transformers": corpus / "index-infinigram", "ours": corpus / "index-infinigram-ourtok"}
+    want = {"ours", *IG_TOKENIZERS.values()}
+    if not rebuild and record.exists() and (ours_dir / "manifest.json").exists() \
+            and all((d / "table.0").exists() for d in ig_dirs.values()):
+        builds = {k: Build(**v) for k, v in json.loads(record.read_text()).items()}
+        if set(builds) == want:
+            return ours_dir, builds
+    runs: dict[str, list[Build]] = {k: [] for k in want}
+    for _ in range(max(1, repeats)):
+        runs["ours"].append(build_ours(corpus, ours_dir, workers))
+        for tokenizer, d in ig_dirs.items():
+            runs[IG_TOKENIZERS[tokenizer]].append(build_infinigram(corpus, d, workers, tokenizer))
+    builds = {k: _median_build(v) for k, v in runs.items()}
     record.write_text(json.dumps({k: v.__dict__ for k, v in builds.items()}, indent=2))
     return ours_dir, builds
 
@@ -430,26 +470,66 @@ def _mb(x: int) -> str:
     return f"{x / 2**20:,.0f} MiB" if x >= 2**20 else f"{x / 2**10:,.0f} KiB"
 
 
+def build_table(builds: dict[str, Build]) -> str:
+    """Our build against infini-gram's indexer, run unmodified (transformers' GPT-2 tokenizer) and with
+    our tokenizer swapped in; ratios are theirs over ours."""
+    o, t, u = builds["ours"], builds["infini-gram"], builds["infini-gram, our tokenizer"]
+
+    def tok(b: Build):
+        return b.tokenize_seconds
+
+    rows = [
+        ["build wall time (s): read, tokenize, sort, write", o.seconds, t.seconds, ratio(t.seconds, o.seconds),
+         u.seconds, ratio(u.seconds, o.seconds), ">= 5x"],
+        ["tokenize phase (s) (infini-gram: wall less its step 2)", tok(o), tok(t), ratio(tok(t), tok(o)), tok(u),
+         ratio(tok(u), tok(o)), ""],
+        ["suffix-array phase (s)", o.sort_seconds, t.sort_seconds, ratio(t.sort_seconds, o.sort_seconds),
+         u.sort_seconds, ratio(u.sort_seconds, o.sort_seconds), ""],
+        ["peak RSS, process tree", _mb(o.peak_rss), _mb(t.peak_rss), ratio(t.peak_rss, o.peak_rss), _mb(u.peak_rss),
+         ratio(u.peak_rss, o.peak_rss), ""],
+        ["peak RSS per token (B)", o.peak_per_token, t.peak_per_token, "", u.peak_per_token, "", "<= 16"],
+        ["largest single process per token (B)", o.max_single_rss / o.tokens, t.max_single_rss / t.tokens, "",
+         u.max_single_rss / u.tokens, "", ""],
+        ["on disk per token (B): tokenized+table+offset", o.disk_per_token, t.disk_per_token, "", u.disk_per_token,
+         "", "<= 6 (< 4 GiB shard)"],
+        ["on disk per token (B): all files (metadata, manifest)", o.total_bytes / o.tokens, t.total_bytes / t.tokens,
+         "", u.total_bytes / u.tokens, "", ""],
+    ]
+    return markdown_table(["build", "ours", "infini-gram", "ratio", "infini-gram, our tokenizer", "ratio", "target"],
+                          rows)
+
+
+BUILD_NOTE = (
+    "Builds: each tool runs in a subprocess on the same JSONL file, from reading it to a finished index "
+    "(ours: `engine.build_index(..., tokenizer=\"gpt2\", workers=N)`: tokenized, offset, metadata, metaoff, "
+    "table, manifest with sha256 checksums, tokenizer copy; infini-gram: `python -m infini_gram.indexing "
+    "--tokenizer gpt2 --token_dtype u16 --add_metadata --shards 1 --cpus N`: tokenized, offset, metadata, "
+    "metaoff, table). \"infini-gram\" is its indexer unmodified, tokenizing with transformers' GPT-2 "
+    "tokenizer (loaded offline from a local Hugging Face cache whose vocab.json/merges.txt are derived from "
+    "the same GPT-2 ranks as ours, as the hub cannot be reached here); \"infini-gram, our tokenizer\" "
+    "swaps in our tiktoken GPT-2 tokenizer, isolating the indexer. Both give the same token ids."
+)
+
+
+def report_builds(title: str, corpus: Path, builds: dict[str, Build], identical: bool) -> str:
+    o = builds["ours"]
+    return "\n".join([
+        f"### {title}", "",
+        f"{o.tokens:,} GPT-2 tokens (u16, one shard; JSONL {_mb((corpus / 'corpus.jsonl').stat().st_size)}). "
+        f"Our token and suffix-array files are {'byte-identical to' if identical else 'NOT identical to'} "
+        "those of both infini-gram runs.", "", build_table(builds), ""])
+
+
 def report_corpus(title: str, corpus: Path, builds: dict[str, Build], identical: bool, rows: list[Row],
                   extra: dict) -> str:
     docs = sum(1 for _ in open(corpus / "corpus.jsonl", encoding="utf-8"))
     text_bytes = (corpus / "corpus.jsonl").stat().st_size
-    o, t = builds["ours"], builds["infini-gram"]
+    o = builds["ours"]
     out = [f"### {title}", "",
            f"{docs:,} documents, {o.tokens:,} GPT-2 tokens (u16, one shard; JSONL {_mb(text_bytes)}). "
            f"Our token and suffix-array files are {'byte-identical to' if identical else 'NOT identical to'} "
            "infini-gram's.", ""]
-    build_rows = [
-        ["build wall time (s), tokenize + sort", o.seconds, t.seconds, ratio(t.seconds, o.seconds), ">= 5x"],
-        ["suffix-array phase (s)", o.sort_seconds, t.sort_seconds, ratio(t.sort_seconds, o.sort_seconds), ""],
-        ["peak RSS, process tree", _mb(o.peak_rss), _mb(t.peak_rss), ratio(t.peak_rss, o.peak_rss), ""],
-        ["peak RSS per token (B)", o.peak_per_token, t.peak_per_token, "", "<= 16"],
-        ["largest single process per token (B)", o.max_single_rss / o.tokens, t.max_single_rss / t.tokens, "", ""],
-        ["on disk per token (B): tokenized+table+offset", o.disk_per_token, t.disk_per_token, "", "<= 6 (< 4 GiB shard)"],
-        ["on disk per token (B): all files (metadata, manifest)", o.total_bytes / o.tokens,
-         t.total_bytes / t.tokens, "", ""],
-    ]
-    out += [markdown_table(["build", "ours", "infini-gram", "ratio", "target"], build_rows), ""]
+    out += [build_table(builds), ""]
     lat_rows = []
     for r in rows:
         meets = "" if r.target is None else ("yes" if r.theirs.p50 / r.ours.p50 >= r.target else "**no**")
@@ -482,8 +562,14 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for both builders")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the indexes even if cached")
     ap.add_argument("--cache", type=Path, help="where corpora and indexes go (default $NGRAM_CACHE/bench_engine)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "engine.md")
+    ap.add_argument("--out", type=Path, help="where the table goes (default bench/results/engine.md, or "
+                                             "engine_build.md with --builds-only)")
+    ap.add_argument("--builds-only", action="store_true", help="measure the builds only, no queries")
+    ap.add_argument("--build-repeats", type=int, default=1,
+                    help="build each corpus this many times per builder, in turns; report the median run")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = Path(__file__).resolve().parent / "results" / ("engine_build.md" if args.builds_only else "engine.md")
 
     from engine.fetch import cache_dir
 
@@ -505,25 +591,30 @@ def main(argv=None) -> int:
         corpora.append(("English: " + ", ".join(size["english"]), lambda: prepare_english(root, size["english"])))
     for title, prepare in corpora:
         corpus = prepare()
-        index_dir, builds = ensure_builds(corpus, args.workers, args.rebuild)
-        identical = files_identical(index_dir, corpus / "index-infinigram")
+        index_dir, builds = ensure_builds(corpus, args.workers, args.rebuild, args.build_repeats)
+        identical = all(files_identical(index_dir, corpus / d) for d in ("index-infinigram", "index-infinigram-ourtok"))
+        if args.builds_only:
+            sections.append(report_builds(title, corpus, builds, identical))
+            continue
         log(f"{title}: drawing queries")
         q = make_queries(index_dir, corpus / "heldout.jsonl", size["queries"])
         rows, extra = run_latencies(index_dir, q)
         sections.append(report_corpus(title, corpus, builds, identical, rows, extra))
 
     cmd = "python bench/bench_engine.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = "\n".join([
-        "## Engine benchmark: ours vs infini-gram 2.6.0", "",
-        f"`{cmd.strip()}` ({started}; {size['queries']:,} random queries per kind; latencies are per call "
-        "through each engine's public Python API, index files in page cache).", "",
-        f"Machine: {machine_line(info)}.", "",
-        *sections,
-        "Ratios are infini-gram's time over ours (higher is better for us). \"ours capped\" is our ntd with "
-        f"max_support={IG_MAX_SUPPORT}, infini-gram's sampling, for comparison; the main column is our exact ntd. "
-        "infini-gram's indexer ran with our GPT-2 tokenizer in place of its Hugging Face one (which it cannot "
-        "download here), so its tokenizing phase is faster than it would be with its own.", "",
-    ])
+    if args.builds_only:
+        head = ["## Index builds: ours vs infini-gram 2.6.0's indexer", "",
+                f"`{cmd.strip()}` ({started}; median of {max(1, args.build_repeats)} run(s) per builder, taken in "
+                "turns).", ""]
+        tail = ["Ratios are infini-gram's over ours (higher is better for us).", ""]
+    else:
+        head = ["## Engine benchmark: ours vs infini-gram 2.6.0", "",
+                f"`{cmd.strip()}` ({started}; {size['queries']:,} random queries per kind; latencies are per call "
+                "through each engine's public Python API, index files in page cache).", ""]
+        tail = ["Ratios are infini-gram's time over ours (higher is better for us). \"ours capped\" is our ntd with "
+                f"max_support={IG_MAX_SUPPORT}, infini-gram's sampling, for comparison; the main column is our exact "
+                "ntd.", ""]
+    text = "\n".join([*head, f"Machine: {machine_line(info)}.", "", *sections, *tail, BUILD_NOTE, ""])
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
