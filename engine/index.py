@@ -67,6 +67,9 @@ class NgramIndex:
         self._sa = tuple(s.table for s in shards)
         self._ps = np.array([s.ptr_size for s in shards], dtype=np.int64)
         self._ftlo, self._fthi = self._first_token_tables()
+        self._samp = tuple(kernels.build_sample_table(s.tokenized, s.table, s.ptr_size) for s in shards)
+        # The leading arguments of every search kernel, in their order.
+        self._search = (self._ds, self._sa, self._ps, token_width, self._ftlo, self._fthi, self._samp)
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
         self._max_distinct = min(self.vocab_size, self.separator_id) + 2
@@ -320,7 +323,7 @@ class NgramIndex:
         keys = self._keys(ids)
         lo = np.empty(self.num_shards, dtype=np.int64)
         hi = np.empty(self.num_shards, dtype=np.int64)
-        total = kernels.find_ranges(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
+        total = kernels.find_ranges(*self._search,
                                     keys, 0, len(keys), lo, hi)
         return int(total), lo, hi
 
@@ -332,13 +335,13 @@ class NgramIndex:
     def count(self, query) -> int:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
         ids = self._ids(query, allow_empty=True)
-        return int(kernels.count_ids(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi, ids))
+        return int(kernels.count_ids(*self._search, ids))
 
     def count_batch(self, queries) -> np.ndarray:
         """Counts of many queries (a list of queries, or PackedQueries), computed in parallel."""
         packed = self._packed(queries, allow_empty=True)
         out = np.empty(len(packed), dtype=np.int64)
-        kernels.count_batch_keys(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
+        kernels.count_batch_keys(*self._search,
                                  self._keys(packed.tokens), packed.offsets, out)
         return out
 
@@ -347,20 +350,18 @@ class NgramIndex:
         """P(cont_id | prompt) by counting: count(prompt + cont) / count(prompt)."""
         ids = self._ids(prompt, allow_empty=True, name="prompt")
         cont = self._token(cont_id, "cont_id")
-        prompt_count, cont_count, _ = kernels.prob_ids(self._ds, self._sa, self._ps, self.token_width, self._ftlo,
-                                                       self._fthi, ids, cont, False)
+        prompt_count, cont_count, _ = kernels.prob_ids(*self._search, ids, cont, False)
         return ProbResult(int(prompt_count), int(cont_count), cont_count / prompt_count if prompt_count else -1.0)
 
     def _longest_suffix_len(self, ids: np.ndarray) -> int:
-        return int(kernels.longest_suffix(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
+        return int(kernels.longest_suffix(*self._search,
                                           self._keys(ids), len(ids)))
 
     def infgram_prob(self, prompt, cont_id) -> InfgramProbResult:
         """P(cont_id | longest suffix of prompt that occurs); suffix_len says how long it was."""
         ids = self._ids(prompt, allow_empty=True, name="prompt")
         cont = self._token(cont_id, "cont_id")
-        prompt_count, cont_count, suffix_len = kernels.prob_ids(self._ds, self._sa, self._ps, self.token_width,
-                                                                self._ftlo, self._fthi, ids, cont, True)
+        prompt_count, cont_count, suffix_len = kernels.prob_ids(*self._search, ids, cont, True)
         prob = cont_count / prompt_count if prompt_count else -1.0
         return InfgramProbResult(int(prompt_count), int(cont_count), prob, suffix_len=int(suffix_len))
 
@@ -379,7 +380,7 @@ class NgramIndex:
         if conts.size:
             self._check_range(conts, "cont_ids")
         out = np.empty((len(packed), 3), dtype=np.int64)
-        kernels.prob_batch_keys(self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi,
+        kernels.prob_batch_keys(*self._search,
                                 self._keys(packed.tokens), packed.offsets, self._keys(conts), use_suffix, out)
         prompt_counts, cont_counts = out[:, 0].copy(), out[:, 1].copy()
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -407,7 +408,7 @@ class NgramIndex:
                 return (*sampled, len(ids))
         # The exact distribution, in one kernel call (suffix search, ranges, runs, ends, sorting by id).
         prompt_count, tokens, counts, end_count, used = kernels.next_tokens_ids(
-            self._ds, self._sa, self._ps, self.token_width, self._ftlo, self._fthi, ids, use_suffix,
+            *self._search, ids, use_suffix,
             self._max_distinct, self.separator_id)
         return int(prompt_count), tokens, counts, int(end_count), False, int(used)
 

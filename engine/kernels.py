@@ -12,6 +12,9 @@ Conventions shared by every kernel:
 - Ranges are half-open ``[lo, hi)`` over suffix-array ranks, per shard.
 - ``ftlo_t``/``fthi_t`` hold each shard's range of every first token (indexed by key) for token
   widths 1 and 2; for width 4 they are empty arrays and searches start from the whole shard.
+- ``samp_t`` holds each shard's sample table (``build_sample_table``): a key made of the first 7
+  bytes of every 2**shift-th suffix, small enough to stay in the CPU caches, so a search reads the suffix array and
+  the tokens (cache misses, each one) only inside a window of 2**shift ranks at each end.
 """
 
 from __future__ import annotations
@@ -141,13 +144,108 @@ def _compare_at(ds, sa, ps, tw, rank, keys, start, stop, skip):
     return 0
 
 
-@njit(inline="always")
-def _find_in_shard(ds, sa, ps, tw, ftlo, fthi, keys, start, stop):
-    """Range of the suffixes that start with keys[start:stop], starting from the first-token table.
+# ---------------------------------------------------------------------------------------- samples
+SAMPLE_BYTES = 7  # bytes of a suffix kept per sample: 56 bits + 3 length bits fit a non-negative int64
+MAX_SAMPLES_PER_SHARD = 1 << 20  # 8 MiB of keys per shard at most
+MIN_SAMPLE_SHIFT = 4
 
-    The rest of the query is matched whole at each step of the binary search (its tokens lie side
-    by side in tokenized.s), so a query costs O(log N) random reads whatever its length, instead of
-    O(length * log N) when narrowing one token at a time.
+
+def sample_shift(n_positions: int) -> int:
+    """log2 of the sampling stride: every 16th suffix, sparser when a shard would exceed the cap."""
+    shift = MIN_SAMPLE_SHIFT
+    while (n_positions >> shift) >= MAX_SAMPLES_PER_SHARD:
+        shift += 1
+    return shift
+
+
+@njit(inline="always")
+def _prefix7(ds, pos):
+    """The sample key of the suffix at byte ``pos``: its first 7 bytes as a big-endian int (zero
+    past the end of the data), shifted left 3 bits to hold how many of the 7 bytes exist. Keys
+    never decrease along the suffix array: a suffix that ends early sorts before one that goes on
+    with zero bytes, as in memcmp."""
+    v = np.int64(0)
+    n = ds.shape[0]
+    for k in range(SAMPLE_BYTES):
+        v <<= 8
+        if pos + k < n:
+            v |= np.int64(ds[pos + k])
+    return (v << 3) | min(n - pos, SAMPLE_BYTES)
+
+
+@njit(nogil=True, cache=True)
+def fill_sample_table(ds, sa, ps, shift, out):
+    """out[0] = shift; out[1 + i] = the sample key of the suffix at rank i << shift."""
+    out[0] = shift
+    for i in range(out.shape[0] - 1):
+        out[1 + i] = _prefix7(ds, _ptr(sa, ps, np.int64(i) << shift))
+
+
+def build_sample_table(ds: np.ndarray, sa: np.ndarray, ps: int) -> np.ndarray:
+    """One shard's sample table (read-only int64 array; see the module docstring)."""
+    n_pos = sa.shape[0] // ps
+    shift = sample_shift(n_pos)
+    out = np.empty(1 + ((n_pos + (1 << shift) - 1) >> shift), dtype=np.int64)
+    fill_sample_table(ds, sa, ps, shift, out)
+    out.flags.writeable = False
+    return out
+
+
+@njit(inline="always")
+def _query_prefix7(keys, start, stop, tw):
+    """(low, high, exact): the sample keys of the suffixes starting with keys[start:stop] are in
+    [low, high]; when ``exact`` (the query fits in 7 bytes) every key in that span is a match."""
+    v = np.int64(0)
+    nb = 0
+    for j in range(start, stop):
+        k = keys[j]
+        for b in range(tw - 1, -1, -1):
+            if nb < SAMPLE_BYTES:
+                v = (v << 8) | ((k >> (8 * b)) & 0xFF)
+                nb += 1
+        if nb >= SAMPLE_BYTES:
+            break
+    pad = 8 * (SAMPLE_BYTES - nb)
+    low = v << pad
+    high = low | ((np.int64(1) << pad) - 1)
+    return (low << 3) | nb, (high << 3) | SAMPLE_BYTES, (stop - start) * tw <= SAMPLE_BYTES
+
+
+@njit(inline="always")
+def _first_sample_above(samp, a, b, key, inclusive):
+    """First sample index in [a, b) whose prefix is > key (>= key when ``inclusive``)."""
+    while a < b:
+        m = (a + b) >> 1
+        v = samp[1 + m]
+        if v < key or (v == key and not inclusive):
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
+@njit(inline="always")
+def _first_at_least(ds, sa, ps, tw, a, b, keys, start, stop, skip, strict):
+    """First rank in [a, b) whose suffix sorts after keys[start:stop] (``strict``) or does not sort
+    before it; b if none."""
+    while a < b:
+        m = (a + b) >> 1
+        c = _compare_at(ds, sa, ps, tw, m, keys, start, stop, skip)
+        if c < 0 or (c == 0 and strict):
+            a = m + 1
+        else:
+            b = m
+    return a
+
+
+@njit(inline="always")
+def _find_in_shard(ds, sa, ps, tw, ftlo, fthi, samp, keys, start, stop):
+    """Range of the suffixes that start with keys[start:stop].
+
+    The first-token table gives a first range; the sample table narrows each end of it to a
+    window of 2**shift ranks, where a binary search finds the boundary. The rest of the query is
+    matched whole at each step (its tokens lie side by side in tokenized.s), so a query costs
+    O(log window) random reads whatever its length.
     """
     n_pos = sa.shape[0] // ps
     if start >= stop:
@@ -160,44 +258,36 @@ def _find_in_shard(ds, sa, ps, tw, ftlo, fthi, keys, start, stop):
         lo = np.int64(0)
         hi = np.int64(n_pos)
         skip = 0
-    if stop - start <= skip:
+    if stop - start <= skip or lo >= hi:
         return lo, hi
-    # Narrow both ends until some rank matches, then search each side of it for the boundaries.
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        c = _compare_at(ds, sa, ps, tw, mid, keys, start, stop, skip)
-        if c < 0:
-            lo = mid + 1
-        elif c > 0:
-            hi = mid
-        else:
-            a = lo
-            b = mid
-            while a < b:
-                m = (a + b) >> 1
-                if _compare_at(ds, sa, ps, tw, m, keys, start, stop, skip) < 0:
-                    a = m + 1
-                else:
-                    b = m
-            first = a
-            a = mid + 1
-            b = hi
-            while a < b:
-                m = (a + b) >> 1
-                if _compare_at(ds, sa, ps, tw, m, keys, start, stop, skip) == 0:
-                    a = m + 1
-                else:
-                    b = m
-            return first, a
-    return lo, lo
+    shift = samp[0]
+    mask = (np.int64(1) << shift) - 1
+    i0 = (lo + mask) >> shift  # the samples inside [lo, hi)
+    i1 = (hi + mask) >> shift
+    low, high, exact = _query_prefix7(keys, start, stop, tw)
+    first_in = _first_sample_above(samp, i0, i1, low, True)
+    first_after = _first_sample_above(samp, first_in, i1, high, False)
+    # Samples before first_in sort before every match and samples from first_after on after them.
+    if first_in > i0:
+        lo = ((first_in - 1) << shift) + 1
+    if first_after < i1:
+        hi = first_after << shift
+    if exact and first_in < first_after:
+        # Sample first_in matches: the range starts at most there and ends after the last match.
+        first = _first_at_least(ds, sa, ps, tw, lo, first_in << shift, keys, start, stop, skip, False)
+        end = _first_at_least(ds, sa, ps, tw, ((first_after - 1) << shift) + 1, hi, keys, start, stop, skip, True)
+        return first, end
+    first = _first_at_least(ds, sa, ps, tw, lo, hi, keys, start, stop, skip, False)
+    end = _first_at_least(ds, sa, ps, tw, first, hi, keys, start, stop, skip, True)
+    return first, end
 
 
 @njit(nogil=True, cache=True)
-def find_ranges(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, start, stop, lo_out, hi_out):
+def find_ranges(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start, stop, lo_out, hi_out):
     """Fill each shard's range of keys[start:stop]; return the total count."""
     total = np.int64(0)
     for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, start, stop)
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, start, stop)
         lo_out[s] = lo
         hi_out[s] = hi
         total += hi - lo
@@ -205,22 +295,22 @@ def find_ranges(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, start, stop, lo_out,
 
 
 @njit(nogil=True, cache=True)
-def count_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys):
+def count_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys):
     """Total occurrences of the whole key sequence over all shards."""
     total = np.int64(0)
     for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, 0, keys.shape[0])
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, 0, keys.shape[0])
         total += hi - lo
     return total
 
 
 @njit(nogil=True, cache=True)
-def count_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, ids):
+def count_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, ids):
     """count_keys of token ids (int64, already validated), converting them here: one call per count."""
     keys = ids_to_keys(ids, tw)
     total = np.int64(0)
     for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, 0, keys.shape[0])
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, 0, keys.shape[0])
         total += hi - lo
     return total
 
@@ -238,16 +328,16 @@ def extend_ranges(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, key, lo_out, hi_out):
 
 
 @njit(inline="always")
-def _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, start):
+def _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start):
     total = np.int64(0)
     for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, start, keys.shape[0])
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, start, keys.shape[0])
         total += hi - lo
     return total
 
 
 @njit(nogil=True, cache=True)
-def longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, max_len):
+def longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len):
     """Length of the longest suffix of ``keys`` (at most ``max_len`` long) that occurs in the index.
 
     Counts only shrink as a suffix grows, so exponential then binary search over the length
@@ -257,13 +347,13 @@ def longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, max_len):
     limit = min(n, max_len)
     good = 0
     probe = 1
-    while probe <= limit and _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, n - probe) > 0:
+    while probe <= limit and _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, n - probe) > 0:
         good = probe
         probe *= 2
     bad = min(probe, limit + 1)
     while bad - good > 1:
         mid = (good + bad) >> 1
-        if _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, n - mid) > 0:
+        if _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, n - mid) > 0:
             good = mid
         else:
             bad = mid
@@ -271,19 +361,19 @@ def longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, max_len):
 
 
 @njit(nogil=True, cache=True)
-def prob_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, ids, cont, use_suffix):
+def prob_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, ids, cont, use_suffix):
     """(count of the prompt, count of prompt + cont, prompt length used) for one validated query of
     token ids; with ``use_suffix`` the prompt is first cut to its longest occurring suffix (infgram)."""
     keys = ids_to_keys(ids, tw)
     n = keys.shape[0]
     start = 0
     if use_suffix:
-        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, n)
+        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, n)
     cont_key = _swap_key(cont, tw)
     prompt_count = np.int64(0)
     cont_count = np.int64(0)
     for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, start, n)
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, start, n)
         prompt_count += hi - lo
         if hi > lo:
             clo, chi = _narrow(ds_t[s], sa_t[s], ps_a[s], tw, lo, hi, (n - start) * tw, cont_key)
@@ -350,7 +440,7 @@ def next_token_runs(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, out_keys, out_count
 
 
 @njit(nogil=True, cache=True)
-def next_tokens_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, ids, use_suffix, max_distinct, separator):
+def next_tokens_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, ids, use_suffix, max_distinct, separator):
     """The exact next-token distribution of one validated prompt of token ids (with ``use_suffix``,
     of its longest occurring suffix), in one call: (prompt count, token ids ascending, their counts,
     how many occurrences end a document, prompt length used). ``max_distinct`` bounds the distinct
@@ -359,14 +449,14 @@ def next_tokens_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, ids, use_suffix, max_d
     n = keys.shape[0]
     start = 0
     if use_suffix:
-        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, n)
+        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, n)
     n_shards = len(ds_t)
     lo = np.empty(n_shards, dtype=np.int64)
     hi = np.empty(n_shards, dtype=np.int64)
     total = np.int64(0)
     capacity = 0
     for s in range(n_shards):
-        a, b = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, start, n)
+        a, b = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, start, n)
         lo[s] = a
         hi[s] = b
         total += b - a
@@ -500,7 +590,7 @@ def locality_order(keys, offsets, tw):
 
 
 @njit(parallel=True)
-def count_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, offsets, out):
+def count_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, offsets, out):
     """Counts of many key sequences, query i being keys[offsets[i]:offsets[i+1]]."""
     order = locality_order(keys, offsets, tw)
     for i in prange(offsets.shape[0] - 1):
@@ -508,14 +598,14 @@ def count_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, offsets, out):
         total = np.int64(0)
         for s in range(len(ds_t)):
             lo, hi = _find_in_shard(
-                ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], keys, offsets[q], offsets[q + 1]
+                ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, offsets[q], offsets[q + 1]
             )
             total += hi - lo
         out[q] = total
 
 
 @njit(parallel=True)
-def prob_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, offsets, cont_keys, use_suffix, out):
+def prob_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, offsets, cont_keys, use_suffix, out):
     """Per query: prompt count, continuation count and suffix length (columns of ``out``).
 
     With ``use_suffix`` the prompt is first cut to its longest occurring suffix (the infgram form).
@@ -527,14 +617,14 @@ def prob_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys, offsets, cont_ke
         start = offsets[q]
         stop = offsets[q + 1]
         if use_suffix:
-            start = stop - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, keys[start:stop], stop - start)
+            start = stop - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys[start:stop], stop - start)
         prompt_count = np.int64(0)
         cont_count = np.int64(0)
         for s in range(n_shards):
             ds = ds_t[s]
             sa = sa_t[s]
             ps = ps_a[s]
-            lo, hi = _find_in_shard(ds, sa, ps, tw, ftlo_t[s], fthi_t[s], keys, start, stop)
+            lo, hi = _find_in_shard(ds, sa, ps, tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, start, stop)
             prompt_count += hi - lo
             if hi > lo:
                 clo, chi = _narrow(ds, sa, ps, tw, lo, hi, (stop - start) * tw, cont_keys[q])

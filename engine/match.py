@@ -88,7 +88,7 @@ def _pass(index, ids: np.ndarray, max_len: int):
         "prompt": np.empty(n, dtype=np.int64), "cont": np.empty(n, dtype=np.int64),
         "suffix": np.empty(n, dtype=np.int64),
     }
-    kernels_match.longest_matches(index._ds, index._sa, index._ps, index.token_width, index._ftlo, index._fthi,
+    kernels_match.longest_matches(*index._search,
                                   index._keys(ids), max_len, out["lengths"], out["counts"], out["lo"], out["hi"],
                                   out["prompt"], out["cont"], out["suffix"])
     return out
