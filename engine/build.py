@@ -88,11 +88,9 @@ def plan_shard_bytes(max_memory: int, token_width: int) -> int:
 class _ShardWriter:
     """Appends documents to one shard's files under temporary names; ``finish`` renames them."""
 
-    def __init__(self, directory: Path, number: int, token_width: int, with_metadata: bool):
+    def __init__(self, directory: Path, number: int, with_metadata: bool):
         self.directory = directory
         self.number = number
-        self.dtype = NUMPY_TOKEN_DTYPES[token_width]
-        self.separator = np.full(1, separator_id(token_width), dtype=self.dtype).tobytes()
         self.files = {"tokenized": None, "offset": None}
         if with_metadata:
             self.files.update({"metadata": None, "metaoff": None})
@@ -237,7 +235,7 @@ def _tokenize_phase(out: Path, options: BuildOptions, documents, workers: int, p
         first = 0
         while first < len(sizes):
             if writer is None:
-                writer = _ShardWriter(out, len(shards), width, options.metadata)
+                writer = _ShardWriter(out, len(shards), options.metadata)
             base = int(ends[first - 1]) if first else 0
             end = int(np.searchsorted(ends, base + options.shard_bytes - writer.bytes, side="right"))
             if end == first:

@@ -115,9 +115,9 @@ def tokenize_slice(out: str, index: int, files: list[str], options, tokenizer_sp
             raise BuildError("text documents need a tokenizer; pass tokenizer='bytes', 'gpt2', a tokenizer.json "
                              "path, ...")
         tok = _load_tokenizer(tokenizer_spec, str(Path(out) / "tokenizer"))
-        # One document at a time on this task's one CPU: the same ids as the serial builder's batches
-        # (encode_batch maps encode over threads), without threads competing for the core.
-        stream = ((tok.encode(text), metadata) for text, metadata in _texts(_chain_one(first, source)))
+        # One document at a time on this task's one CPU (encode_serial: no backend threads competing
+        # for the core; tiktoken straight into an array): the same ids as the serial builder's.
+        stream = ((tok.encode_serial(text), metadata) for text, metadata in _texts(_chain_one(first, source)))
 
     kinds = ("tokens", "lens") + (("meta", "metalens") if options.metadata else ())
     tmp = {k: parts / f".part-{index:06d}.{k}.tmp-{os.getpid()}" for k in kinds}

@@ -127,6 +127,9 @@ class Tokenizer(abc.ABC):
     """One tokenizer: encode/decode, display, fingerprint, and save as a self-contained spec."""
 
     kind: str = ""
+    #: True when :meth:`encode_serial` releases the GIL for its work, so that threads of one process
+    #: encode in parallel (the builder then tokenizes on threads instead of worker processes).
+    threads_parallel: bool = False
     vocab_size: int = 0
     eos_token_id: int | None = None
     name: str | None = None  # preset name, when loaded from one
@@ -246,6 +249,7 @@ class BytesTokenizer(Tokenizer):
     """UTF-8 bytes as ids (0..255; 0xff never occurs and is the u8 document separator)."""
 
     kind = "bytes"
+    threads_parallel = True  # its work is one memory copy: threads cost nothing, processes do
     vocab_size = 256
     eos_token_id = None
 
@@ -428,6 +432,7 @@ def _read_ranks(path: Path) -> dict[bytes, int]:
 
 class TiktokenTokenizer(Tokenizer):
     kind = "tiktoken"
+    threads_parallel = True  # tiktoken's core encoder runs without the GIL
 
     def __init__(self, ranks: str | os.PathLike, *, pattern: str, special_tokens: dict[str, int] | None = None,
                  eos_token_id: int | None = None, name: str | None = None):
@@ -880,19 +885,24 @@ def tokenize_to_payloads(
     batch_docs: int = 1024,
     batch_chars: int = 1 << 22,
     base_dir: str | os.PathLike | None = None,
+    pool: str = "auto",
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, list]]:
     """Tokenize ``(text, metadata)`` pairs into shard-ready batches, in input order.
 
     Yields ``(payload, sizes, highest, metadatas)`` per batch (see :func:`encode_shard_payload`):
-    the index builder writes ``payload`` as it is. With ``workers > 1`` the batches are encoded by a
-    pool of spawned processes, one document at a time each, while this process reads the input and
-    writes what comes back; at most ``2 * workers`` batches are in flight. A batch closes at
-    ``batch_docs`` documents or ``batch_chars`` characters.
+    the index builder writes ``payload`` as it is. With ``workers > 1`` the batches are encoded in
+    parallel, one document at a time per worker, while the caller reads the input and writes what
+    comes back; at most ``2 * workers`` batches are in flight. ``pool`` picks the workers: "threads"
+    of this process (for a tokenizer whose encoder releases the GIL, see
+    :attr:`Tokenizer.threads_parallel`), spawned "processes", or "auto" (threads where they run in
+    parallel, else processes). A batch closes at ``batch_docs`` documents or ``batch_chars`` characters.
     """
     if batch_docs < 1 or batch_chars < 1:
         raise ValueError("batch_docs and batch_chars must be at least 1")
     if token_width not in (1, 2, 4):
         raise ValueError(f"token_width must be 1, 2 or 4, got {token_width}")
+    if pool not in ("auto", "threads", "processes"):
+        raise ValueError(f"pool must be 'auto', 'threads' or 'processes', got {pool!r}")
     tok = load_tokenizer(spec, base_dir=base_dir)
     workers = max(1, int(workers))
 
@@ -909,15 +919,28 @@ def tokenize_to_payloads(
             yield (*encode_shard_payload(tok, texts, token_width), metas)
         return
 
-    import multiprocessing
+    if pool == "threads" or (pool == "auto" and tok.threads_parallel):
+        # The encoder runs without the GIL: threads of this process encode in parallel, with no
+        # worker start-up, no copies of texts and payloads between processes, one tokenizer in memory.
+        from concurrent.futures import ThreadPoolExecutor
 
-    spec_json = json.dumps(tok.to_spec())
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        executor: Any = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tokenize")
+
+        def submit(texts):
+            return executor.submit(encode_shard_payload, tok, texts, token_width)
+    else:
+        import multiprocessing
+
+        spec_json = json.dumps(tok.to_spec())
+        executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+        def submit(texts):
+            return executor.submit(_worker_payload, spec_json, texts, token_width)
     pending: collections.deque[tuple[Future, list]] = collections.deque()
     try:
         for batch in _batches(docs, batch_docs, batch_chars):
             texts, metas = split(batch)
-            pending.append((pool.submit(_worker_payload, spec_json, texts, token_width), metas))
+            pending.append((submit(texts), metas))
             del batch, texts
             while len(pending) >= 2 * workers:
                 fut, metas = pending.popleft()
@@ -926,4 +949,4 @@ def tokenize_to_payloads(
             fut, metas = pending.popleft()
             yield (*fut.result(), metas)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=True, cancel_futures=True)

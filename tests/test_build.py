@@ -1,6 +1,7 @@
-"""Building: resume after SIGKILL, refusal of unfinished builds, verify, multi-directory opening."""
+"""Building: resume after SIGKILL, refusal of unfinished builds, verify, multi-directory opening,
+shard cuts and error positions of text builds."""
 
-import os
+import json
 import signal
 import subprocess
 import sys
@@ -118,3 +119,53 @@ def test_bytes_on_disk_are_about_six_per_u16_token(tmp_path):
     manifest = NgramIndex.open(out).manifest
     disk = sum(f["bytes"] for s in manifest["shards"] for f in s["files"].values())
     assert disk / manifest["num_tokens"] <= 6.01  # 2 token bytes + 4 pointer bytes (+ offsets)
+
+
+def _greedy_shards(doc_bytes: list[int], shard_bytes: int) -> list[int]:
+    """Documents per shard under the builder's rule: a shard takes documents while they fit."""
+    counts, used = [], None
+    for size in doc_bytes:
+        if used is None or used + size > shard_bytes:
+            counts.append(0)
+            used = 0
+        counts[-1] += 1
+        used += size
+    return counts
+
+
+def test_text_build_cuts_shards_greedily_across_tokenizer_batches(tmp_path):
+    from engine.tokenize import load_tokenizer
+
+    rng = np.random.default_rng(3)
+    words = ["alpha", "beta", "gamma", "delta", "\u00e9t\u00e9", "int", "x", "(", ");", "\n"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(0, 400)))) for _ in range(700)]
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t, "i": i}) + "\n" for i, t in enumerate(texts)), encoding="utf-8")
+    gpt2 = load_tokenizer("gpt2")
+    doc_bytes = [2 * (gpt2.encode(t).size + 1) for t in texts]
+    shard_bytes = 20_000
+    built = {}
+    for workers in (1, 2):
+        out = build_index(tmp_path / f"w{workers}", [corpus], tokenizer="gpt2", shard_bytes=shard_bytes,
+                          workers=workers)
+        manifest = NgramIndex.open(out).manifest
+        assert [s["num_docs"] for s in manifest["shards"]] == _greedy_shards(doc_bytes, shard_bytes)
+        built[workers] = {p.name: file_sha256(p) for p in out.glob("*.*") if p.name != "manifest.json"}
+        index = NgramIndex.open(out)
+        for i in (0, 1, 350, 699):
+            doc = index.get_doc_by_ix(i)
+            assert doc.token_ids.tolist() == gpt2.encode(texts[i]).tolist()
+            assert doc.metadata == {"i": i}
+    assert built[1] == built[2]
+
+
+def test_build_errors_name_the_right_document(tmp_path):
+    docs = [np.array([1, 2])] * 5 + [np.array([7] * 50)] + [np.array([1])]
+    with pytest.raises(BuildError, match=r"document 5 \(102 bytes\) is larger than a shard"):
+        build_index(tmp_path / "a", documents=docs, tokenizer=None, vocab_size=60000, shard_bytes=100)
+    docs = [np.array([1, 2])] * 3 + [np.array([-1])] + [np.array([7] * 50)]
+    with pytest.raises(BuildError, match=r"document 3 has token ids outside 0\.\.59999"):
+        build_index(tmp_path / "b", documents=docs, tokenizer=None, vocab_size=60000, shard_bytes=100)
+    texts = ["short"] * 40 + ["long " * 300] + ["x"]
+    with pytest.raises(BuildError, match=r"document 40 \(\d+ bytes\) is larger than a shard"):
+        build_index(tmp_path / "c", documents=texts, tokenizer="gpt2", shard_bytes=400, workers=2)

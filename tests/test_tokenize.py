@@ -434,3 +434,72 @@ def test_mistral_preset(tmp_path):
     assert tok.token_str(tok.encode("\n")[-1]) == "\n"
     spec = tok.save(tmp_path)
     assert load_tokenizer(spec, base_dir=tmp_path).fingerprint() == tok.fingerprint()
+
+
+# -- encode_serial and shard payloads (the builder's path) ---------------------------------------
+
+SPECIAL_TEXT = ["a <|endoftext|> b", "<|endoftext|>", "x<|endoftext|><|endoftext|>y", "<|endo", "\ud800 lone"]
+
+
+def test_encode_serial_gives_encodes_ids_for_every_kind(gpt2, hf_dir, sp_model):
+    for tok in (gpt2, load_tokenizer("bytes"), load_tokenizer(hf_dir / "tokenizer.json"), load_tokenizer(sp_model)):
+        for text in SAMPLES + SPECIAL_TEXT:
+            fast = tok.encode_serial(text)
+            assert fast.dtype.kind == "u"
+            assert fast.tolist() == tok.encode(text).tolist(), (tok.kind, text)
+
+
+def test_gpt2_special_token_text_is_plain_text(gpt2):
+    # encode_serial goes through tiktoken's buffer path with no special token allowed: the ids must be
+    # those of encode_ordinary, never the <|endoftext|> id.
+    for text in SPECIAL_TEXT:
+        ids = gpt2.encode_serial(text).tolist()
+        assert 50256 not in ids
+        assert ids == gpt2._enc.encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+def test_encode_shard_payload_layout(width):
+    from engine.tokenize import encode_shard_payload
+
+    tok = load_tokenizer("bytes")
+    texts = ["ab", "", "\u00e9z"]
+    payload, sizes, highest = encode_shard_payload(tok, texts, width)
+    sep = (1 << (8 * width)) - 1
+    assert payload.dtype == np.dtype(f"<u{width}")
+    assert payload.tolist() == [sep, 97, 98, sep, sep, 0xC3, 0xA9, 122]
+    assert sizes.tolist() == [3, 1, 4]
+    assert highest.tolist() == [98, -1, 0xC3]
+
+
+def test_tokenize_to_payloads_workers_agree_and_keep_order(gpt2):
+    from engine.tokenize import tokenize_to_payloads
+
+    docs = list(_docs(300))
+    single = list(tokenize_to_payloads(iter(docs), "gpt2", 1, 2, batch_docs=17))
+    threads = list(tokenize_to_payloads(iter(docs), gpt2, 2, 2, batch_docs=17, batch_chars=500))
+    processes = list(tokenize_to_payloads(iter(docs), gpt2, 2, 2, batch_docs=17, pool="processes"))
+    for runs in (single, threads, processes):
+        payload = np.concatenate([r[0] for r in runs])
+        sizes = np.concatenate([r[1] for r in runs])
+        assert [m for r in runs for m in r[3]] == [m for _, m in docs]
+        ends = np.cumsum(sizes)
+        assert (payload[ends - sizes] == 0xFFFF).all()
+        for (text, _), end, size in zip(docs, ends.tolist(), sizes.tolist()):
+            assert payload[end - size + 1:end].tolist() == gpt2.encode(text).tolist()
+    with pytest.raises(TypeError, match="str"):
+        list(tokenize_to_payloads([(np.array([1]), None)], "bytes", 1, 1))
+    with pytest.raises(ValueError, match="pool"):
+        list(tokenize_to_payloads(iter(docs), "bytes", 2, 1, pool="fibers"))
+
+
+def test_tokenize_to_payloads_threads_and_processes_agree_for_every_kind(hf_dir, sp_model):
+    from engine.tokenize import tokenize_to_payloads
+
+    docs = list(_docs(120))
+    for spec in ("bytes", str(hf_dir / "tokenizer.json"), str(sp_model)):
+        width = load_tokenizer(spec).token_width
+        runs = {pool: [(p.tolist(), s.tolist(), h.tolist(), m) for p, s, h, m in
+                       tokenize_to_payloads(iter(docs), spec, 2, width, batch_docs=9, pool=pool)]
+                for pool in ("threads", "processes")}
+        assert runs["threads"] == runs["processes"], spec
