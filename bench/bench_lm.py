@@ -92,7 +92,8 @@ def machine(device: str) -> str:
     return s
 
 
-def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_count, with_null=False, min_prob=0.0):
+def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_count, with_null=False, min_prob=0.0,
+             lookahead=8):
     """Every method on every prompt, methods interleaved per prompt (so that load drift on a shared
     machine hits them alike). Returns {method: (SpecStats summed over prompts, same_as_greedy)}."""
     import torch
@@ -109,8 +110,10 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
         methods["greedy (our loop, no drafts)"] = lambda: NullDrafter()
     methods.update({
         "prompt lookup (context only)": lambda: PromptLookupDrafter(max_ngram=3),
-        "∞-gram drafter (corpus only)": lambda: InfgramDrafter(index, min_count=min_count, min_prob=min_prob),
-        "hybrid (corpus + context)": lambda: HybridDrafter(index, min_count=min_count, min_prob=min_prob),
+        "∞-gram drafter (corpus only)": lambda: InfgramDrafter(index, min_count=min_count, min_prob=min_prob,
+                                                               lookahead=lookahead),
+        "hybrid (corpus + context)": lambda: HybridDrafter(index, min_count=min_count, min_prob=min_prob,
+                                                           lookahead=lookahead),
     })
     agg = {name: SpecStats() for name in methods}
     same = {name: True for name in methods}
@@ -135,24 +138,34 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
                 a.steps += n
             else:
                 same[name] &= torch.equal(out.cpu(), ref)
-                for k in ("new_tokens", "row_steps", "steps", "drafted", "accepted", "drafter_seconds"):
+                for k in ("new_tokens", "row_steps", "steps", "drafted", "accepted", "drafter_seconds",
+                          "drafter_cpu_seconds"):
                     setattr(a, k, getattr(a, k) + getattr(st, k))
+                a.drafter_step_seconds += st.drafter_step_seconds
     return {name: (agg[name], same[name]) for name in methods}
 
 
 def prior_overhead(model, index, prompts, new_tokens, device, lam_s, lam_d):
+    """The prior's cost per decoding step inside model.generate: (median over prompts of the mean
+    wall ms per step, median wall ms over all steps, mean thread-CPU ms per step)."""
     import torch
     from transformers import LogitsProcessorList
 
     from lm_integration.prior import InfgramLogitsProcessor
 
-    per_step = []
+    per_prompt, steps = [], []
+    cpu = calls = 0.0
     for p in prompts:
         proc = InfgramLogitsProcessor(index, lambda_sparse=lam_s, lambda_dense=lam_d)
+        proc.step_seconds = []
         ids = torch.tensor([p], device=device)
         model.generate(ids, max_new_tokens=new_tokens, do_sample=False, logits_processor=LogitsProcessorList([proc]))
-        per_step.append(proc.seconds / max(proc.calls, 1))
-    return statistics.median(per_step) * 1000
+        per_prompt.append(proc.seconds / max(proc.calls, 1))
+        steps += proc.step_seconds
+        cpu += proc.cpu_seconds
+        calls += proc.calls
+    return (statistics.median(per_prompt) * 1000, statistics.median(steps) * 1000 if steps else 0.0,
+            1000 * cpu / max(calls, 1))
 
 
 def main(argv=None) -> int:
@@ -167,6 +180,12 @@ def main(argv=None) -> int:
     ap.add_argument("--min-count", type=int, default=1, help="∞-gram drafter: stop at continuations seen fewer times")
     ap.add_argument("--min-prob", type=float, default=0.0,
                     help="∞-gram drafter: stop where the top continuation's share is below this")
+    ap.add_argument("--lookahead", type=int, default=8,
+                    help="∞-gram drafter: compute the chain locally once the continued string occurs at most this often")
+    ap.add_argument("--lambdas", type=float, nargs=2, metavar=("SPARSE", "DENSE"),
+                    help="λs of the prior's timing run (default: tuned by the perplexity run, else 0.5 0.5)")
+    ap.add_argument("--prior-prompts", type=int, default=4)
+    ap.add_argument("--prior-tokens", type=int, default=32)
     ap.add_argument("--ppl-tokens", type=int, default=4000, help="tokens scored per split (validation, test)")
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--stride", type=int, default=256)
@@ -204,9 +223,10 @@ def main(argv=None) -> int:
     spec = {}
     if not args.skip_spec:
         # warm up (first calls allocate, compile kernels)
-        run_spec(model, tok, index, prompts[:1], 8, args.num_draft, args.device, args.min_count)
+        run_spec(model, tok, index, prompts[:1], 8, args.num_draft, args.device, args.min_count,
+                 lookahead=args.lookahead)
         spec = run_spec(model, tok, index, prompts, args.new_tokens, args.num_draft, args.device, args.min_count,
-                        args.with_null, args.min_prob)
+                        args.with_null, args.min_prob, args.lookahead)
 
     raw: dict = {"machine": machine(args.device), "args": vars(args)}
     lam_s, lam_d = 0.5, 0.5
@@ -219,7 +239,10 @@ def main(argv=None) -> int:
                        max_tokens=args.ppl_tokens, progress=True, doc_tokens=args.ppl_doc_tokens)
         lam_s, lam_d = ppl["lambda_sparse"], ppl["lambda_dense"]
         raw["perplexity"] = ppl
-    prior_ms = prior_overhead(model, index, prompts[: min(4, len(prompts))], 32, args.device, lam_s, lam_d)
+    if args.lambdas:
+        lam_s, lam_d = args.lambdas
+    prior_ms, prior_med, prior_cpu = prior_overhead(model, index, prompts[: min(args.prior_prompts, len(prompts))],
+                                                    args.prior_tokens, args.device, lam_s, lam_d)
 
     lines = [
         f"### LM integration: SmolLM2-135M + ∞-gram index ({args.corpus}, {args.device})",
@@ -233,7 +256,7 @@ def main(argv=None) -> int:
     ]
     if spec:
         lines += [
-            "| method | tokens / step | acceptance | drafter ms / step | tokens / s | vs HF greedy | same tokens as greedy |",
+            "| method | tokens / step | acceptance | drafter ms / step (mean / median / CPU) | tokens / s | vs HF greedy | same tokens as greedy |",
             "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
         ]
         base_tps = spec["greedy (HF generate)"][0].tokens_per_second
@@ -241,22 +264,31 @@ def main(argv=None) -> int:
     for name, (st, same) in spec.items():
         raw["speculative"][name] = {**st.as_dict(), "same_as_greedy": same}
         acc = f"{100 * st.acceptance_rate:.0f}%" if st.drafted else "-"
-        dms = f"{st.drafter_ms_per_step:.3f}" if st.drafted or "drafter" in name else "-"
+        dms = (f"{st.drafter_ms_per_step:.3f} / {st.drafter_median_ms:.3f} / {st.drafter_cpu_ms_per_step:.3f}"
+               if st.drafted or "drafter" in name else "-")
         lines.append(f"| {name} | {st.tokens_per_step:.2f} | {acc} | {dms} | {st.tokens_per_second:.1f} | "
                      f"{st.tokens_per_second / base_tps:.2f}x | {'yes' if same else 'NO'} |")
-    line = (f"∞-gram prior (interpolation, λ_sparse={lam_s}, λ_dense={lam_d}): "
-            f"{prior_ms:.3f} ms per decoding step (median over prompts)")
+    line = (f"∞-gram prior (interpolation, λ_sparse={lam_s}, λ_dense={lam_d}; {min(args.prior_prompts, len(prompts))} "
+            f"prompts x {args.prior_tokens} tokens): {prior_ms:.3f} ms per decoding step (median over prompts of "
+            f"the mean), median step {prior_med:.3f} ms, CPU {prior_cpu:.3f} ms")
     if spec:
-        inf = spec["∞-gram drafter (corpus only)"][0]
-        line += (f"; ∞-gram drafter {inf.drafter_ms_per_step:.3f} ms per step; together "
-                 f"{prior_ms + inf.drafter_ms_per_step:.3f} ms (target <= 1 ms)")
+        for name in ("∞-gram drafter (corpus only)", "hybrid (corpus + context)"):
+            st = spec[name][0]
+            line += (f"; with the {name.split(' (')[0]} drafter: mean {prior_ms + st.drafter_ms_per_step:.3f} ms, "
+                     f"median {prior_med + st.drafter_median_ms:.3f} ms, CPU "
+                     f"{prior_cpu + st.drafter_cpu_ms_per_step:.3f} ms")
+        line += " (target <= 1 ms)"
     lines += ["", line + "."]
+    raw["prior_median_ms"] = prior_med
+    raw["prior_cpu_ms"] = prior_cpu
     raw["prior_ms_per_step"] = prior_ms
     if ppl is not None:
         lines += ["", f"Held-out perplexity (documents never indexed; at most {args.ppl_doc_tokens} tokens of each):",
                   "", format_table(ppl)]
     lines += ["", f"Reproduce: `python bench/bench_lm.py --corpus {args.corpus} --prompt-offset {args.prompt_offset} --prompts {args.prompts} --new-tokens {args.new_tokens} "
-              f"--num-draft {args.num_draft} --min-count {args.min_count} --min-prob {args.min_prob} --ppl-tokens {args.ppl_tokens} --ppl-doc-tokens {args.ppl_doc_tokens} "
+              f"--num-draft {args.num_draft} --min-count {args.min_count} --min-prob {args.min_prob} --lookahead {args.lookahead} "
+              + (f"--lambdas {args.lambdas[0]} {args.lambdas[1]} " if args.lambdas else "")
+              + f"--ppl-tokens {args.ppl_tokens} --ppl-doc-tokens {args.ppl_doc_tokens} "
               f"--device {args.device} --threads {args.threads}"
               + (" --skip-ppl" if args.skip_ppl else "") + (" --skip-spec" if args.skip_spec else "") + "`"]
     print("\n".join(lines))

@@ -8,7 +8,7 @@ generate_with_drafter, SconeEmbedding and friends.
 from lm_integration.drafter import ConstantDrafter, HybridDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter
 from lm_integration.errors import FgramVocabError, LMIntegrationError, TokenizerMismatchError
 from lm_integration.fgram import CausalFgramMatcher, FgramVocab, load_fgram_vocab
-from lm_integration.infgram import InfgramEstimate, InfgramTracker, estimate_from_ntd
+from lm_integration.infgram import InfgramCache, InfgramEstimate, InfgramTracker, estimate_from_ntd
 from lm_integration.source import NgramSource
 from lm_integration.tokenizer_compat import check_tokenizer_compat, tokenizer_fingerprint
 
@@ -34,7 +34,7 @@ def __getattr__(name):
 
 __all__ = [
     "NgramSource", "check_tokenizer_compat", "tokenizer_fingerprint", "TokenizerMismatchError",
-    "LMIntegrationError", "FgramVocabError", "InfgramEstimate", "InfgramTracker", "estimate_from_ntd",
+    "LMIntegrationError", "FgramVocabError", "InfgramCache", "InfgramEstimate", "InfgramTracker", "estimate_from_ntd",
     "InfgramDrafter", "HybridDrafter", "PromptLookupDrafter", "NullDrafter", "ConstantDrafter",
     "CausalFgramMatcher", "FgramVocab", "load_fgram_vocab", *_LAZY,
 ]

@@ -17,7 +17,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from lm_integration.infgram import InfgramEstimate, InfgramTracker, estimate_from_ntd
+from lm_integration.infgram import InfgramCache, InfgramEstimate, InfgramTracker, estimate_from_ntd
 
 
 class Drafter(Protocol):
@@ -91,14 +91,24 @@ class InfgramDrafter:
     fewer than k tokens are drafted, append the most frequent next token of s (ties: smallest id)
     and let s be the longest occurring suffix of s + token. Stops early when the matched suffix is
     shorter than ``min_suffix_len``, when the top token's share is below ``min_prob``, or when its
-    count is below ``min_count``. One engine query per drafted token, each at most suffix_len + 1
-    tokens long; the context's own match is kept per ``key`` and extended incrementally. Pass
-    ``tokenizer`` (and ``model``) to refuse an index built with another tokenizer.
+    count is below ``min_count``. At most one engine query per drafted token, each at most
+    suffix_len + 1 tokens long (a drafted token always occurs after the suffix, so these ask for the
+    plain ``ntd`` and skip the suffix search); the context's own match is kept per ``key`` and
+    extended incrementally. Answers go through an exact LRU cache (``cache``: an InfgramCache, which
+    may be shared with other drafters or a prior; else a private one of ``cache_size`` entries).
+    Pass ``tokenizer`` (and ``model``) to refuse an index built with another tokenizer.
+
+    ``lookahead``: once the string being continued occurs at most this many times in the corpus, the
+    rest of the chain is computed from those occurrences alone (one ``search_docs`` call fetches the
+    tokens after each; the chain only ever narrows them down), instead of one query per token. Same
+    drafts (exact counts, document ends included); used only with exact distributions
+    (``max_support=None``), no ``max_query_len``, and a source that has ``search_docs``
+    (engine.NgramIndex, engine.NgramClient). 0 turns it off.
     """
 
     def __init__(self, source, *, min_suffix_len: int = 1, min_prob: float = 0.0, min_count: int = 1,
-                 max_support: int | None = None, max_query_len: int | None = None, cache_size: int = 4096,
-                 tokenizer=None, model=None):
+                 max_support: int | None = None, max_query_len: int | None = None, cache_size: int = 65536,
+                 cache: InfgramCache | None = None, lookahead: int = 8, tokenizer=None, model=None):
         if tokenizer is not None or model is not None:
             from lm_integration.tokenizer_compat import check_tokenizer_compat
 
@@ -110,31 +120,33 @@ class InfgramDrafter:
         self.max_support = max_support
         self.max_query_len = max_query_len
         self._trackers: dict[int, InfgramTracker] = {}
-        self._cache: dict[tuple, InfgramEstimate] = {}
-        self.cache_size = cache_size
+        self.cache = cache if cache is not None else InfgramCache(max_entries=cache_size)
+        self.lookahead = int(lookahead) if (max_support is None and max_query_len is None
+                                            and hasattr(source, "search_docs")) else 0
         self.seconds = 0.0
-        self.queries = 0
+        self.queries = 0  # engine distribution queries (cache misses)
+        self.lookups = 0  # search_docs calls made for lookahead
 
     def reset(self) -> None:
+        """Forget the per-key context state (the cache stays: its answers never go stale)."""
         self._trackers.clear()
-        self._cache.clear()
 
     def _query(self, q: np.ndarray) -> InfgramEstimate:
-        key = tuple(q.tolist())
-        est = self._cache.get(key)
+        """The estimate after ``q``, a string known to occur (a matched suffix plus a token seen after
+        it, or a suffix of that): its own ntd, with suffix_len = len(q)."""
+        key = self.cache.key(q, self.max_support)
+        est = self.cache.get(key)
         if est is None:
             self.queries += 1
-            est = estimate_from_ntd(self.source.infgram_ntd(list(key), max_support=self.max_support))
-            if len(self._cache) >= self.cache_size:
-                self._cache.clear()
-            self._cache[key] = est
+            est = estimate_from_ntd(self.source.ntd(q, max_support=self.max_support), suffix_len=len(q))
+            self.cache.put(key, est)
         return est
 
     def _context_estimate(self, context, key) -> tuple[np.ndarray, InfgramEstimate]:
         tr = self._trackers.get(key)
         if tr is None:
             tr = self._trackers[key] = InfgramTracker(self.source, max_support=self.max_support,
-                                                      max_query_len=self.max_query_len)
+                                                      max_query_len=self.max_query_len, cache=self.cache)
         before = tr.queries
         est = tr.sync(context)
         self.queries += tr.queries - before
@@ -149,24 +161,87 @@ class InfgramDrafter:
         return tok, cnt
 
     def _chain(self, suffix: np.ndarray, est: InfgramEstimate, k: int) -> list[int]:
+        """Up to k tokens: the top continuation of ``est`` (the estimate after the last
+        est.suffix_len tokens of ``suffix``), then the chain after it."""
+        if k <= 0:
+            return []
+        top = self._ok(est)
+        if top is None:
+            return []
+        tok, cnt = top
+        q = self._grow(suffix[len(suffix) - est.suffix_len:], tok)
+        return [tok] + self._continue(q, cnt, k - 1)
+
+    def _grow(self, s: np.ndarray, tok: int) -> np.ndarray:
+        q = np.append(s, tok)
+        if self.max_query_len is not None:
+            q = q[-self.max_query_len:]
+        return q
+
+    def _continue(self, q: np.ndarray, count: int, n: int) -> list[int]:
+        """Up to n tokens continuing ``q``, a string that occurs ``count`` times in the corpus."""
         out: list[int] = []
-        while len(out) < k:
+        while len(out) < n:
+            if 0 < count <= self.lookahead:
+                local = self._local_chain(q, count, n - len(out))
+                if local is not None:
+                    return out + local
+            est = self._query(q)
             top = self._ok(est)
             if top is None:
                 break
-            tok = top[0]
+            tok, count = top
             out.append(tok)
-            if len(out) == k:
+            if len(out) < n:
+                q = self._grow(q, tok)
+        return out
+
+    def _local_chain(self, q: np.ndarray, count: int, n: int) -> list[int] | None:
+        """The chain after ``q`` computed from its ``count`` occurrences (None: fall back to queries).
+
+        After q + t1..tj the occurrences are those of q followed by t1..tj, and the next-token
+        counts are what follows them (an occurrence at a document's end adds to no token), exactly
+        what ntd(q + t1..tj) would count."""
+        qs = q.tolist()
+        self.lookups += 1
+        res = self.source.search_docs(qs, max_docs=count, max_disp_len=2 * (len(qs) + n))
+        docs = res.documents
+        if res.count != count or len(docs) != count:
+            return None
+        L = len(qs)
+        alive = []
+        for d in docs:
+            ids = np.asarray(d.token_ids)
+            a = int(d.needle_offset)
+            if ids[a:a + L].tolist() != qs:  # not the window this relies on: play safe
+                return None
+            alive.append(ids[a + L:a + L + n].tolist())
+        out: list[int] = []
+        for j in range(n):
+            counts: dict[int, int] = {}
+            for c in alive:
+                if len(c) > j:
+                    counts[c[j]] = counts.get(c[j], 0) + 1
+            if not counts:
                 break
-            q = np.append(suffix[len(suffix) - est.suffix_len:], tok)
-            if self.max_query_len is not None:
-                q = q[-self.max_query_len:]
-            est = self._query(q)
-            suffix = q
+            tok = min(counts, key=lambda t: (-counts[t], t))  # most frequent, smallest id on ties
+            cnt = counts[tok]
+            if cnt < self.min_count or cnt < self.min_prob * sum(counts.values()):
+                break
+            out.append(tok)
+            alive = [c for c in alive if len(c) > j and c[j] == tok]
         return out
 
     def propose(self, context, k, key=0):
         return self.propose_with_len(context, k, key)[0]
+
+    def match(self, context, key=0) -> InfgramEstimate:
+        """Bring ``key``'s state to ``context`` and return its estimate (suffix_len: the length of the
+        context's longest suffix found in the corpus), without drafting."""
+        t0 = time.perf_counter()
+        est = self._context_estimate(context, key)[1]
+        self.seconds += time.perf_counter() - t0
+        return est
 
     def propose_with_len(self, context, k, key=0) -> tuple[list[int], int]:
         """(draft, length of the context's longest suffix found in the corpus)."""
@@ -188,10 +263,8 @@ class InfgramDrafter:
                 tok, cnt = int(est.tokens[i]), int(est.counts[i])
                 if cnt < self.min_count or cnt < self.min_prob * est.total:
                     continue
-                q = np.append(suffix[len(suffix) - est.suffix_len:], tok)
-                if self.max_query_len is not None:
-                    q = q[-self.max_query_len:]
-                chains.append([tok] + self._chain(q, self._query(q), k - 1) if k > 1 else [tok])
+                q = self._grow(suffix[len(suffix) - est.suffix_len:], tok)
+                chains.append([tok] + self._continue(q, cnt, k - 1))
         self.seconds += time.perf_counter() - t0
         return chains
 
@@ -218,10 +291,16 @@ class HybridDrafter:
 
     def propose(self, context, k, key=0):
         ctx_draft, ctx_len = self.lookup.propose_with_len(context, k)
-        inf_draft, inf_len = self.infgram.propose_with_len(context, k, key)
-        if ctx_draft and ctx_len >= min(inf_len, self.context_min):
+        if ctx_draft and ctx_len >= self.context_min:
+            # the context wins whatever the corpus says: skip the engine (the corpus state catches
+            # up in one query the next time it is needed)
             self.used["context"] += 1
             return ctx_draft
+        inf_len = self.infgram.match(context, key).suffix_len
+        if ctx_draft and ctx_len >= inf_len:
+            self.used["context"] += 1
+            return ctx_draft
+        inf_draft = self.infgram.propose_with_len(context, k, key)[0]  # state is current: no new query
         if inf_draft:
             self.used["corpus"] += 1
         return inf_draft

@@ -8,6 +8,7 @@ matched suffix and asks the engine about its last ``l + k`` tokens, never about 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -62,11 +63,12 @@ class InfgramEstimate:
 EMPTY_ESTIMATE = InfgramEstimate(0, _EMPTY_I, _EMPTY_I, _EMPTY_F, 0)
 
 
-def estimate_from_ntd(res, end_token_id: int | None = None) -> InfgramEstimate:
+def estimate_from_ntd(res, end_token_id: int | None = None, suffix_len: int | None = None) -> InfgramEstimate:
     """InfgramEstimate from an engine InfgramNtdResult (or NextTokenDistribution).
 
     Document ends (``end_count``) are dropped and the rest renormalised, unless ``end_token_id`` is
-    given, in which case they count as that token (e.g. the model's EOS)."""
+    given, in which case they count as that token (e.g. the model's EOS). ``suffix_len`` overrides
+    the result's own (an ``ntd`` answer for a prompt known to occur has none)."""
     tokens = np.asarray(res.tokens, dtype=np.int64)
     counts = np.asarray(res.counts, dtype=np.int64)
     end = int(getattr(res, "end_count", 0) or 0)
@@ -82,9 +84,72 @@ def estimate_from_ntd(res, end_token_id: int | None = None) -> InfgramEstimate:
     probs = counts / float(total) if total > 0 else np.zeros(len(counts), dtype=np.float64)
     if total <= 0:
         tokens, counts = _EMPTY_I, _EMPTY_I
-    return InfgramEstimate(
-        int(getattr(res, "suffix_len", 0) or 0), tokens, counts, probs, int(getattr(res, "prompt_count", 0) or 0)
-    )
+    if suffix_len is None:
+        suffix_len = int(getattr(res, "suffix_len", 0) or 0)
+    return InfgramEstimate(int(suffix_len), tokens, counts, probs, int(getattr(res, "prompt_count", 0) or 0))
+
+
+class InfgramCache:
+    """An exact LRU cache of ∞-gram estimates, keyed by the query's tokens.
+
+    An estimate is a pure function of the query (and of ``max_support`` / ``end_token_id``, which
+    are part of the key), and indexes are immutable, so a hit returns exactly what the engine would
+    have. Decoding asks about the same contexts again and again (the drafter's chain and the next
+    step's tracker, the prior after the drafter, a model repeating itself), and short contexts are
+    the expensive ones (thousands of distinct continuations), so they are worth keeping.
+
+    Bounded by ``max_entries`` estimates and ``max_items`` distinct-token entries in all (about 24
+    bytes each); the least recently used go first. ``max_entries=0`` turns it off. One cache may be
+    shared by trackers, drafters and priors over the same source.
+    """
+
+    def __init__(self, max_entries: int = 65536, max_items: int = 2_000_000):
+        if max_entries < 0 or max_items < 0:
+            raise ValueError("max_entries and max_items must be >= 0")
+        self.max_entries = int(max_entries)
+        self.max_items = int(max_items)
+        self._d: OrderedDict = OrderedDict()
+        self.items = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    @staticmethod
+    def key(query, max_support: int | None = None, end_token_id: int | None = None) -> tuple:
+        q = query.tolist() if isinstance(query, np.ndarray) else [int(t) for t in query]
+        return (max_support, end_token_id, *q)
+
+    def get(self, key: tuple) -> InfgramEstimate | None:
+        est = self._d.get(key)
+        if est is None:
+            self.misses += 1
+            return None
+        self._d.move_to_end(key)
+        self.hits += 1
+        return est
+
+    def put(self, key: tuple, est: InfgramEstimate) -> None:
+        if self.max_entries == 0 or len(est.tokens) > self.max_items:
+            return
+        old = self._d.pop(key, None)
+        if old is not None:
+            self.items -= len(old.tokens)
+        self._d[key] = est
+        self.items += len(est.tokens)
+        while len(self._d) > self.max_entries or self.items > self.max_items:
+            _, gone = self._d.popitem(last=False)
+            self.items -= len(gone.tokens)
+
+    def clear(self) -> None:
+        self._d.clear()
+        self.items = 0
+
+    @property
+    def hit_rate(self) -> float:
+        n = self.hits + self.misses
+        return self.hits / n if n else 0.0
 
 
 class InfgramTracker:
@@ -92,15 +157,17 @@ class InfgramTracker:
     ``suffix_len + len(new_tokens)`` tokens.
 
     ``max_query_len`` caps the query (an engine limit); the tracker stays exact as long as the true
-    longest suffix is shorter than the cap.
+    longest suffix is shorter than the cap. ``cache`` (an InfgramCache, possibly shared) answers
+    queries asked before without the engine; ``queries`` counts only those sent to the engine.
     """
 
     def __init__(self, source, *, max_support: int | None = None, end_token_id: int | None = None,
-                 max_query_len: int | None = None):
+                 max_query_len: int | None = None, cache: InfgramCache | None = None):
         self.source = source
         self.max_support = max_support
         self.end_token_id = end_token_id
         self.max_query_len = max_query_len
+        self.cache = cache
         self.queries = 0
         self.reset()
 
@@ -131,6 +198,11 @@ class InfgramTracker:
         new = np.asarray(new_tokens, dtype=np.int64).reshape(-1)
         q = self.query_for(new)
         est = estimate_from_ntd(result, self.end_token_id)
+        if self.cache is not None:
+            self.cache.put(self.cache.key(q, self.max_support, self.end_token_id), est)
+        return self._advance(new, q, est)
+
+    def _advance(self, new: np.ndarray, q: np.ndarray, est: InfgramEstimate) -> InfgramEstimate:
         l = min(est.suffix_len, len(q))
         self.suffix = q[len(q) - l:].copy() if l else _EMPTY_I
         tail = np.concatenate([self.check, new])
@@ -140,18 +212,33 @@ class InfgramTracker:
         self._fresh = False
         return est
 
+    def _lookup(self, new: np.ndarray):
+        """(query, cache key or None, cached estimate or None) for extending by ``new``."""
+        q = self.query_for(new)
+        if self.cache is None:
+            return q, None, None
+        key = self.cache.key(q, self.max_support, self.end_token_id)
+        return q, key, self.cache.get(key)
+
+    def _finish(self, new: np.ndarray, q: np.ndarray, key, result) -> InfgramEstimate:
+        self.queries += 1
+        est = estimate_from_ntd(result, self.end_token_id)
+        if key is not None:
+            self.cache.put(key, est)
+        return self._advance(new, q, est)
+
     def extend(self, new_tokens) -> InfgramEstimate:
         new = np.asarray(new_tokens, dtype=np.int64).reshape(-1)
         if len(new) == 0 and not self._fresh:
             return self.estimate
-        q = self.query_for(new)
-        if len(q) == 0:  # nothing to condition on: no estimate (engines refuse empty prompts)
-            self._fresh = False
+        if len(self.suffix) == 0 and len(new) == 0:  # nothing to condition on: no estimate
+            self._fresh = False  # (engines refuse empty prompts)
             self.estimate = EMPTY_ESTIMATE
             return self.estimate
-        self.queries += 1
-        res = self.source.infgram_ntd(q.tolist(), max_support=self.max_support)
-        return self.apply(new, res)
+        q, key, est = self._lookup(new)
+        if est is not None:
+            return self._advance(new, q, est)
+        return self._finish(new, q, key, self.source.infgram_ntd(q, max_support=self.max_support))
 
     def continues(self, context: np.ndarray) -> bool:
         """True when ``context`` starts with the context this state describes (judged on the last
@@ -174,28 +261,31 @@ def sync_batch(trackers: list[InfgramTracker], contexts: list) -> list[InfgramEs
     """sync() many trackers with one infgram_ntd_batch call (they must share a source)."""
     if not trackers:
         return []
-    news, todo = [], []
-    for i, (tr, ctx) in enumerate(zip(trackers, contexts)):
+    todo = []
+    for tr, ctx in zip(trackers, contexts):
         ctx = np.asarray(ctx, dtype=np.int64).reshape(-1)
         if tr.continues(ctx):
             new = ctx[tr.length:]
             if len(new) == 0:
-                news.append(None)
                 continue
         else:
             tr.reset()
             new = ctx
             if len(new) == 0:
                 tr._fresh = False
-                news.append(None)
                 continue
-        news.append(new)
-        todo.append(i)
+        q, key, est = tr._lookup(new)
+        if est is not None:
+            tr._advance(new, q, est)
+            continue
+        todo.append((tr, new, q, key))
     if todo:
-        src = trackers[todo[0]].source
-        queries = [trackers[i].query_for(news[i]).tolist() for i in todo]
-        results = src.infgram_ntd_batch(queries, max_support=trackers[todo[0]].max_support)
-        for i, res in zip(todo, results):
-            trackers[i].queries += 1
-            trackers[i].apply(news[i], res)
+        src = todo[0][0].source
+        support = todo[0][0].max_support
+        if len(todo) == 1:  # one row (batch size 1): the single call is cheaper than packing a batch
+            results = [src.infgram_ntd(todo[0][2], max_support=support)]
+        else:
+            results = src.infgram_ntd_batch([t[2].tolist() for t in todo], max_support=support)
+        for (tr, new, q, key), res in zip(todo, results):
+            tr._finish(new, q, key, res)
     return [tr.estimate for tr in trackers]

@@ -15,24 +15,36 @@ estimate is empty keeps its scores. Tokens masked to -inf by earlier processors 
 
 Per-row state extends the previous step's suffix match (lm_integration.infgram.InfgramTracker),
 so each generation step asks the engine about at most suffix_len + 1 tokens per row, in one
-batched call.
+batched call, and an exact LRU cache of estimates (lm_integration.infgram.InfgramCache, shareable
+with a drafter) answers contexts seen before without the engine.
+
+Per-step cost: on CPU the ∞-gram support (a few to a few thousand tokens) is handled with numpy on
+views of the tensors, so the only full-vocabulary work is one log-softmax and one add; on other
+devices the support of each estimate is uploaded once and kept (``device_cache`` estimates), and the
+step does one host synchronisation (to see whether earlier processors masked the whole support).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 
 import numpy as np
 import torch
 
-from lm_integration.infgram import InfgramTracker, sync_batch
+from lm_integration.infgram import InfgramCache, InfgramTracker, sync_batch
 from lm_integration.tokenizer_compat import check_tokenizer_compat
 
 try:  # transformers is optional: without it this is still a plain callable
     from transformers import LogitsProcessor as _Base
 except Exception:  # pragma: no cover - exercised only without transformers
     _Base = object
+
+
+def _log1m(lam: float) -> float:
+    """log(1 - λ), -inf at λ = 1."""
+    return -math.inf if lam >= 1.0 else math.log1p(-lam)
 
 
 class InfgramLogitsProcessor(_Base):
@@ -48,6 +60,9 @@ class InfgramLogitsProcessor(_Base):
         end_token_id: int | None = None,
         pad_token_id: int | None = None,
         max_query_len: int | None = None,
+        cache: InfgramCache | None = None,
+        cache_size: int = 65536,
+        device_cache: int = 512,
         tokenizer=None,
         model=None,
         check_tokenizer: bool = True,
@@ -74,9 +89,14 @@ class InfgramLogitsProcessor(_Base):
         self.pad_token_id = pad_token_id
         self.max_query_len = max_query_len
         self.vocab_size = int(source.vocab_size)
+        self.cache = cache if cache is not None else InfgramCache(max_entries=cache_size)
+        self.device_cache = int(device_cache)
+        self._support: OrderedDict = OrderedDict()  # id(estimate) -> (estimate, key, tensors)
         self._trackers: list[InfgramTracker] = []
         self.calls = 0
         self.seconds = 0.0  # time spent in __call__ (queries + tensor work)
+        self.cpu_seconds = 0.0  # this thread's CPU time in __call__ (immune to preemption)
+        self.step_seconds: list[float] | None = None  # set to a list to record each call's wall time
 
     def reset(self) -> None:
         """Forget per-row state (a new generate() call also resets rows whose context changed)."""
@@ -88,7 +108,7 @@ class InfgramLogitsProcessor(_Base):
 
     def _tracker(self) -> InfgramTracker:
         return InfgramTracker(self.source, max_support=self.max_support, end_token_id=self.end_token_id,
-                              max_query_len=self.max_query_len)
+                              max_query_len=self.max_query_len, cache=self.cache)
 
     def _contexts(self, input_ids: torch.Tensor) -> list[np.ndarray]:
         ids = input_ids.detach().to("cpu", torch.int64).numpy()
@@ -112,54 +132,157 @@ class InfgramLogitsProcessor(_Base):
         if self.identity:
             return scores
         t0 = time.perf_counter()
+        self._c0 = time.thread_time()
         ests = self.estimates(input_ids)
         B, V = scores.shape
-        lams = np.zeros(B, dtype=np.float64)
-        r_idx, t_idx, vals = [], [], []
+        rows = []  # (row, estimate, λ)
         for b, est in enumerate(ests):
             if est.empty:
                 continue
             lam = self.lambda_sparse if est.sparse else self.lambda_dense
-            keep = est.tokens < V
-            if lam == 0.0 or not keep.any():
+            if lam == 0.0 or (est.tokens[-1] >= V and est.tokens[0] >= V):
                 continue
-            lams[b] = lam
-            r_idx.append(np.full(int(keep.sum()), b, dtype=np.int64))
-            t_idx.append(est.tokens[keep])
-            vals.append(est.probs[keep])
-        if not r_idx:
+            rows.append((b, est, lam))
+        if not rows:
             self._account(t0)
             return scores
-        dev = scores.device
         work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
-        wd = work.dtype
-        r_t = torch.as_tensor(np.concatenate(r_idx), device=dev)
-        tk_t = torch.as_tensor(np.concatenate(t_idx), device=dev)
-        p_t = torch.as_tensor(np.concatenate(vals), device=dev, dtype=wd)
-        s_at = work[r_t, tk_t]
-        # respect tokens masked by earlier processors: drop their ∞-gram mass, renormalise per row
-        p_t = torch.where(s_at > torch.finfo(wd).min, p_t, torch.zeros_like(p_t))
-        mass = torch.zeros(B, device=dev, dtype=wd).index_add_(0, r_t, p_t)
-        lam_t = torch.as_tensor(lams, device=dev, dtype=wd) * (mass > 0)
-        p_t = p_t / mass.clamp_min(torch.finfo(wd).tiny)[r_t]
-        lam_at = lam_t[r_t]
-        if self.mode == "interpolate":
-            # log((1-λ)·P_LM + λ·P∞): (1-λ)·P_LM everywhere in log space, then the ∞-gram support
-            out = torch.log_softmax(work, dim=-1)
-            lsm_at = out[r_t, tk_t]
-            out.add_(torch.log1p(-lam_t).unsqueeze(1))
-            out[r_t, tk_t] = torch.log((1.0 - lam_at) * torch.exp(lsm_at) + lam_at * p_t)
+        if work.device.type == "cpu":
+            out = self._mix_cpu(work, rows, V)
         else:
-            out = work + (lam_t * math.log(self.floor)).unsqueeze(1)
-            out[r_t, tk_t] = s_at + lam_at * torch.log(p_t.clamp_min(self.floor))
-        unused = torch.nonzero(lam_t == 0).reshape(-1)
-        if len(unused):
-            out[unused] = work[unused]  # rows without an estimate (or whose mass was masked) stay as they were
+            out = self._mix_device(work, rows, V)
+        if out is None:
+            self._account(t0)
+            return scores
         if out.dtype != scores.dtype:
             out = out.to(scores.dtype)
         self._account(t0)
         return out
 
+    @staticmethod
+    def _support_np(est, V: int):
+        """(tokens, probabilities) of an estimate's support inside the model's vocabulary."""
+        if est.tokens[-1] < V:
+            return est.tokens, est.probs
+        keep = est.tokens < V
+        return est.tokens[keep], est.probs[keep]
+
+    def _support_dev(self, est, V: int, device, dtype):
+        """The support as tensors on ``device`` (kept for the last ``device_cache`` estimates)."""
+        key = (V, device, dtype)
+        hit = self._support.get(id(est))
+        if hit is not None and hit[0] is est and hit[1] == key:
+            self._support.move_to_end(id(est))
+            return hit[2]
+        tk, p = self._support_np(est, V)
+        t = (torch.as_tensor(tk, device=device), torch.as_tensor(p, device=device, dtype=dtype))
+        if self.device_cache > 0:
+            self._support[id(est)] = (est, key, t)
+            while len(self._support) > self.device_cache:
+                self._support.popitem(last=False)
+        return t
+
+    def _mix_cpu(self, work: torch.Tensor, rows, V: int):
+        """The mixture on CPU: numpy on views of the tensors for the support, torch for the rest."""
+        wn = work.detach().numpy()
+        fmin = np.finfo(wn.dtype).min
+        interpolate = self.mode == "interpolate"
+        if interpolate:
+            out = torch.log_softmax(work, dim=-1)
+        else:
+            out = work.clone()
+        on = out.numpy()
+        used = np.zeros(work.shape[0], dtype=bool)
+        for b, est, lam in rows:
+            tk, p = self._support_np(est, V)
+            s_at = wn[b, tk]
+            ok = s_at > fmin  # tokens masked by earlier processors lose their ∞-gram mass
+            if not ok.all():
+                p = np.where(ok, p, 0.0)
+            mass = float(p.sum())
+            if mass <= 0.0:
+                continue
+            if mass != 1.0:
+                p = p / mass
+            used[b] = True
+            if interpolate:
+                lsm_at = on[b, tk].astype(np.float64)
+                out[b].add_(_log1m(lam))
+                with np.errstate(divide="ignore"):
+                    on[b, tk] = np.log((1.0 - lam) * np.exp(lsm_at) + lam * p)
+            else:
+                out[b].add_(lam * math.log(self.floor))
+                on[b, tk] = s_at + lam * np.log(np.maximum(p, self.floor))
+        if not used.any():
+            return None
+        if not used.all():
+            out[torch.from_numpy(~used)] = work[torch.from_numpy(~used)]  # rows without an estimate stay
+        return out
+
+    def _mix_device(self, work: torch.Tensor, rows, V: int):
+        """The mixture on an accelerator: cached support tensors, one host synchronisation."""
+        dev, wd = work.device, work.dtype
+        sup = [self._support_dev(est, V, dev, wd) for _, est, _ in rows]
+        if len(rows) == 1:
+            b = rows[0][0]
+            tk_t, p_t = sup[0]
+            s_at = work[b].index_select(0, tk_t)
+            p_t = p_t * (s_at > torch.finfo(wd).min)
+            mass = p_t.sum().reshape(1)
+            r_t, row_of = None, [b]
+        else:
+            r_t = torch.cat([torch.full((len(t[0]),), i, dtype=torch.long, device=dev) for i, t in enumerate(sup)])
+            tk_t = torch.cat([t[0] for t in sup])
+            p_t = torch.cat([t[1] for t in sup])
+            row_of = [b for b, _, _ in rows]
+            rows_t = torch.as_tensor(row_of, device=dev)
+            s_at = work[rows_t[r_t], tk_t]
+            p_t = p_t * (s_at > torch.finfo(wd).min)
+            mass = torch.zeros(len(rows), device=dev, dtype=wd).index_add_(0, r_t, p_t)
+        mass_h = mass.cpu().tolist()  # the one synchronisation
+        if not any(m > 0 for m in mass_h):
+            return None
+        lam_h = [lam if m > 0 else 0.0 for (_, _, lam), m in zip(rows, mass_h)]
+        inv = torch.as_tensor([1.0 / m if m > 0 else 0.0 for m in mass_h], device=dev, dtype=wd)
+        lam_t = torch.as_tensor(lam_h, device=dev, dtype=wd)
+        if r_t is None:
+            p_t = p_t * inv
+            lam_at = lam_t
+            idx = (row_of[0], tk_t)
+        else:
+            p_t = p_t * inv[r_t]
+            lam_at = lam_t[r_t]
+            idx = (rows_t[r_t], tk_t)
+        if self.mode == "interpolate":
+            out = torch.log_softmax(work, dim=-1)
+            lsm_at = out[idx]
+            shift = [_log1m(l) for l in lam_h]
+        else:
+            out = work.clone()
+            shift = [l * math.log(self.floor) for l in lam_h]
+            lsm_at = None
+        B = work.shape[0]
+        if B == 1:
+            out.add_(shift[0])
+        else:
+            col = [0.0] * B
+            for b, sh in zip(row_of, shift):
+                col[b] = sh
+            out.add_(torch.as_tensor(col, device=dev, dtype=wd).unsqueeze(1))
+        if self.mode == "interpolate":
+            out[idx] = torch.log((1.0 - lam_at) * torch.exp(lsm_at) + lam_at * p_t)
+        else:
+            out[idx] = s_at + lam_at * torch.log(p_t.clamp_min(self.floor))
+        keep = [b for b in range(B) if b not in {r for r, l in zip(row_of, lam_h) if l > 0}]
+        if keep:
+            k = torch.as_tensor(keep, device=dev)
+            out[k] = work[k]  # rows without an estimate (or whose mass was masked) stay as they were
+        return out
+
     def _account(self, t0: float) -> None:
+        dt = time.perf_counter() - t0
         self.calls += 1
-        self.seconds += time.perf_counter() - t0
+        self.seconds += dt
+        self.cpu_seconds += time.thread_time() - self._c0
+        if self.step_seconds is not None:
+            self.step_seconds.append(dt)

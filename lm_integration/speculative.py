@@ -30,9 +30,11 @@ class SpecStats:
     drafted: int = 0  # draft tokens proposed
     accepted: int = 0  # draft tokens accepted
     drafter_seconds: float = 0.0
+    drafter_cpu_seconds: float = 0.0  # this thread's CPU time in the drafter (immune to preemption)
     model_seconds: float = 0.0
     seconds: float = 0.0
     per_row_new_tokens: list = field(default_factory=list)
+    drafter_step_seconds: list = field(default_factory=list)  # wall time of each step's drafting
 
     @property
     def tokens_per_step(self) -> float:
@@ -48,13 +50,27 @@ class SpecStats:
         return 1000.0 * self.drafter_seconds / max(self.steps - 1, 1)
 
     @property
+    def drafter_cpu_ms_per_step(self) -> float:
+        return 1000.0 * self.drafter_cpu_seconds / max(self.steps - 1, 1)
+
+    @property
+    def drafter_median_ms(self) -> float:
+        """Median wall time of one step's drafting (robust to the odd preempted step)."""
+        v = sorted(self.drafter_step_seconds)
+        if not v:
+            return 0.0
+        m = len(v) // 2
+        return 1000.0 * (v[m] if len(v) % 2 else 0.5 * (v[m - 1] + v[m]))
+
+    @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else 0.0
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "per_row_new_tokens"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("per_row_new_tokens", "drafter_step_seconds")}
         d.update(tokens_per_step=self.tokens_per_step, acceptance_rate=self.acceptance_rate,
-                 drafter_ms_per_step=self.drafter_ms_per_step, tokens_per_second=self.tokens_per_second)
+                 drafter_ms_per_step=self.drafter_ms_per_step, drafter_cpu_ms_per_step=self.drafter_cpu_ms_per_step,
+                 drafter_median_ms=self.drafter_median_ms, tokens_per_second=self.tokens_per_second)
         return d
 
 
@@ -143,13 +159,16 @@ def speculative_generate(
     while not all(done):
         active = [b for b in range(B) if not done[b]]
         drafts: list[list[int]] = [[] for _ in range(B)]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         for b in active:
             budget = min(num_draft, max_new_tokens - len(generated[b]) - 1)
             if budget > 0:
                 d = drafter.propose(contexts[b] + generated[b], budget, key=b)
                 drafts[b] = [int(x) for x in d[:budget]]
-        stats.drafter_seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        stats.drafter_seconds += dt
+        stats.drafter_cpu_seconds += time.thread_time() - c0
+        stats.drafter_step_seconds.append(dt)
         K = max(len(drafts[b]) for b in range(B))
         block = torch.full((B, 1 + K), int(pad_token_id), dtype=torch.long)
         bmask = torch.zeros((B, 1 + K), dtype=torch.long)
