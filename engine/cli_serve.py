@@ -2,6 +2,7 @@
 
     ngram serve INDEX... [--host 127.0.0.1] [--port 50051] [--load mmap|ram]
     ngram serve --shard-map shards.json [--port 50051]              # a router, holds no index
+    ngram route shards.json [--port 50051]                          # the same router
     limits:  --max-message-bytes --max-query-tokens --max-text-bytes --max-batch-size
              --max-results-per-stream --max-support --max-disp-len
     secure:  --tls-cert cert.pem --tls-key key.pem   --auth-token-file token.txt
@@ -36,13 +37,21 @@ _LIMIT_HELP = {
 }
 
 
-def _configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("index", nargs="*", metavar="INDEX", help="index directories to serve as one index")
+def _configure(p: argparse.ArgumentParser, route: bool = False) -> None:
+    if route:
+        p.add_argument("shard_map_file", nargs="?", metavar="SHARDMAP",
+                       help="JSON shard map (`ngram shard-map` writes one); or give it as --shard-map")
+        p.add_argument("--shard-map", metavar="FILE", help="the shard map (same as SHARDMAP)")
+        p.set_defaults(index=[], load="mmap", tokenizer=None)
+    else:
+        p.add_argument("index", nargs="*", metavar="INDEX", help="index directories to serve as one index")
+        p.add_argument("--shard-map", metavar="FILE",
+                       help="JSON shard map: route to shard servers instead of serving INDEX (= `ngram route FILE`)")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=50051, help="port (0 picks a free one; default 50051)")
-    p.add_argument("--shard-map", metavar="FILE", help="JSON shard map: route to shard servers instead of serving INDEX")
-    p.add_argument("--load", choices=("mmap", "ram"), default="mmap", help="how to open the index (default mmap)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer spec for an index without a manifest")
+    if not route:
+        p.add_argument("--load", choices=("mmap", "ram"), default="mmap", help="how to open the index (default mmap)")
+        p.add_argument("--tokenizer", default=None, help="tokenizer spec for an index without a manifest")
     limits = p.add_argument_group("limits (a request over one gets RESOURCE_EXHAUSTED naming it)")
     defaults = ServerLimits()
     for f in dataclasses.fields(ServerLimits):
@@ -59,11 +68,11 @@ def _configure(p: argparse.ArgumentParser) -> None:
     srv.add_argument("--auth-token-file", metavar="FILE", help="require 'authorization: Bearer <token in FILE>'")
     srv.add_argument("--no-access-log", action="store_true", help="do not log one line per call")
     srv.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    p.set_defaults(func=run_serve, _parser=p)
+    p.set_defaults(func=run_serve, _parser=p, route=route)
 
 
 def add_parsers(subparsers) -> None:
-    """Register `serve` on an argparse subparsers object (engine/cli.py calls this)."""
+    """Register `serve` and `route` on an argparse subparsers object (engine/cli.py calls this)."""
     p = subparsers.add_parser(
         "serve",
         help="serve an index (or route to shard servers) over gRPC",
@@ -71,6 +80,13 @@ def add_parsers(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _configure(p)
+    r = subparsers.add_parser(
+        "route",
+        help="route to shard servers over gRPC (= ngram serve --shard-map FILE)",
+        description="Serve one index made of the shard servers of a shard map: every query fans out to them "
+                    "and their answers merge exactly (see docs/multi-host.md).",
+    )
+    _configure(r, route=True)
 
 
 def _error(args, msg: str) -> int:
@@ -89,7 +105,15 @@ def run_serve(args) -> int:
     )
     if args.no_access_log:
         logging.getLogger("engine.access").setLevel(logging.WARNING)
-    if bool(args.index) == bool(args.shard_map):
+    shard_map = args.shard_map
+    if getattr(args, "route", False):
+        given = getattr(args, "shard_map_file", None)
+        if given and shard_map and given != shard_map:
+            return _error(args, f"two shard maps given ({given} and --shard-map {shard_map}): give one")
+        shard_map = given or shard_map
+        if not shard_map:
+            return _error(args, "give the shard map: ngram route SHARDMAP (see `ngram shard-map`)")
+    elif bool(args.index) == bool(shard_map):
         return _error(args, "give INDEX directories or --shard-map FILE (exactly one of them)")
     if bool(args.tls_cert) != bool(args.tls_key):
         return _error(args, "--tls-cert and --tls-key go together")
@@ -106,10 +130,10 @@ def run_serve(args) -> int:
     from engine.server import serve
 
     try:
-        if args.shard_map:
+        if shard_map:
             from engine.router import NgramRouter
 
-            backend = NgramRouter.from_shard_map(args.shard_map)
+            backend = NgramRouter.from_shard_map(shard_map)
         else:
             from engine.index import NgramIndex
 
@@ -140,9 +164,13 @@ def _tokenizer(spec):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="ngram serve", description=__doc__.split("\n\n")[0])
-    _configure(parser)
-    args = parser.parse_args(argv)
+    """`python -m engine.cli_serve [serve args]`, or `python -m engine.cli_serve route SHARDMAP ...`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    route = bool(argv) and argv[0] == "route"
+    parser = argparse.ArgumentParser(prog="ngram route" if route else "ngram serve",
+                                     description=__doc__.split("\n\n")[0])
+    _configure(parser, route=route)
+    args = parser.parse_args(argv[1:] if route else argv)
     return args.func(args)
 
 

@@ -197,7 +197,10 @@ def create_server(
         options=opts,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    servicer = NgramServicer(backend, limits)
+    # A backend may bring its own servicer (the router forwards requests to its shard servers
+    # as they came instead of decoding and re-encoding them).
+    make_servicer = getattr(backend, "make_servicer", None)
+    servicer = make_servicer(limits) if callable(make_servicer) else NgramServicer(backend, limits)
     add_to_server(servicer, server)
 
     health_servicer = health.HealthServicer(

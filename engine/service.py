@@ -24,8 +24,10 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
+import inspect
 import json
 import logging
+import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -141,8 +143,9 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
 
     InvalidQueryError -> INVALID_ARGUMENT; LimitExceededError -> RESOURCE_EXHAUSTED;
     TokenizerError -> FAILED_PRECONDITION; ShardUnavailableError -> UNAVAILABLE;
-    TimeoutError -> DEADLINE_EXCEEDED; IndexFormatError -> DATA_LOSS; any other NgramError ->
-    FAILED_PRECONDITION; anything else is a bug -> INTERNAL.
+    TimeoutError -> DEADLINE_EXCEEDED; IndexFormatError -> DATA_LOSS; NotImplementedError (the
+    router's engine.client.NotSupportedError: no exact merge) -> UNIMPLEMENTED; any other NgramError
+    -> FAILED_PRECONDITION; anything else is a bug -> INTERNAL.
     """
     if isinstance(exc, ShardUnavailableError):
         return grpc.StatusCode.UNAVAILABLE
@@ -156,6 +159,8 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     if isinstance(exc, IndexFormatError):
         return grpc.StatusCode.DATA_LOSS
+    if isinstance(exc, NgramError) and isinstance(exc, NotImplementedError):
+        return grpc.StatusCode.UNIMPLEMENTED
     if isinstance(exc, NgramError):
         return grpc.StatusCode.FAILED_PRECONDITION
     return grpc.StatusCode.INTERNAL
@@ -219,14 +224,18 @@ def _fail(method: str, exc: BaseException, context, t0: float):
 
 def _unary(fn):
     method = fn.__name__.lstrip("_")
+    monotonic, perf_counter = time.monotonic, time.perf_counter
+    set_deadline, reset_deadline = _DEADLINE.set, _DEADLINE.reset
 
+    # The per-call work here is part of every unary RPC's latency: one time_remaining() (a call
+    # into gRPC's C core), one contextvar set/reset, and nothing else unless the access log is on.
     @functools.wraps(fn)
     def wrapper(self, request, context):
-        t0 = time.perf_counter()
+        t0 = perf_counter()
         remaining = context.time_remaining()
-        token = _DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
+        token = set_deadline(None if remaining is None else monotonic() + remaining)
         try:
-            if isinstance(request, _Malformed):
+            if type(request) is _Malformed:
                 raise InvalidQueryError(f"request is not a valid {request.type_name}: {request.error}")
             if remaining is not None and remaining <= 0:
                 raise _Expired("deadline exceeded before the call started")
@@ -234,11 +243,12 @@ def _unary(fn):
         except Exception as exc:
             _fail(method, exc, context, t0)
         finally:
-            _DEADLINE.reset(token)
-        if remaining is not None and context.time_remaining() <= 0:
-            _log_call(method, grpc.StatusCode.DEADLINE_EXCEEDED, t0, context, "finished after the deadline")
-        else:
-            _log_call(method, grpc.StatusCode.OK, t0, context)
+            reset_deadline(token)
+        if access_log.isEnabledFor(logging.INFO):
+            if remaining is not None and context.time_remaining() <= 0:
+                _log_call(method, grpc.StatusCode.DEADLINE_EXCEEDED, t0, context, "finished after the deadline")
+            else:
+                _log_call(method, grpc.StatusCode.OK, t0, context)
         return response
 
     wrapper.rpc_name = method
@@ -289,6 +299,71 @@ def _check_alive(context) -> None:
     remaining = context.time_remaining()
     if (remaining is not None and remaining <= 0) or not context.is_active():
         raise _Expired("deadline exceeded or call cancelled; the remaining work was skipped")
+
+
+def _stop_check(context, what: str) -> Callable[[], None]:
+    """A callable that raises _Expired once the call's deadline has passed or the client left."""
+    time_remaining, is_active = context.time_remaining, context.is_active
+
+    def check() -> None:
+        remaining = time_remaining()
+        if (remaining is not None and remaining <= 0) or not is_active():
+            raise _Expired(f"deadline exceeded or call cancelled: {what} stopped mid-run")
+
+    return check
+
+
+# Stopping frequent_ngrams mid-run. The engine runs the whole computation in one call; the
+# servicer needs a hook inside it. If engine.ngrams.frequent_ngrams takes ``check_alive`` (a
+# callable it calls between chunks of work, which raises to abort), the servicer passes it.
+# Until the engine has that hook, the servicer reaches the same place through the row sink that
+# every chunk of rows passes through (engine.ngrams._RowSink.add): a guarded wrapper that calls
+# the check of the RPC running on this thread, found through a context variable. Outside an RPC
+# the variable is unset and the wrapper only costs one lookup per chunk.
+_NGRAMS_CHECK: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("ngram_ngrams_check",
+                                                                                          default=None)
+_NGRAMS_HOOK_LOCK = threading.Lock()
+_NGRAMS_HOOK: str | None = None  # "kwarg", "sink" or "none", decided on first use
+
+
+def _ngrams_stop_hook() -> str:
+    """How FrequentNgrams can stop the engine mid-run: "kwarg", "sink" or "none"."""
+    global _NGRAMS_HOOK
+    if _NGRAMS_HOOK is not None:
+        return _NGRAMS_HOOK
+    with _NGRAMS_HOOK_LOCK:
+        if _NGRAMS_HOOK is not None:
+            return _NGRAMS_HOOK
+        try:
+            from engine import ngrams
+        except Exception:  # pragma: no cover - the engine always has it
+            _NGRAMS_HOOK = "none"
+            return _NGRAMS_HOOK
+        try:
+            params = inspect.signature(ngrams.frequent_ngrams).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            params = {}
+        sink = getattr(ngrams, "_RowSink", None)
+        add = getattr(sink, "add", None)
+        if "check_alive" in params:
+            _NGRAMS_HOOK = "kwarg"
+        elif callable(add):
+            if not getattr(add, "_ngram_stop_check", False):
+                def checked_add(self, *args, **kwargs):
+                    check = _NGRAMS_CHECK.get()
+                    if check is not None:
+                        check()
+                    return add(self, *args, **kwargs)
+
+                checked_add._ngram_stop_check = True
+                functools.update_wrapper(checked_add, add)
+                sink.add = checked_add
+            _NGRAMS_HOOK = "sink"
+        else:  # pragma: no cover - the engine changed; the call is only checked before and after
+            log.warning("engine.ngrams has neither a check_alive hook nor _RowSink.add: FrequentNgrams "
+                        "cannot stop mid-run at its deadline")
+            _NGRAMS_HOOK = "none"
+        return _NGRAMS_HOOK
 
 
 # ------------------------------------------------------------------------------------------------
@@ -367,6 +442,47 @@ def _json(obj) -> str:
         return str(o)
 
     return json.dumps(obj, default=default, sort_keys=True)
+
+
+def _f8(a) -> bytes:
+    return np.ascontiguousarray(a, dtype=_F8).tobytes()
+
+
+def _search_messages(r) -> Iterator[pb.SearchDocumentsResponse]:
+    yield pb.SearchDocumentsResponse(
+        summary=pb.SearchSummary(count=int(r.count), num_documents=len(r.documents), approx=bool(r.approx)))
+    for doc in r.documents:
+        yield pb.SearchDocumentsResponse(document=_doc_proto(doc))
+
+
+def _longest_matches_proto(m) -> pb.LongestMatchesResponse:
+    p = m.infgram
+    return pb.LongestMatchesResponse(
+        token_ids=_i8(m.tokens), lengths=_i8(m.lengths), counts=_i8(m.counts),
+        prompt_counts=_i8(p.prompt_counts), cont_counts=_i8(p.cont_counts), probs=_f8(p.probs),
+        suffix_lens=_i8(p.suffix_lens))
+
+
+def _attribution_proto(a) -> pb.AttributeResponse:
+    return pb.AttributeResponse(
+        token_ids=_i8(a.matches.tokens), creativity=float(a.creativity), creativity_n=int(a.creativity_n),
+        lengths=_i8(a.matches.lengths), counts=_i8(a.matches.counts),
+        spans=[pb.AttributedSpan(start=sp.start, end=sp.end, count=sp.count,
+                                 token_ids=np.asarray(sp.token_ids, dtype=np.int64).tolist(),
+                                 documents=[_doc_proto(d) for d in sp.documents]) for sp in a.spans])
+
+
+def _count_cnf_proto(r) -> pb.CountCnfResponse:
+    return pb.CountCnfResponse(count=int(r.count), approx=bool(r.approx), clause_counts=list(r.clause_counts),
+                               scanned_clauses=list(r.scanned_clauses))
+
+
+def _search_cnf_messages(r) -> Iterator[pb.SearchDocumentsCnfResponse]:
+    yield pb.SearchDocumentsCnfResponse(summary=pb.SearchDocumentsCnfSummary(
+        count=int(r.count), approx=bool(r.approx), clause_counts=list(r.clause_counts),
+        scanned_clauses=list(r.scanned_clauses), num_documents=len(r.documents)))
+    for doc in r.documents:
+        yield pb.SearchDocumentsCnfResponse(document=_doc_proto(doc))
 
 
 def _slice_packed(pq: PackedQueries, start: int, stop: int) -> PackedQueries:
@@ -451,6 +567,62 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
                 raise _over(f"{field}: batch size", len(texts), "max_batch_size", lim.max_batch_size)
             return PackedQueries.from_list([self._tokenize(t, f"{field}.texts[{i}]") for i, t in enumerate(texts)])
         raise InvalidQueryError(f"{field} is empty: set {field}.packed or {field}.texts")
+
+    # -- validation without decoding (for a backend that forwards requests as they came) --------
+
+    def _check_query_msg(self, q: pb.Query, field: str) -> None:
+        """The limits of one Query, without tokenizing its text or copying its ids."""
+        kind = q.WhichOneof("kind")
+        if kind == "token_ids":
+            n = len(q.token_ids.ids)
+            if n > self.limits.max_query_tokens:
+                raise _over(f"{field}: query length", n, "max_query_tokens", self.limits.max_query_tokens)
+        elif kind == "text":
+            nbytes = len(q.text.encode("utf-8", "surrogatepass"))
+            if nbytes > self.limits.max_text_bytes:
+                raise _over(f"{field}: text of {nbytes} bytes", nbytes, "max_text_bytes", self.limits.max_text_bytes)
+        else:
+            raise InvalidQueryError(f"{field} is empty: set {field}.token_ids or {field}.text")
+
+    def _checked_query(self, request, field: str) -> pb.Query:
+        if not request.HasField(field):
+            raise InvalidQueryError(f"{field} is missing: set {field}.token_ids or {field}.text")
+        q = getattr(request, field)
+        self._check_query_msg(q, field)
+        return q
+
+    def _checked_batch(self, request, field: str) -> int:
+        """The number of queries of a QueryBatch field, after the same checks as _batch."""
+        if request.HasField(field) and getattr(request, field).WhichOneof("kind") == "texts":
+            texts = getattr(request, field).texts.texts
+            lim = self.limits
+            if len(texts) > lim.max_batch_size:
+                raise _over(f"{field}: batch size", len(texts), "max_batch_size", lim.max_batch_size)
+            for i, t in enumerate(texts):
+                nbytes = len(t.encode("utf-8", "surrogatepass"))
+                if nbytes > lim.max_text_bytes:
+                    raise _over(f"{field}.texts[{i}]: text of {nbytes} bytes", nbytes, "max_text_bytes",
+                                lim.max_text_bytes)
+            return len(texts)
+        return len(self._batch(request, field))
+
+    def _checked_cnf(self, request) -> int:
+        """The max_clause_freq of a CNF request, after checking its clauses against the limits."""
+        if not request.clauses:
+            raise InvalidQueryError("clauses is empty: give at least one clause of at least one term")
+        terms = sum(len(c.terms) for c in request.clauses)
+        if terms > self.limits.max_batch_size:
+            raise _over("the number of CNF terms", terms, "max_batch_size", self.limits.max_batch_size)
+        for i, c in enumerate(request.clauses):
+            if not c.terms:
+                raise InvalidQueryError(f"clauses[{i}] has no terms: give at least one n-gram per clause")
+            for k, t in enumerate(c.terms):
+                self._check_query_msg(t, f"clauses[{i}].terms[{k}]")
+        cap = self.limits.max_clause_freq
+        freq = self._opt(request, "max_clause_freq", cap)
+        if freq > cap:
+            raise _over("max_clause_freq", freq, "max_clause_freq", cap)
+        return freq
 
     def _cont_ids(self, request, n: int) -> np.ndarray:
         cont = _le(request.cont_ids, _I8, "cont_ids")
@@ -644,11 +816,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
         if max_docs > self.limits.max_results_per_stream:
             raise _over("max_docs", max_docs, "max_results_per_stream", self.limits.max_results_per_stream)
         r = self.backend.search_docs(query, max_docs=max_docs, max_disp_len=self._disp_len(request))
-        yield pb.SearchDocumentsResponse(
-            summary=pb.SearchSummary(count=int(r.count), num_documents=len(r.documents), approx=bool(r.approx))
-        )
-        for doc in r.documents:
-            yield pb.SearchDocumentsResponse(document=_doc_proto(doc))
+        yield from _search_messages(r)
 
     @_unary
     def _GetDocument(self, request, context):
@@ -709,6 +877,26 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             raise _over("max_docs", n, "max_results_per_stream", self.limits.max_results_per_stream)
         return n
 
+    def _frequent_ngrams(self, context, n_min: int, n_max: int, **kwargs):
+        """backend.frequent_ngrams, stopped mid-run (DEADLINE_EXCEEDED) once the call's deadline
+        passes or the client cancels: the computation can take minutes on a large index."""
+        fn = self._backend_method("frequent_ngrams")
+        check = _stop_check(context, "FrequentNgrams")
+        check()
+        if getattr(self.backend, "forwards_deadlines", False):  # a router: the shard servers stop themselves
+            return fn(n_min, n_max, **kwargs)
+        hook = _ngrams_stop_hook()
+        if hook == "kwarg":
+            table = fn(n_min, n_max, check_alive=check, **kwargs)
+        else:
+            token = _NGRAMS_CHECK.set(check)
+            try:
+                table = fn(n_min, n_max, **kwargs)
+            finally:
+                _NGRAMS_CHECK.reset(token)
+        check()
+        return table
+
     @_stream
     def _FrequentNgrams(self, request, context) -> Iterator[pb.FrequentNgramsResponse]:
         min_count = self._opt(request, "min_count", None)
@@ -724,8 +912,8 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             raise InvalidQueryError(f"chunk_rows must be positive, got {chunk}")
         # Keep each message under the size limit (a row is at most n_max ids, an offset and a count).
         chunk = max(1, min(chunk, self.limits.max_message_bytes // (8 * (max(n_max, 1) + 2)) - 1))
-        table = self._backend_method("frequent_ngrams")(
-            int(request.n_min), n_max, min_count=min_count, top_k=cap + 1 if top_k is None else top_k)
+        table = self._frequent_ngrams(context, int(request.n_min), n_max, min_count=min_count,
+                                      top_k=cap + 1 if top_k is None else top_k)
         if top_k is None:
             if len(table) > cap:
                 raise _over(f"the number of n-grams occurring at least {min_count} times", f"more than {cap}",
@@ -744,46 +932,33 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     def _LongestMatches(self, request, context):
         text = self._query(request, "text")
         max_len = self._opt(request, "max_len", None)
-        m = self._backend_method("longest_matches")(text, max_len, infgram=True)
-        p = m.infgram
-        return pb.LongestMatchesResponse(
-            token_ids=_i8(m.tokens), lengths=_i8(m.lengths), counts=_i8(m.counts),
-            prompt_counts=_i8(p.prompt_counts), cont_counts=_i8(p.cont_counts),
-            probs=np.ascontiguousarray(p.probs, dtype=_F8).tobytes(), suffix_lens=_i8(p.suffix_lens))
+        return _longest_matches_proto(self._backend_method("longest_matches")(text, max_len, infgram=True))
 
-    @_unary
-    def _Attribute(self, request, context):
-        text = self._query(request, "text")
+    def _attribute_args(self, request) -> tuple[int, int | None, dict]:
+        """(min_len, max_count, keyword arguments) of an AttributeRequest, with the server's limits."""
         disp = self._disp_len(request) if request.HasField("max_disp_len") else min(100, self.limits.max_disp_len)
         kwargs = {"max_docs": self._max_docs(request, 3), "max_disp_len": disp}
         if request.HasField("creativity_n"):
             kwargs["creativity_n"] = int(request.creativity_n)
-        a = self._backend_method("attribute")(text, self._opt(request, "min_len", 8),
-                                              self._opt(request, "max_count", None), **kwargs)
-        return pb.AttributeResponse(
-            token_ids=_i8(a.matches.tokens), creativity=float(a.creativity), creativity_n=int(a.creativity_n),
-            lengths=_i8(a.matches.lengths), counts=_i8(a.matches.counts),
-            spans=[pb.AttributedSpan(start=sp.start, end=sp.end, count=sp.count,
-                                     token_ids=np.asarray(sp.token_ids, dtype=np.int64).tolist(),
-                                     documents=[_doc_proto(d) for d in sp.documents]) for sp in a.spans])
+        return self._opt(request, "min_len", 8), self._opt(request, "max_count", None), kwargs
+
+    @_unary
+    def _Attribute(self, request, context):
+        text = self._query(request, "text")
+        min_len, max_count, kwargs = self._attribute_args(request)
+        return _attribution_proto(self._backend_method("attribute")(text, min_len, max_count, **kwargs))
 
     @_unary
     def _CountCnf(self, request, context):
         cnf, freq = self._cnf(request)
-        r = self._backend_method("count_cnf")(cnf, max_clause_freq=freq)
-        return pb.CountCnfResponse(count=int(r.count), approx=bool(r.approx), clause_counts=list(r.clause_counts),
-                                   scanned_clauses=list(r.scanned_clauses))
+        return _count_cnf_proto(self._backend_method("count_cnf")(cnf, max_clause_freq=freq))
 
     @_stream
     def _SearchDocumentsCnf(self, request, context) -> Iterator[pb.SearchDocumentsCnfResponse]:
         cnf, freq = self._cnf(request)
         r = self._backend_method("search_docs_cnf")(cnf, max_docs=self._max_docs(request, 10), max_clause_freq=freq,
                                                     max_disp_len=self._disp_len(request))
-        yield pb.SearchDocumentsCnfResponse(summary=pb.SearchDocumentsCnfSummary(
-            count=int(r.count), approx=bool(r.approx), clause_counts=list(r.clause_counts),
-            scanned_clauses=list(r.scanned_clauses), num_documents=len(r.documents)))
-        for doc in r.documents:
-            yield pb.SearchDocumentsCnfResponse(document=_doc_proto(doc))
+        yield from _search_cnf_messages(r)
 
 
 def _public_rpcs(cls) -> None:

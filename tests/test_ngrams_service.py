@@ -121,3 +121,43 @@ def test_bad_requests_get_status_codes(stub):
     assert rpc_code(lambda: stub.FrequentNgrams(bad, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
     sep = pb.LongestMatchesRequest(text=pb.Query(token_ids=pb.TokenIds(ids=[1, 255])))
     assert rpc_code(lambda: stub.LongestMatches(sep, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_frequent_ngrams_stops_at_its_deadline(corpus):
+    """The deadline stops FrequentNgrams inside the engine's run (between chunks of rows), not
+    after it: the client gets DEADLINE_EXCEEDED and the server's computation raises."""
+    import time
+
+    from engine.client import DeadlineExceededError
+    from tests.test_service import Wrapped
+
+    index, _ = corpus
+    index.frequent_ngrams(1, 2, top_k=3)  # compiled: the run below is the engine's, not numba's
+    outcome = []
+
+    class Late(Wrapped):
+        def frequent_ngrams(self, *args, **kwargs):
+            time.sleep(0.6)  # the deadline passes before the engine's first chunk of rows
+            try:
+                table = self._index.frequent_ngrams(*args, **kwargs)
+            except BaseException as exc:
+                outcome.append(exc)
+                raise
+            outcome.append(table)
+            return table
+
+    server, port = create_server(Late(index), warmup=False)
+    try:
+        with NgramClient(f"127.0.0.1:{port}", retry=False) as c:
+            with pytest.raises(DeadlineExceededError):
+                c.frequent_ngrams(1, 3, top_k=50, timeout=0.2)
+            deadline = time.monotonic() + 30
+            while not outcome and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert outcome and isinstance(outcome[0], Exception), outcome
+            assert "stopped mid-run" in str(outcome[0])
+            # the server still serves, and a call with time to spare completes
+            want = index.frequent_ngrams(1, 2, top_k=5).to_list()
+            assert c.frequent_ngrams(1, 2, top_k=5, timeout=120).to_list() == want
+    finally:
+        server.shutdown(0)

@@ -15,6 +15,7 @@ from engine.errors import IndexFormatError, InvalidQueryError, NgramError, Shard
 from engine.results import PackedQueries
 from engine.router import NgramRouter, load_shard_map
 from engine.server import create_server
+from engine.service import ServerLimits
 from engine import service
 from test_service import Wrapped, assert_same, build_text_index, make_docs, sample_queries
 
@@ -263,3 +264,251 @@ def test_router_text_and_id_validation_without_rpcs(router):
         router.get_doc_by_ix(-1)
     with pytest.raises(InvalidQueryError):
         router.get_doc_by_rank(-1, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Frequent n-grams, longest matches, attribution and CNF search through the router
+
+ATTRIBUTION_TEXTS = [UNIQUE[0] + " and " + UNIQUE[1], "the cat sat on the log and ran to the red hat",
+                     UNIQUE[2] + " zebra the big cat", "qqq"]
+
+
+@pytest.fixture(scope="module")
+def warm_parts(parts):
+    """Compile the frequent-n-gram, longest-match and CNF kernels for the shard servers' shard
+    counts in this process (the servers run in it), so that no shard call waits for numba."""
+    paths, full, _ = parts
+    for index in [NgramIndex.open(p) for p in paths] + [full]:
+        index.frequent_ngrams(1, 2, top_k=3)
+        index.warmup_ngrams()
+    return parts
+
+
+def _spans(a):
+    return [(s.start, s.end, s.count, s.token_ids.tolist(), s.documents) for s in a.spans]
+
+
+@pytest.mark.parametrize("through", ["router", "grpc"])
+def test_router_frequent_ngrams_exact(through, router, routed_client, warm_parts):
+    _, full, _ = warm_parts
+    r = router if through == "router" else routed_client
+    cases = [(1, 3, {"top_k": 40}), (2, 4, {"min_count": 12}), (2, 5, {"top_k": 25, "min_count": 3}),
+             (1, 1, {"top_k": 7}), (3, 3, {"min_count": 2}), (4, 6, {"top_k": 5000})]
+    for n_min, n_max, kwargs in cases:
+        want = full.frequent_ngrams(n_min, n_max, **kwargs)
+        got = r.frequent_ngrams(n_min, n_max, **kwargs)
+        assert got.to_list() == want.to_list(), (n_min, n_max, kwargs)
+        assert len(got) > 0
+        assert got.meta["threshold"] == want.meta["threshold"], (n_min, n_max, kwargs)
+    with pytest.raises(InvalidQueryError):
+        r.frequent_ngrams(3, 2, top_k=5)
+    with pytest.raises(InvalidQueryError, match="min_count"):
+        r.frequent_ngrams(1, 2)
+
+
+def test_router_frequent_ngrams_needs_counts_from_every_shard(router, warm_parts):
+    """An n-gram frequent in the union but below ceil(threshold / 3) on a shard is still counted
+    there (step 3), so the totals are exact even when no shard lists it."""
+    paths, full, _ = warm_parts
+    part_indexes = [NgramIndex.open(p) for p in paths]
+    want = full.frequent_ngrams(2, 3, top_k=60)
+    got = router.frequent_ngrams(2, 3, top_k=60)
+    assert got.to_list() == want.to_list()
+    steps = [p["step"] for p in got.meta["passes"]]
+    assert 3 in steps, got.meta["passes"]
+    # some answer row occurs on a shard fewer times than that shard's own top-60 list reaches
+    lists = [{g for g, _ in p.frequent_ngrams(2, 3, top_k=60)} for p in part_indexes]
+    assert any(g not in lst for g, _ in want for lst in lists)
+
+
+@pytest.mark.parametrize("through", ["router", "grpc"])
+def test_router_longest_matches_and_attribution_exact(through, router, routed_client, warm_parts):
+    _, full, docs = warm_parts
+    r = router if through == "router" else routed_client
+    texts = ATTRIBUTION_TEXTS + [docs[5]["text"] + " " + docs[70]["text"]]
+    for text in texts:
+        want = full.longest_matches(text, infgram=True)
+        got = r.longest_matches(text, infgram=True)
+        for name in ("tokens", "lengths", "counts"):
+            assert np.array_equal(getattr(got, name), getattr(want, name)), (text, name)
+        for name in ("prompt_counts", "cont_counts", "probs", "suffix_lens"):
+            assert np.array_equal(getattr(got.infgram, name), getattr(want.infgram, name)), (text, name)
+        assert np.array_equal(r.infgram_probs(text, max_len=3).probs, full.infgram_probs(text, max_len=3).probs)
+        for kwargs in ({"min_len": 4, "max_docs": 2, "max_disp_len": 30}, {"min_len": 2, "max_count": 3},
+                       {"min_len": 3, "max_docs": 0, "creativity_n": 5}):
+            a, b = r.attribute(text, **kwargs), full.attribute(text, **kwargs)
+            assert (a.creativity, a.creativity_n, a.num_tokens) == (b.creativity, b.creativity_n, b.num_tokens)
+            assert _spans(a) == _spans(b), (text, kwargs)
+            assert np.array_equal(a.matches.lengths, b.matches.lengths)
+    assert any(len(full.attribute(t, min_len=4).spans) for t in texts)
+    if through == "router":
+        assert r.creativity(texts[1], n=[2, 4]) == full.creativity(texts[1], n=[2, 4])
+    with pytest.raises(InvalidQueryError):
+        r.attribute("", min_len=2)
+    with pytest.raises(InvalidQueryError):
+        r.attribute("the cat", min_len=0)
+
+
+def test_router_attribution_pages_past_the_shard_stream_limit(warm_parts):
+    """Attribution looks at up to 8 * max_docs occurrences; with shard servers that send fewer
+    documents per stream, the router fetches the rest by rank and still matches one index."""
+    paths, full, _ = warm_parts
+    servers = [create_server(NgramIndex.open(p), limits=ServerLimits(max_results_per_stream=2)) for p in paths]
+    router = NgramRouter([f"127.0.0.1:{port}" for _, port in servers])
+    try:
+        for text in ("the cat sat on the mat", "and the dog ran to the big red hat"):
+            for kwargs in ({"min_len": 2, "max_docs": 4}, {"min_len": 3, "max_docs": 1}):
+                assert _spans(router.attribute(text, **kwargs)) == _spans(full.attribute(text, **kwargs))
+    finally:
+        router.close()
+        for server, _ in servers:
+            server.shutdown(0)
+
+
+CNF_QUERIES = [[["cat", "dog"], ["sat"]], [["the"], ["red hat"]], "big", [["zebra"], ["cat"]], [["a"], ["t"]],
+               [["cat"], ["dog"]], [["hat"], ["log"], ["ran"]], [[" red"], ["mat", "log"]]]
+
+
+@pytest.mark.parametrize("through", ["router", "grpc"])
+def test_router_cnf_exact_or_unimplemented(through, router, routed_client, warm_parts):
+    paths, full, _ = warm_parts
+    r = router if through == "router" else routed_client
+    part_indexes = [NgramIndex.open(p) for p in paths]
+    exact = unimplemented = rewindowed = 0
+    for cnf in CNF_QUERIES:
+        for cap in (5, 40, 1_000_000):
+            want = full.count_cnf(cnf, max_clause_freq=cap)
+            if want.approx:
+                # one index samples the rarest clause: the router cannot reproduce that sample
+                for call in (lambda: r.count_cnf(cnf, max_clause_freq=cap),
+                             lambda: r.search_docs_cnf(cnf, max_docs=4, max_clause_freq=cap)):
+                    with pytest.raises(NgramError, match="max_clause_freq >= ") as info:
+                        call()
+                    assert isinstance(info.value, NotImplementedError)
+                    if through == "grpc":
+                        assert info.value.code == grpc.StatusCode.UNIMPLEMENTED
+                unimplemented += 1
+                continue
+            got = r.count_cnf(cnf, max_clause_freq=cap)
+            assert (got.count, got.approx, got.clause_counts, got.scanned_clauses) == \
+                (want.count, want.approx, want.clause_counts, want.scanned_clauses), (cnf, cap)
+            for max_docs, disp in ((4, 20), (50, 7), (0, 5)):
+                want = full.search_docs_cnf(cnf, max_docs=max_docs, max_clause_freq=cap, max_disp_len=disp)
+                got = r.search_docs_cnf(cnf, max_docs=max_docs, max_clause_freq=cap, max_disp_len=disp)
+                assert (got.count, got.clause_counts, got.scanned_clauses) == \
+                    (want.count, want.clause_counts, want.scanned_clauses), (cnf, cap)
+                assert got.doc_ixs.tolist() == want.doc_ixs.tolist(), (cnf, cap)
+                assert got.documents == want.documents, (cnf, cap, max_docs, disp)
+            exact += 1
+            # did a shard anchor its windows on another clause than one index would?
+            counts = full.count_cnf(cnf, max_clause_freq=cap).clause_counts
+            if min(counts) and len(counts) > 1:
+                anchor = min((i for i, c in enumerate(counts) if c <= cap), key=lambda i: (counts[i], i))
+                for p in part_indexes:
+                    local = p.count_cnf(cnf, max_clause_freq=cap)
+                    if local.count and min(local.clause_counts):
+                        mine = min((i for i, c in enumerate(local.clause_counts) if c <= cap),
+                                   key=lambda i: (local.clause_counts[i], i))
+                        rewindowed += mine != anchor
+    assert exact >= 10 and unimplemented >= 2 and rewindowed >= 1, (exact, unimplemented, rewindowed)
+
+
+def test_route_cli_alias(shard_servers, tmp_path, warm_parts):
+    """`ngram route SHARDMAP` is `ngram serve --shard-map SHARDMAP`."""
+    import argparse
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from engine.cli_serve import add_parsers, main, run_serve
+
+    parser = argparse.ArgumentParser(prog="ngram")
+    add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["route", "map.json", "--port", "0", "--max-batch-size", "7"])
+    assert args.func is run_serve and args.shard_map_file == "map.json" and args.max_batch_size == 7
+    with pytest.raises(SystemExit) as info:
+        main(["route", "--port", "0"])  # no shard map
+    assert info.value.code == 2
+
+    _, full, _ = warm_parts
+    shard_map = tmp_path / "map.json"
+    shard_map.write_text(json.dumps({"shards": [f"127.0.0.1:{port}" for _, port in shard_servers]}))
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "route", str(shard_map), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("listening on "), (line, proc.stderr.read() if proc.poll() is not None else "")
+        with NgramClient(line.split()[-1]) as c:
+            assert c.count("the cat") == full.count("the cat")
+            assert c.frequent_ngrams(1, 2, top_k=5).to_list() == full.frequent_ngrams(1, 2, top_k=5).to_list()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_router_forwards_text_without_a_tokenize_round_trip(shard_servers, parts):
+    """Text goes to the shard servers as text: one round trip, no Tokenize call first."""
+    _, full, _ = parts
+    calls = []
+
+    class Counting(NgramRouter):
+        def _gather(self, calls_):
+            calls.extend(method for _, method, _ in calls_)
+            return super()._gather(calls_)
+
+    r = Counting([f"127.0.0.1:{port}" for _, port in shard_servers])
+    front, port = create_server(r)
+    try:
+        with NgramClient(f"127.0.0.1:{port}") as c:
+            calls.clear()
+            assert c.count("the cat") == full.count("the cat")
+            assert c.count_batch(["the", "red hat", "zebra"]).tolist() == full.count_batch(
+                [full.tokenize(t) for t in ("the", "red hat", "zebra")]).tolist()
+            assert_same(c.infgram_ntd("the big"), full.infgram_ntd("the big"))
+            assert "Tokenize" not in calls, calls
+    finally:
+        front.shutdown(0)
+        r.close()
+
+
+def test_router_frequent_ngrams_forwards_the_deadline(warm_parts):
+    """The router passes its call's deadline to the shard servers, which stop FrequentNgrams mid-run."""
+    paths, full, _ = warm_parts
+    outcome = []
+
+    class Late(Wrapped):
+        def frequent_ngrams(self, *args, **kwargs):
+            time.sleep(0.6)
+            try:
+                table = self._index.frequent_ngrams(*args, **kwargs)
+            except BaseException as exc:
+                outcome.append(exc)
+                raise
+            outcome.append(table)
+            return table
+
+    servers = [create_server(Late(NgramIndex.open(p))) for p in paths]
+    router = NgramRouter([f"127.0.0.1:{port}" for _, port in servers])
+    front, port = create_server(router)
+    try:
+        with NgramClient(f"127.0.0.1:{port}", retry=False) as c:
+            with pytest.raises(TimeoutError):
+                c.frequent_ngrams(1, 3, top_k=20, timeout=0.3)
+            deadline = time.monotonic() + 30
+            while len(outcome) < len(paths) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(outcome) == len(paths), outcome
+            assert all(isinstance(o, Exception) and "stopped mid-run" in str(o) for o in outcome), outcome
+            assert c.frequent_ngrams(1, 2, top_k=9, timeout=120).to_list() == full.frequent_ngrams(1, 2, top_k=9).to_list()
+    finally:
+        front.shutdown(0)
+        router.close()
+        for server, _ in servers:
+            server.shutdown(0)
