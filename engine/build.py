@@ -134,13 +134,14 @@ def _starts(lengths: np.ndarray, first: int) -> np.ndarray:
     return starts.astype("<u8")
 
 
-def _token_batches(options: "BuildOptions", documents, workers: int) -> Iterator[tuple[np.ndarray, np.ndarray, int, list]]:
+def _token_batches(options: "BuildOptions", documents, workers: int,
+                   tokenizer=None) -> Iterator[tuple[np.ndarray, np.ndarray, int, list]]:
     """``(payload, sizes, bad, metadatas)`` for runs of documents, in input order: the documents as a
     shard stores them (separator + tokens, in the index's dtype), each one's size in tokens, and
     the position in the run of the first document with an id outside the vocabulary (-1: none).
 
     A build is either all text (tokenized in parallel, streaming) or all pre-tokenized; the
-    first document decides which.
+    first document decides which. ``tokenizer``: the loaded options.tokenizer, when the caller has it.
     """
     from engine.readers import iter_documents
 
@@ -166,8 +167,8 @@ def _token_batches(options: "BuildOptions", documents, workers: int) -> Iterator
         raise BuildError("text documents need a tokenizer; pass tokenizer='bytes', 'gpt2', a tokenizer.json path, ...")
     from engine.tokenize import tokenize_to_payloads
 
-    for payload, sizes, highest, metadatas in tokenize_to_payloads(_texts(rest), options.tokenizer, workers,
-                                                                   options.token_width):
+    for payload, sizes, highest, metadatas in tokenize_to_payloads(_texts(rest), tokenizer or options.tokenizer,
+                                                                   workers, options.token_width):
         wrong = np.flatnonzero(highest >= limit)
         yield payload, sizes, int(wrong[0]) if wrong.size else -1, metadatas
 
@@ -202,7 +203,8 @@ def _as_raw_document(doc):
 
 
 def _tokenize_phase(out: Path, options: BuildOptions, documents, workers: int, progress: bool,
-                    executor: Executor | None = None, tokenizer_spec: dict | None = None) -> list[dict]:
+                    executor: Executor | None = None, tokenizer_spec: dict | None = None,
+                    tokenizer=None) -> list[dict]:
     """Phase 1: write every shard's token, offset and metadata files; return the shard list."""
     state = out / STATE_DIR / "tokenized.json"
     if state.exists():
@@ -217,7 +219,7 @@ def _tokenize_phase(out: Path, options: BuildOptions, documents, workers: int, p
     limit = min(options.vocab_size, separator_id(width))
     bar = tqdm(desc="tokenizing", unit=" docs", disable=not progress, mininterval=1.0)
     done = 0  # documents before this run
-    for payload, sizes, bad, metadatas in _token_batches(options, documents, workers):
+    for payload, sizes, bad, metadatas in _token_batches(options, documents, workers, tokenizer):
         doc_bytes = sizes * width
         too_big = np.flatnonzero(doc_bytes > options.shard_bytes)
         if bad >= 0 and (not too_big.size or bad <= too_big[0]):
@@ -401,7 +403,7 @@ def build_index(
     tokenizer_spec = tok.save(out / "tokenizer") if tok is not None else None
     runner = make_executor(executor, ray_address=ray_address, workers=workers, max_memory=max_memory)
     try:
-        shards = _tokenize_phase(out, options, documents, workers, progress, runner, tokenizer_spec)
+        shards = _tokenize_phase(out, options, documents, workers, progress, runner, tokenizer_spec, tok)
         _release_free_memory()  # the sort's peak starts from what tokenizing left behind
         _sort_phase(out, shards, token_width, runner, progress)
         how = runner.describe() if runner.name != "local" else None
