@@ -358,7 +358,9 @@ def main(argv=None) -> int:
         ok = p["rc"] == 0 and (peer / "table.0").exists()
         peer_tokens = (peer / "tokenized.0").stat().st_size // 2 if ok else None
         rows.append({
-            "tool": "infini-gram 2.6.0 indexer", "cmd": shown_peer, "rc": p["rc"], "wall": p["wall"], "tok_end": None,
+            "tool": "infini-gram 2.6.0 indexer" + (" (transformers' GPT-2 tokenizer)" if args.peer_tokenizer ==
+                                                   "transformers" else " (our tokenizer swapped in)"),
+            "cmd": shown_peer, "rc": p["rc"], "wall": p["wall"], "tok_end": None,
             "cpu": p["cpu"], "peak": p["peak_rss"], "anon": p["peak_anon"], "budget": budget, "tokens": peer_tokens, "docs": len(files),
             "shards": 1 if ok else None, "disk": index_bytes(peer) if ok else None, "load": p["load"],
         })
