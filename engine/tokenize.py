@@ -145,8 +145,8 @@ class Tokenizer(abc.ABC):
 
     def encode_serial(self, text: str) -> np.ndarray:
         """The ids of :meth:`encode` computed on the calling thread alone, for callers that parallelize
-        themselves (the builder's worker processes). The array may be read-only and of any unsigned
-        dtype wide enough for the vocabulary."""
+        themselves (the builder's worker threads or processes). The array may be read-only and of any
+        unsigned dtype wide enough for the vocabulary."""
         return self.encode(text)
 
     @abc.abstractmethod
