@@ -196,6 +196,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-ppl", action="store_true")
     ap.add_argument("--skip-spec", action="store_true")
     ap.add_argument("--json", help="write raw results here")
+    ap.add_argument("--index", help="open this index (built with the model's tokenizer) instead of building one")
+    ap.add_argument("--held-out", help="JSON [[label, text], ...] of held-out documents, instead of reading the "
+                    "corpus (see --export-held-out); for machines without the corpus")
+    ap.add_argument("--export-held-out", help="write the corpus's held-out documents to this JSON file and exit")
     args = ap.parse_args(argv)
 
     import torch
@@ -208,8 +212,24 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if not smollm2.is_available():
         smollm2.convert()
-    train, held, corpus_desc, index_name = load_corpus(args.corpus)
-    index = ensure_index(train, smollm2.model_dir() / "tokenizer.json", cache_dir() / "bench_lm", index_name)
+    if args.export_held_out:
+        held = load_corpus(args.corpus)[1]
+        Path(args.export_held_out).write_text(json.dumps([[c, t] for c, t in held]))
+        return 0
+    if args.held_out:
+        held = [tuple(x) for x in json.loads(Path(args.held_out).read_text())]
+        corpus_desc = f"{args.corpus}: held-out documents from {args.held_out}"
+        train = index_name = None
+    else:
+        train, held, corpus_desc, index_name = load_corpus(args.corpus)
+    if args.index:
+        import engine
+
+        index = engine.NgramIndex.open(args.index)
+    else:
+        if train is None:
+            raise SystemExit("--held-out needs --index")
+        index = ensure_index(train, smollm2.model_dir() / "tokenizer.json", cache_dir() / "bench_lm", index_name)
     index.warmup()
     model, tok = smollm2.load(device=args.device)
     check_tokenizer_compat(index, tok, model=model)
@@ -274,7 +294,7 @@ def main(argv=None) -> int:
     if spec:
         for name in ("∞-gram drafter (corpus only)", "hybrid (corpus + context)"):
             st = spec[name][0]
-            line += (f"; with the {name.split(' (')[0]} drafter: mean {prior_ms + st.drafter_ms_per_step:.3f} ms, "
+            line += (f"; with the {name.split(' (')[0].replace(' drafter', '')} drafter: mean {prior_ms + st.drafter_ms_per_step:.3f} ms, "
                      f"median {prior_med + st.drafter_median_ms:.3f} ms, CPU "
                      f"{prior_cpu + st.drafter_cpu_ms_per_step:.3f} ms")
         line += " (target <= 1 ms)"
@@ -285,7 +305,9 @@ def main(argv=None) -> int:
     if ppl is not None:
         lines += ["", f"Held-out perplexity (documents never indexed; at most {args.ppl_doc_tokens} tokens of each):",
                   "", format_table(ppl)]
-    lines += ["", f"Reproduce: `python bench/bench_lm.py --corpus {args.corpus} --prompt-offset {args.prompt_offset} --prompts {args.prompts} --new-tokens {args.new_tokens} "
+    lines += ["", f"Reproduce: `python bench/bench_lm.py --corpus {args.corpus} "
+              + (f"--index {args.index} " if args.index else "") + (f"--held-out {args.held_out} " if args.held_out else "")
+              + f"--prompt-offset {args.prompt_offset} --prompts {args.prompts} --new-tokens {args.new_tokens} "
               f"--num-draft {args.num_draft} --min-count {args.min_count} --min-prob {args.min_prob} --lookahead {args.lookahead} "
               + (f"--lambdas {args.lambdas[0]} {args.lambdas[1]} " if args.lambdas else "")
               + f"--ppl-tokens {args.ppl_tokens} --ppl-doc-tokens {args.ppl_doc_tokens} "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -155,6 +156,7 @@ def speculative_generate(
     done = [first[b] in eos or max_new_tokens <= 1 for b in range(B)]
     next_pos = attention_mask.sum(-1).clone()  # position of each row's pending token
     kv_mask = attention_mask.clone()  # which cache slots a row may attend to
+    kv_any = mask_np.astype(bool).any(0)  # host copy of kv_mask.any(0): cropping needs no device sync
 
     while not all(done):
         active = [b for b in range(B) if not done[b]]
@@ -207,11 +209,14 @@ def speculative_generate(
                     done[b] = True
                     break
         kv_mask = torch.cat([kv_mask, valid.to(device)], dim=1)
+        kv_any = np.concatenate([kv_any, valid.numpy().any(0)])
         # crop cache slots that no row attends to any more (always exact for batch size 1)
-        keep = int(kv_mask.any(0).nonzero().max().item()) + 1 if kv_mask.any() else 0
+        used = np.flatnonzero(kv_any)
+        keep = int(used[-1]) + 1 if len(used) else 0
         if keep < kv_mask.shape[1] and hasattr(cache, "crop"):
             cache.crop(keep - kv_mask.shape[1])  # negative: remove that many (old and new transformers)
             kv_mask = kv_mask[:, :keep]
+            kv_any = kv_any[:keep]
 
     n = max(len(g) for g in generated)
     out_ids = torch.full((B, T0 + n), int(pad_token_id), dtype=input_ids.dtype, device=device)

@@ -209,3 +209,21 @@ def test_prior_with_cache_equals_without():
         assert torch.equal(a(x, scores.clone()), b(x, scores.clone()))
     assert shared.hits > 0  # the repeated [1..6] stretch came from the cache
     assert b.cpu_seconds >= 0 and b.calls == len(seq)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["interpolate", "additive"])
+def test_prior_on_cuda_matches_cpu(mode):
+    gen = torch.Generator().manual_seed(1)
+    seqs = [[9, 9, 10, 11, 1, 2, 3, 4, 5, 6, 1, 2, 3], [0, 1, 2, 3, 7, 5, 6, 0, 2, 3, 4]]
+    a = InfgramLogitsProcessor(FakeSource(DOCS, vocab_size=V), mode=mode, lambda_sparse=0.6, lambda_dense=0.2)
+    b = InfgramLogitsProcessor(FakeSource(DOCS, vocab_size=V), mode=mode, lambda_sparse=0.6, lambda_dense=0.2)
+    for t in range(1, len(seqs[1]) + 1):
+        ids = torch.tensor([s[:t] for s in seqs])
+        scores = torch.randn(2, V + 4, generator=gen) * 3
+        scores[0, 5] = -float("inf")
+        x = a(ids, scores.clone())
+        y = b(ids.cuda(), scores.cuda())
+        assert y.device.type == "cuda"
+        assert torch.allclose(x, y.cpu(), atol=1e-5, equal_nan=True)
+        assert torch.equal(torch.isinf(x), torch.isinf(y.cpu()))
