@@ -688,3 +688,70 @@ def test_a_server_that_cannot_warm_up_does_not_linger(corpus):
         assert bound == port
     finally:
         server.shutdown(0)
+
+
+# ------------------------------------------------------------------------------------------------
+# The RPC threads
+
+
+def test_rpc_thread_pool_runs_calls_and_reports_them_done():
+    from engine.server import RpcThreadPool
+
+    pool = RpcThreadPool(3, thread_name_prefix="t")
+    started, release, done = [], threading.Event(), []
+    lock = threading.Lock()
+
+    def task(i):
+        with lock:
+            started.append(i)
+        release.wait(5)
+
+    futures_ = [pool.submit(task, i) for i in range(5)]
+    for f in futures_:
+        f.add_done_callback(lambda f_: done.append(f_))
+    deadline = time.monotonic() + 5
+    while len(started) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert len(started) == 3 and len(pool._threads) == 3  # never more threads than max_workers
+    release.set()
+    deadline = time.monotonic() + 5
+    while len(done) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(started) == list(range(5)) and len(done) == 5 and all(f.done() for f in futures_)
+    late = []
+    futures_[0].add_done_callback(late.append)  # after completion: called at once
+    assert late == [futures_[0]]
+    pool.shutdown(wait=True)
+    with pytest.raises(RuntimeError):
+        pool.submit(task, 9)
+
+
+def test_max_concurrent_rpcs_refuses_the_call_beyond(corpus):
+    """grpc counts calls in flight through the pool's futures: one call over the limit is refused."""
+    index, _ = corpus
+    gate = threading.Event()
+
+    class Blocking(Wrapped):
+        def count(self, query):
+            gate.wait(10)
+            return self._index.count(query)
+
+    server, port = create_server(Blocking(index), warmup=False, max_concurrent_rpcs=2)
+    try:
+        with NgramClient(f"127.0.0.1:{port}", retry=False) as c:
+            results = []
+            threads = [threading.Thread(target=lambda: results.append(c.count([116], timeout=20))) for _ in range(2)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            with pytest.raises(LimitExceededError):
+                c.count([116], timeout=5)
+            gate.set()
+            for t in threads:
+                t.join(20)
+            assert results == [index.count([116])] * 2
+            assert c.count([116], timeout=5) == index.count([116])  # the slots came back
+    finally:
+        gate.set()
+        server.shutdown(0)
