@@ -153,6 +153,7 @@ def serve_relay(targets: list[str]) -> None:
 
 def start(cmd: list[str], what: str) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("GRPC_VERBOSITY", "ERROR")  # no "Got goaway" lines while the servers stop one by one
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     line = proc.stdout.readline()
     if not line:
