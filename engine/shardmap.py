@@ -16,7 +16,7 @@ To serve it across hosts, the shards are split into contiguous groups, one per s
     ngram shard-map INDEX --targets host1:50051 host2:50051     # or: python -m engine.shardmap ...
     host1$ ngram serve INDEX/servers/0 --host 0.0.0.0 --port 50051
     host2$ ngram serve INDEX/servers/1 --host 0.0.0.0 --port 50051
-    router$ ngram serve --shard-map INDEX/shardmap.json --host 0.0.0.0 --port 50050
+    router$ ngram route INDEX/shardmap.json --host 0.0.0.0 --port 50050   # = ngram serve --shard-map ...
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def _run(args) -> int:
 
     for entry in json.loads(path.read_text())["shards"]:
         print(f"{entry['target']}: ngram serve {Path(path).parent / entry['index']} (shards {entry['index_shards']})")
-    print(f"router: ngram serve --shard-map {path}")
+    print(f"router: ngram route {path}")
     return 0
 
 
