@@ -419,9 +419,6 @@ def build_index(
 
 def _release_free_memory() -> None:
     """Hand the C heap's free pages back to the system (glibc keeps them after large frees)."""
-    import gc
-
-    gc.collect()
     try:
         import ctypes
 
