@@ -6,6 +6,7 @@ a kernel from engine.kernels; kernels never see bad input.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -70,6 +71,7 @@ class NgramIndex:
         self._samp = tuple(kernels.build_sample_table(s.tokenized, s.table, s.ptr_size) for s in shards)
         # The leading arguments of every search kernel, in their order.
         self._search = (self._ds, self._sa, self._ps, token_width, self._ftlo, self._fthi, self._samp)
+        self._entries = {}  # kernel -> compiled entry point, for _direct
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
         self._max_distinct = min(self.vocab_size, self.separator_id) + 2
@@ -314,6 +316,11 @@ class NgramIndex:
             return PackedQueries(tokens, offsets)
         if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence | np.ndarray):
             raise InvalidQueryError(f"{name} must be a list of queries or PackedQueries")
+        packed = _pack_id_lists(queries)
+        if packed is not None and (allow_empty or np.all(np.diff(packed.offsets) > 0)) and \
+                kernels.ids_ok(packed.tokens, self.vocab_size, self.separator_id):
+            return packed
+        # Text, mixed or invalid queries: one by one, so an error names the query at fault.
         return PackedQueries.from_list(
             [self._ids(q, allow_empty=allow_empty, name=f"{name}[{i}]") for i, q in enumerate(queries)]
         )
@@ -332,10 +339,33 @@ class NgramIndex:
         total, lo, hi = self._ranges(self._ids(query, allow_empty=True))
         return FindResult(count=total, segments=tuple((int(a), int(b)) for a, b in zip(lo, hi)))
 
+    def _direct(self, kernel, *args):
+        """``kernel(*self._search, *args)`` through its compiled entry point, skipping numba's type
+        dispatch. Only for arguments of fixed types: int64 C-contiguous arrays made here, ints."""
+        entry = self._entries.get(kernel)
+        if entry is None:
+            entry = self._entries[kernel] = kernels.direct_entry(kernel, *self._search, *args)
+        return entry(*self._search, *args)
+
+    @staticmethod
+    def _id_list(query) -> np.ndarray | None:
+        """A list of ints as a fresh int64 array (the usual query), else None for the general path."""
+        if type(query) is list:
+            ids = np.asarray(query)
+            if ids.dtype is _INT64 and ids.ndim == 1:
+                return ids
+        return None
+
     def count(self, query) -> int:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
+        ids = self._id_list(query)
+        if ids is not None:
+            n = self._direct(kernels.count_ids, ids, self.vocab_size, self.separator_id)
+            if n >= 0:
+                return n
+        # Anything else, or anything wrong, through the general path (which explains errors).
         ids = self._ids(query, allow_empty=True)
-        return int(kernels.count_ids(*self._search, ids))
+        return int(kernels.count_ids(*self._search, ids, self.vocab_size, self.separator_id))
 
     def count_batch(self, queries) -> np.ndarray:
         """Counts of many queries (a list of queries, or PackedQueries), computed in parallel."""
@@ -346,12 +376,22 @@ class NgramIndex:
         return out
 
     # ------------------------------------------------------------------ probabilities
-    def prob(self, prompt, cont_id) -> ProbResult:
-        """P(cont_id | prompt) by counting: count(prompt + cont) / count(prompt)."""
+    def _prob_counts(self, prompt, cont_id, use_suffix: bool) -> tuple[int, int, int]:
+        """(prompt count, prompt + cont count, prompt length used) of one validated query."""
+        ids = self._id_list(prompt)
+        if ids is not None and type(cont_id) is int and 0 <= cont_id < self.vocab_size:
+            counts = self._direct(kernels.prob_ids, ids, cont_id, use_suffix, self.vocab_size, self.separator_id)
+            if counts[0] >= 0:
+                return counts
         ids = self._ids(prompt, allow_empty=True, name="prompt")
         cont = self._token(cont_id, "cont_id")
-        prompt_count, cont_count, _ = kernels.prob_ids(*self._search, ids, cont, False)
-        return ProbResult(int(prompt_count), int(cont_count), cont_count / prompt_count if prompt_count else -1.0)
+        counts = kernels.prob_ids(*self._search, ids, cont, use_suffix, self.vocab_size, self.separator_id)
+        return int(counts[0]), int(counts[1]), int(counts[2])
+
+    def prob(self, prompt, cont_id) -> ProbResult:
+        """P(cont_id | prompt) by counting: count(prompt + cont) / count(prompt)."""
+        prompt_count, cont_count, _ = self._prob_counts(prompt, cont_id, False)
+        return ProbResult(prompt_count, cont_count, cont_count / prompt_count if prompt_count else -1.0)
 
     def _longest_suffix_len(self, ids: np.ndarray) -> int:
         return int(kernels.longest_suffix(*self._search,
@@ -359,11 +399,9 @@ class NgramIndex:
 
     def infgram_prob(self, prompt, cont_id) -> InfgramProbResult:
         """P(cont_id | longest suffix of prompt that occurs); suffix_len says how long it was."""
-        ids = self._ids(prompt, allow_empty=True, name="prompt")
-        cont = self._token(cont_id, "cont_id")
-        prompt_count, cont_count, suffix_len = kernels.prob_ids(*self._search, ids, cont, True)
+        prompt_count, cont_count, suffix_len = self._prob_counts(prompt, cont_id, True)
         prob = cont_count / prompt_count if prompt_count else -1.0
-        return InfgramProbResult(int(prompt_count), int(cont_count), prob, suffix_len=int(suffix_len))
+        return InfgramProbResult(prompt_count, cont_count, prob, suffix_len=suffix_len)
 
     def prob_batch(self, prompts, cont_ids) -> ProbBatchResult:
         return self._prob_batch(prompts, cont_ids, use_suffix=False)
@@ -623,6 +661,27 @@ class NgramIndex:
 
         return search_docs_cnf(self, cnf, max_docs,
                                DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq, max_disp_len)
+
+
+def _pack_id_lists(queries) -> PackedQueries | None:
+    """The queries packed in two numpy passes when all are lists of ints or all int64 arrays (the
+    bulk case of every *_batch call), else None. Validation is left to the caller."""
+    if not len(queries):
+        return None
+    if all(type(q) is list for q in queries):
+        flat = np.array(list(itertools.chain.from_iterable(queries)))
+        if flat.size and flat.dtype != _INT64:
+            return None
+        lengths = np.fromiter(map(len, queries), dtype=np.int64, count=len(queries))
+        tokens = flat.astype(np.int64, copy=False)
+    elif all(type(q) is np.ndarray and q.dtype == _INT64 and q.ndim == 1 for q in queries):
+        lengths = np.fromiter(map(len, queries), dtype=np.int64, count=len(queries))
+        tokens = np.concatenate(queries)
+    else:
+        return None
+    offsets = np.zeros(len(queries) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return PackedQueries(tokens, offsets)
 
 
 def _check_against_manifest(shard: Shard, entry: dict, path: Path) -> None:

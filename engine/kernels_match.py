@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from engine.kernels import _find_in_shard, _key, _narrow, _ptr
+from engine.kernels import _find_in_shard, _key, _narrow, _ptr, longest_suffix
 
 
 @njit(inline="always")
@@ -36,20 +36,21 @@ def _narrow_all(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, key, lo_out, hi_out):
 
 
 @njit(nogil=True, cache=True)
-def longest_matches(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len, out_len, out_count, out_lo, out_hi,
-                    prompt_count, cont_count, suffix_len):
-    """For every position j of ``keys``: the longest span ending at j that occurs (out_len, its
-    count in out_count, its ranges in out_lo/out_hi rows), and the infini-gram terms of
-    P(keys[j] | keys[:j]): the count of the longest occurring suffix of keys[:j] (prompt_count),
+def longest_matches(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len, j0, j1, out_len, out_count, out_lo,
+                    out_hi, prompt_count, cont_count, suffix_len):
+    """For every position j in [j0, j1) of ``keys``: the longest span ending at j that occurs
+    (out_len, its count in out_count, its ranges in out_lo/out_hi rows), and the infini-gram terms
+    of P(keys[j] | keys[:j]): the count of the longest occurring suffix of keys[:j] (prompt_count),
     of that suffix followed by keys[j] (cont_count), and its length (suffix_len).
 
     One left-to-right pass keeps the ranges of the current longest match. Extending it by the next
     token is one narrowing step; only when that fails is the next match searched for, among the
     suffixes of the failed span (counts shrink as a span grows, so an exponential then binary
-    search over the length finds it). ``max_len`` caps the match length.
+    search over the length finds it). ``max_len`` caps the match length. A pass starting at
+    j0 > 0 first finds the match ending at j0 - 1 the same way, so chunks of a text can run in
+    parallel and agree with one pass over all of it.
     """
     n_shards = len(ds_t)
-    n_tokens = keys.shape[0]
     lo = np.zeros(n_shards, dtype=np.int64)
     hi = np.empty(n_shards, dtype=np.int64)
     nlo = np.empty(n_shards, dtype=np.int64)
@@ -62,7 +63,11 @@ def longest_matches(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len,
         total += hi[s]
     length = 0
     count = total
-    for j in range(n_tokens):
+    if j0 > 0:
+        length = longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys[:j0], max_len)
+        if length > 0:
+            count = _find_all(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, j0 - length, j0, lo, hi)
+    for j in range(j0, j1):
         prompt_count[j] = count
         suffix_len[j] = length
         if length == 0:

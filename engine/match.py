@@ -9,6 +9,9 @@ x_<j), since the longest occurring suffix of x_<j is exactly the longest match e
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,7 +82,8 @@ def _check_max_len(max_len) -> int:
     return int(max_len)
 
 
-def _pass(index, ids: np.ndarray, max_len: int):
+def _pass(index, ids: np.ndarray, max_len: int, chunks: int | None = None):
+    """The longest-match pass over ``ids``, on ``chunks`` threads (default: by length and cores)."""
     n = len(ids)
     s = index.num_shards
     out = {
@@ -88,10 +92,38 @@ def _pass(index, ids: np.ndarray, max_len: int):
         "prompt": np.empty(n, dtype=np.int64), "cont": np.empty(n, dtype=np.int64),
         "suffix": np.empty(n, dtype=np.int64),
     }
-    kernels_match.longest_matches(*index._search,
-                                  index._keys(ids), max_len, out["lengths"], out["counts"], out["lo"], out["hi"],
-                                  out["prompt"], out["cont"], out["suffix"])
+    keys = index._keys(ids)
+    outputs = (out["lengths"], out["counts"], out["lo"], out["hi"], out["prompt"], out["cont"], out["suffix"])
+
+    def run(j0: int, j1: int) -> None:
+        kernels_match.longest_matches(*index._search, keys, max_len, j0, j1, *outputs)
+
+    # The kernel releases the GIL: chunks of a long text run on threads, each first finding the
+    # match its chunk starts inside, so the result equals one pass over the whole text.
+    if chunks is None:
+        chunks = min(_WORKERS, n // MIN_CHUNK_TOKENS)
+    if chunks <= 1:
+        run(0, n)
+        return out
+    bounds = np.linspace(0, n, chunks + 1).astype(int)
+    futures = [_pool().submit(run, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    for future in futures:
+        future.result()
     return out
+
+
+MIN_CHUNK_TOKENS = 256  # below this a chunk's extra search and the thread hand-off cost more than they save
+_WORKERS = os.cpu_count() or 1
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="ngram-match")
+        return _POOL
 
 
 def longest_matches(index, text, max_len: int | None = None, infgram: bool = False) -> LongestMatches:

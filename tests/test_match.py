@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine.errors import InvalidQueryError
-from engine.match import attribute, creativity, infgram_probs, longest_matches, maximal_spans
+from engine.match import _check_max_len, _pass, attribute, creativity, infgram_probs, longest_matches, maximal_spans
 from tests import oracle_ngrams as oracle
 from tests.conftest import ALPHABETS, build_from_token_docs
 
@@ -47,6 +47,18 @@ def test_longest_matches_match_brute_force(case, max_len):
     assert result.lengths.tolist() == lengths
     assert result.counts.tolist() == counts
     assert (result.starts == np.arange(len(text)) - np.array(lengths, dtype=np.int64) + 1).all()
+
+
+@SETTINGS
+@given(cases(), st.sampled_from([None, 1, 3]), st.integers(2, 5))
+def test_pass_in_chunks_equals_one_pass(case, max_len, chunks):
+    index = _index(case)
+    ids = np.array(case[4], dtype=np.int64)
+    cap = _check_max_len(max_len)
+    whole = _pass(index, ids, cap, chunks=1)
+    parts = _pass(index, ids, cap, chunks=chunks)
+    for name, values in whole.items():
+        assert np.array_equal(values, parts[name]), name
 
 
 @SETTINGS
