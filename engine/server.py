@@ -10,12 +10,10 @@
 
 from __future__ import annotations
 
-import _thread
 import hashlib
 import hmac
 import logging
 import os
-import queue
 import signal
 import threading
 import time
@@ -29,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from engine.service import SERVICE_NAME, NgramServicer, ServerLimits, add_to_server
 
-__all__ = ["create_server", "NgramServer", "serve", "default_max_workers", "BearerTokenInterceptor", "RpcThreadPool"]
+__all__ = ["create_server", "NgramServer", "serve", "default_max_workers", "BearerTokenInterceptor"]
 
 log = logging.getLogger("engine.server")
 access_log = logging.getLogger("engine.access")
@@ -41,111 +39,6 @@ def default_max_workers() -> int:
     """Worker threads: the kernels release the GIL, so a few per core keep the cores busy while
     other threads parse and serialize messages."""
     return max(4, min(64, 4 * (os.cpu_count() or 1)))
-
-
-# ------------------------------------------------------------------------------------------------
-# The RPC threads
-
-
-class _RpcFuture:
-    """What grpc's server keeps of a submitted call: add_done_callback (it counts calls in flight)."""
-
-    __slots__ = ("_lock", "_callbacks", "_done")
-
-    def __init__(self):
-        self._lock = _thread.allocate_lock()
-        self._callbacks: list | tuple = []
-        self._done = False
-
-    def add_done_callback(self, fn) -> None:
-        with self._lock:
-            if not self._done:
-                self._callbacks.append(fn)
-                return
-        fn(self)
-
-    def done(self) -> bool:
-        return self._done
-
-    def cancel(self) -> bool:
-        return False
-
-    def cancelled(self) -> bool:
-        return False
-
-    def result(self, timeout=None):
-        return None
-
-    def _finish(self) -> None:
-        with self._lock:
-            self._done = True
-            callbacks, self._callbacks = self._callbacks, ()
-        for fn in callbacks:
-            try:
-                fn(self)
-            except Exception:  # pragma: no cover - grpc's callback only decrements a counter
-                log.exception("RPC completion callback failed")
-
-
-class RpcThreadPool:
-    """The executor grpc.server hands every call to (it uses only ``submit`` and the returned
-    future's ``add_done_callback``).
-
-    Every unary call crosses threads here once (grpc's polling thread -> a worker). With
-    concurrent.futures that hand-off builds a Future (a Condition), a work item and goes through
-    an idle-thread semaphore (another Condition) on both sides; here it is one put on a C-level
-    SimpleQueue and a bare lock per call. Threads start on demand, up to ``max_workers``.
-    """
-
-    def __init__(self, max_workers: int, thread_name_prefix: str = "ngram-rpc"):
-        if max_workers < 1:
-            raise ValueError("max_workers must be at least 1")
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._max = int(max_workers)
-        self._prefix = thread_name_prefix
-        self._threads: list[threading.Thread] = []
-        self._lock = _thread.allocate_lock()
-        self._idle = 0
-        self._shutdown = False
-
-    def submit(self, fn, *args, **kwargs) -> _RpcFuture:
-        if self._shutdown:
-            raise RuntimeError("cannot schedule new calls after shutdown")
-        future = _RpcFuture()
-        self._queue.put((fn, args, kwargs, future))
-        if self._idle == 0 and len(self._threads) < self._max:  # racy read: at worst one thread late or early
-            with self._lock:
-                if len(self._threads) < self._max:
-                    t = threading.Thread(target=self._work, name=f"{self._prefix}_{len(self._threads)}", daemon=True)
-                    self._threads.append(t)
-                    t.start()
-        return future
-
-    def _work(self) -> None:
-        get, lock = self._queue.get, self._lock
-        while True:
-            with lock:
-                self._idle += 1
-            item = get()
-            with lock:
-                self._idle -= 1
-            if item is None:
-                return
-            fn, args, kwargs, future = item
-            try:
-                fn(*args, **kwargs)
-            except BaseException:  # pragma: no cover - grpc's call wrappers catch everything
-                log.exception("RPC task failed")
-            future._finish()
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._shutdown = True
-        for _ in self._threads:
-            self._queue.put(None)
-        if wait:
-            for t in self._threads:
-                if t is not threading.current_thread():
-                    t.join()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -299,7 +192,7 @@ def create_server(
     ]
     workers = max_workers or default_max_workers()
     server = grpc.server(
-        RpcThreadPool(workers, thread_name_prefix="ngram-rpc"),
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ngram-rpc"),
         interceptors=interceptors,
         options=opts,
         maximum_concurrent_rpcs=max_concurrent_rpcs,

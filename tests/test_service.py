@@ -691,44 +691,12 @@ def test_a_server_that_cannot_warm_up_does_not_linger(corpus):
 
 
 # ------------------------------------------------------------------------------------------------
-# The RPC threads
-
-
-def test_rpc_thread_pool_runs_calls_and_reports_them_done():
-    from engine.server import RpcThreadPool
-
-    pool = RpcThreadPool(3, thread_name_prefix="t")
-    started, release, done = [], threading.Event(), []
-    lock = threading.Lock()
-
-    def task(i):
-        with lock:
-            started.append(i)
-        release.wait(5)
-
-    futures_ = [pool.submit(task, i) for i in range(5)]
-    for f in futures_:
-        f.add_done_callback(lambda f_: done.append(f_))
-    deadline = time.monotonic() + 5
-    while len(started) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)
-    assert len(started) == 3 and len(pool._threads) == 3  # never more threads than max_workers
-    release.set()
-    deadline = time.monotonic() + 5
-    while len(done) < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert sorted(started) == list(range(5)) and len(done) == 5 and all(f.done() for f in futures_)
-    late = []
-    futures_[0].add_done_callback(late.append)  # after completion: called at once
-    assert late == [futures_[0]]
-    pool.shutdown(wait=True)
-    with pytest.raises(RuntimeError):
-        pool.submit(task, 9)
+# Concurrency limit
 
 
 def test_max_concurrent_rpcs_refuses_the_call_beyond(corpus):
-    """grpc counts calls in flight through the pool's futures: one call over the limit is refused."""
+    """--max-concurrent-rpcs: a call beyond the limit is refused (RESOURCE_EXHAUSTED), and the
+    slots come back when the calls in flight finish."""
     index, _ = corpus
     gate = threading.Event()
 
