@@ -214,10 +214,11 @@ class _Task:
 class _Fanout:
     """Long-lived threads that run blocking shard calls.
 
-    Measured on 2 cores (bench/bench_grpc.py): a blocking gRPC call on a worker thread beats
-    grpc's own futures (which all complete through one polling thread per channel) by 1.3x,
-    and handing the call over through a C-level SimpleQueue and a bare lock costs a fraction
-    of concurrent.futures (Future + Condition + work item + idle semaphore per call).
+    Measured on the 2-core machine: a blocking gRPC call on a worker thread beats grpc's own
+    futures (which all complete through one polling thread per channel) by 1.3x for a 3-shard
+    Count, and handing two calls over and collecting them through a C-level SimpleQueue and a
+    bare lock per call takes 16 us against 37 us with concurrent.futures (a Future with its
+    Condition, a work item and the idle-thread semaphore per call).
     """
 
     def __init__(self, workers: int, name: str):
