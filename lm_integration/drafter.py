@@ -131,10 +131,10 @@ class InfgramDrafter:
         """Forget the per-key context state (the cache stays: its answers never go stale)."""
         self._trackers.clear()
 
-    def _query(self, q: np.ndarray) -> InfgramEstimate:
+    def _query(self, q: list) -> InfgramEstimate:
         """The estimate after ``q``, a string known to occur (a matched suffix plus a token seen after
         it, or a suffix of that): its own ntd, with suffix_len = len(q)."""
-        key = self.cache.key(q, self.max_support)
+        key = (self.max_support, None, *q)
         est = self.cache.get(key)
         if est is None:
             self.queries += 1
@@ -142,7 +142,7 @@ class InfgramDrafter:
             self.cache.put(key, est)
         return est
 
-    def _context_estimate(self, context, key) -> tuple[np.ndarray, InfgramEstimate]:
+    def _context_estimate(self, context, key) -> tuple[list, InfgramEstimate]:
         tr = self._trackers.get(key)
         if tr is None:
             tr = self._trackers[key] = InfgramTracker(self.source, max_support=self.max_support,
@@ -150,7 +150,7 @@ class InfgramDrafter:
         before = tr.queries
         est = tr.sync(context)
         self.queries += tr.queries - before
-        return tr.suffix, est
+        return tr._sfx, est
 
     def _ok(self, est: InfgramEstimate) -> tuple[int, int] | None:
         if est.empty or est.suffix_len < self.min_suffix_len:
@@ -160,7 +160,7 @@ class InfgramDrafter:
             return None
         return tok, cnt
 
-    def _chain(self, suffix: np.ndarray, est: InfgramEstimate, k: int) -> list[int]:
+    def _chain(self, suffix: list, est: InfgramEstimate, k: int) -> list[int]:
         """Up to k tokens: the top continuation of ``est`` (the estimate after the last
         est.suffix_len tokens of ``suffix``), then the chain after it."""
         if k <= 0:
@@ -172,13 +172,13 @@ class InfgramDrafter:
         q = self._grow(suffix[len(suffix) - est.suffix_len:], tok)
         return [tok] + self._continue(q, cnt, k - 1)
 
-    def _grow(self, s: np.ndarray, tok: int) -> np.ndarray:
-        q = np.append(s, tok)
+    def _grow(self, s: list, tok: int) -> list:
+        q = s + [tok]
         if self.max_query_len is not None:
             q = q[-self.max_query_len:]
         return q
 
-    def _continue(self, q: np.ndarray, count: int, n: int) -> list[int]:
+    def _continue(self, q: list, count: int, n: int) -> list[int]:
         """Up to n tokens continuing ``q``, a string that occurs ``count`` times in the corpus."""
         out: list[int] = []
         while len(out) < n:
@@ -196,13 +196,13 @@ class InfgramDrafter:
                 q = self._grow(q, tok)
         return out
 
-    def _local_chain(self, q: np.ndarray, count: int, n: int) -> list[int] | None:
+    def _local_chain(self, q: list, count: int, n: int) -> list[int] | None:
         """The chain after ``q`` computed from its ``count`` occurrences (None: fall back to queries).
 
         After q + t1..tj the occurrences are those of q followed by t1..tj, and the next-token
         counts are what follows them (an occurrence at a document's end adds to no token), exactly
         what ntd(q + t1..tj) would count."""
-        qs = q.tolist()
+        qs = q
         self.lookups += 1
         res = self.source.search_docs(qs, max_docs=count, max_disp_len=2 * (len(qs) + n))
         docs = res.documents

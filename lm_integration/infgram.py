@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -42,18 +43,28 @@ class InfgramEstimate:
     def sparse(self) -> bool:
         return len(self.tokens) == 1
 
-    @property
+    @cached_property
     def total(self) -> int:
         return int(self.counts.sum()) if len(self.counts) else 0
 
     def prob_of(self, token: int) -> float:
+        n = len(self.tokens)
+        if n <= 8:  # the usual case (long matches have few continuations): no numpy call
+            for t, pr in zip(self.tokens.tolist(), self.probs.tolist()):
+                if t == token:
+                    return pr
+            return 0.0
         i = np.searchsorted(self.tokens, token)
-        if i < len(self.tokens) and self.tokens[i] == token:
+        if i < n and self.tokens[i] == token:
             return float(self.probs[i])
         return 0.0
 
     def top(self) -> tuple[int, int] | None:
         """(token, count) of the most frequent next token, the smallest id on ties."""
+        return self._top
+
+    @cached_property
+    def _top(self) -> tuple[int, int] | None:
         if self.empty:
             return None
         i = int(np.argmax(self.counts))
@@ -152,13 +163,25 @@ class InfgramCache:
         return self.hits / n if n else 0.0
 
 
+def _as_list(tokens) -> list:
+    """Token ids as a plain list (the tracker's state and queries are lists: cheaper than small
+    numpy arrays per step)."""
+    if isinstance(tokens, np.ndarray):
+        return tokens.reshape(-1).tolist()
+    if isinstance(tokens, list):
+        return tokens
+    return np.asarray(tokens, dtype=np.int64).reshape(-1).tolist()
+
+
 class InfgramTracker:
     """Per-sequence incremental ∞-gram state: ``extend(new_tokens)`` queries only the last
     ``suffix_len + len(new_tokens)`` tokens.
 
     ``max_query_len`` caps the query (an engine limit); the tracker stays exact as long as the true
     longest suffix is shorter than the cap. ``cache`` (an InfgramCache, possibly shared) answers
-    queries asked before without the engine; ``queries`` counts only those sent to the engine.
+    queries asked before without the engine; ``queries`` counts only those sent to the engine. A
+    single new token that the current estimate lists as a continuation extends the match for sure,
+    so it is asked with the engine's plain ``ntd`` (no suffix search; the same answer).
     """
 
     def __init__(self, source, *, max_support: int | None = None, end_token_id: int | None = None,
@@ -173,8 +196,8 @@ class InfgramTracker:
 
     def reset(self, context: Sequence[int] | None = None) -> InfgramEstimate:
         self.length = 0  # tokens of context seen so far
-        self.suffix = _EMPTY_I  # the matched suffix (last suffix_len tokens)
-        self.check = _EMPTY_I  # last suffix_len + 1 tokens: enough to tell whether a context continues ours
+        self._sfx: list = []  # the matched suffix (last suffix_len tokens)
+        self._chk: list = []  # last suffix_len + 1 tokens: enough to tell whether a context continues ours
         self.estimate = EMPTY_ESTIMATE
         self._fresh = True
         if context is not None:
@@ -182,76 +205,107 @@ class InfgramTracker:
         return self.estimate
 
     @property
-    def suffix_len(self) -> int:
-        return len(self.suffix)
+    def suffix(self) -> np.ndarray:
+        """The matched suffix (the last suffix_len tokens of the context)."""
+        return np.array(self._sfx, dtype=np.int64) if self._sfx else _EMPTY_I
 
-    def query_for(self, new_tokens) -> np.ndarray:
-        """The query extend(new_tokens) sends: the matched suffix followed by the new tokens."""
-        new = np.asarray(new_tokens, dtype=np.int64).reshape(-1)
-        q = np.concatenate([self.suffix, new]) if len(self.suffix) else new
+    @property
+    def check(self) -> np.ndarray:
+        return np.array(self._chk, dtype=np.int64) if self._chk else _EMPTY_I
+
+    @property
+    def suffix_len(self) -> int:
+        return len(self._sfx)
+
+    def _q(self, new: list) -> list:
+        q = self._sfx + new
         if self.max_query_len is not None and len(q) > self.max_query_len:
             q = q[-self.max_query_len:]
         return q
 
+    def query_for(self, new_tokens) -> np.ndarray:
+        """The query extend(new_tokens) sends: the matched suffix followed by the new tokens."""
+        return np.array(self._q(_as_list(new_tokens)), dtype=np.int64)
+
     def apply(self, new_tokens, result) -> InfgramEstimate:
         """Update the state with the engine's answer to ``query_for(new_tokens)`` (batch callers)."""
-        new = np.asarray(new_tokens, dtype=np.int64).reshape(-1)
-        q = self.query_for(new)
+        new = _as_list(new_tokens)
+        q = self._q(new)
         est = estimate_from_ntd(result, self.end_token_id)
         if self.cache is not None:
             self.cache.put(self.cache.key(q, self.max_support, self.end_token_id), est)
         return self._advance(new, q, est)
 
-    def _advance(self, new: np.ndarray, q: np.ndarray, est: InfgramEstimate) -> InfgramEstimate:
+    def _advance(self, new: list, q: list, est: InfgramEstimate) -> InfgramEstimate:
         l = min(est.suffix_len, len(q))
-        self.suffix = q[len(q) - l:].copy() if l else _EMPTY_I
-        tail = np.concatenate([self.check, new])
-        self.check = tail[-(l + 1):].copy()
+        self._sfx = q[len(q) - l:] if l else []
+        self._chk = (self._chk + new)[-(l + 1):]
         self.length += len(new)
         self.estimate = est
         self._fresh = False
         return est
 
-    def _lookup(self, new: np.ndarray):
+    def _lookup(self, new: list):
         """(query, cache key or None, cached estimate or None) for extending by ``new``."""
-        q = self.query_for(new)
+        q = self._q(new)
         if self.cache is None:
             return q, None, None
-        key = self.cache.key(q, self.max_support, self.end_token_id)
+        key = (self.max_support, self.end_token_id, *q)
         return q, key, self.cache.get(key)
 
-    def _finish(self, new: np.ndarray, q: np.ndarray, key, result) -> InfgramEstimate:
+    def _occurs(self, new: list, q: list) -> bool:
+        """True when ``q`` (the query for one new token) is known to occur: the token is one of the
+        current estimate's continuations (so the longest suffix is q itself and the engine's plain
+        ``ntd`` answers, without searching for the suffix: the same answer, for less work)."""
+        if len(new) != 1 or self._fresh or len(q) != len(self._sfx) + 1:
+            return False
+        t = new[0]
+        if self.end_token_id is not None and t == self.end_token_id:
+            return False  # may stand for document ends, which are no continuation
+        return self.estimate.prob_of(t) > 0.0
+
+    def _ask(self, new: list, q: list):
+        """The engine's answer for ``q`` and the suffix length to use (None: the answer's own)."""
+        if self._occurs(new, q):
+            return self.source.ntd(q, max_support=self.max_support), len(q)
+        return self.source.infgram_ntd(q, max_support=self.max_support), None
+
+    def _finish(self, new: list, q: list, key, result, suffix_len: int | None = None) -> InfgramEstimate:
         self.queries += 1
-        est = estimate_from_ntd(result, self.end_token_id)
+        est = estimate_from_ntd(result, self.end_token_id, suffix_len)
         if key is not None:
             self.cache.put(key, est)
         return self._advance(new, q, est)
 
     def extend(self, new_tokens) -> InfgramEstimate:
-        new = np.asarray(new_tokens, dtype=np.int64).reshape(-1)
-        if len(new) == 0 and not self._fresh:
+        new = _as_list(new_tokens)
+        if not new and not self._fresh:
             return self.estimate
-        if len(self.suffix) == 0 and len(new) == 0:  # nothing to condition on: no estimate
+        if not self._sfx and not new:  # nothing to condition on: no estimate
             self._fresh = False  # (engines refuse empty prompts)
             self.estimate = EMPTY_ESTIMATE
             return self.estimate
         q, key, est = self._lookup(new)
         if est is not None:
             return self._advance(new, q, est)
-        return self._finish(new, q, key, self.source.infgram_ntd(q, max_support=self.max_support))
+        return self._finish(new, q, key, *self._ask(new, q))
 
-    def continues(self, context: np.ndarray) -> bool:
+    def continues(self, context) -> bool:
         """True when ``context`` starts with the context this state describes (judged on the last
         suffix_len + 1 tokens, which is all the state depends on)."""
         n = self.length
         if self._fresh or len(context) < n:
             return False
-        lo = n - len(self.check)
-        return lo >= 0 and np.array_equal(context[lo:n], self.check)
+        lo = n - len(self._chk)
+        if lo < 0:
+            return False
+        part = context[lo:n]
+        return (part.tolist() if isinstance(part, np.ndarray) else list(part)) == self._chk
 
     def sync(self, context) -> InfgramEstimate:
         """Bring the state to ``context``: extend when it continues ours, else start over."""
-        context = np.asarray(context, dtype=np.int64).reshape(-1)
+        if not isinstance(context, list):
+            context = _as_list(context)
         if self.continues(context):
             return self.extend(context[self.length:])
         return self.reset(context)
@@ -263,7 +317,7 @@ def sync_batch(trackers: list[InfgramTracker], contexts: list) -> list[InfgramEs
         return []
     todo = []
     for tr, ctx in zip(trackers, contexts):
-        ctx = np.asarray(ctx, dtype=np.int64).reshape(-1)
+        ctx = ctx if isinstance(ctx, list) else _as_list(ctx)
         if tr.continues(ctx):
             new = ctx[tr.length:]
             if len(new) == 0:
@@ -283,9 +337,10 @@ def sync_batch(trackers: list[InfgramTracker], contexts: list) -> list[InfgramEs
         src = todo[0][0].source
         support = todo[0][0].max_support
         if len(todo) == 1:  # one row (batch size 1): the single call is cheaper than packing a batch
-            results = [src.infgram_ntd(todo[0][2], max_support=support)]
+            tr, new, q, key = todo[0]
+            tr._finish(new, q, key, *tr._ask(new, q))
         else:
-            results = src.infgram_ntd_batch([t[2].tolist() for t in todo], max_support=support)
-        for (tr, new, q, key), res in zip(todo, results):
-            tr._finish(new, q, key, res)
+            results = src.infgram_ntd_batch([t[2] for t in todo], max_support=support)
+            for (tr, new, q, key), res in zip(todo, results):
+                tr._finish(new, q, key, res)
     return [tr.estimate for tr in trackers]

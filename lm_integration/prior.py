@@ -42,6 +42,9 @@ except Exception:  # pragma: no cover - exercised only without transformers
     _Base = object
 
 
+_SMALL = 32  # supports up to this many tokens are mixed with Python floats on CPU
+
+
 def _log1m(lam: float) -> float:
     """log(1 - λ), -inf at λ = 1."""
     return -math.inf if lam >= 1.0 else math.log1p(-lam)
@@ -122,6 +125,16 @@ class InfgramLogitsProcessor(_Base):
 
     def estimates(self, input_ids: torch.Tensor):
         """∞-gram estimates for every row of ``input_ids`` (advancing the per-row state)."""
+        if input_ids.shape[0] == 1 and self.pad_token_id is None and len(self._trackers) == 1:
+            # one row continuing the previous call's (the usual decoding step): read back only the
+            # tokens the state checks and the new ones
+            tr = self._trackers[0]
+            n = tr.length
+            lo = n - len(tr._chk)
+            if not tr._fresh and input_ids.shape[1] >= n and lo >= 0:
+                tail = input_ids[0, lo:].tolist()
+                if tail[:n - lo] == tr._chk:
+                    return [tr.extend(tail[n - lo:])]
         contexts = self._contexts(input_ids)
         while len(self._trackers) < len(contexts):
             self._trackers.append(self._tracker())
@@ -194,6 +207,9 @@ class InfgramLogitsProcessor(_Base):
         on = out.numpy()
         used = np.zeros(work.shape[0], dtype=bool)
         for b, est, lam in rows:
+            if len(est.tokens) <= _SMALL:
+                used[b] = self._mix_row_small(wn[b], on[b], out[b], est, lam, V, float(fmin), interpolate)
+                continue
             tk, p = self._support_np(est, V)
             s_at = wn[b, tk]
             ok = s_at > fmin  # tokens masked by earlier processors lose their ∞-gram mass
@@ -218,6 +234,32 @@ class InfgramLogitsProcessor(_Base):
         if not used.all():
             out[torch.from_numpy(~used)] = work[torch.from_numpy(~used)]  # rows without an estimate stay
         return out
+
+    def _mix_row_small(self, wrow, orow, out_row, est, lam: float, V: int, fmin: float, interpolate: bool) -> bool:
+        """One row of _mix_cpu for a small support, with Python floats (fewer calls than numpy's
+        vectorised path, which matters when the caches are cold after a forward pass)."""
+        toks = [t for t in est.tokens.tolist() if t < V]
+        probs = est.probs.tolist()[:len(toks)] if len(toks) == len(est.tokens) else \
+            [pp for t, pp in zip(est.tokens.tolist(), est.probs.tolist()) if t < V]
+        svals = [float(wrow[t]) for t in toks]
+        mass = 0.0
+        for pp, sv in zip(probs, svals):
+            if sv > fmin:  # tokens masked by earlier processors lose their ∞-gram mass
+                mass += pp
+        if mass <= 0.0:
+            return False
+        if interpolate:
+            lsm = [float(orow[t]) for t in toks]
+            out_row.add_(_log1m(lam))
+            for t, pp, sv, l in zip(toks, probs, svals, lsm):
+                if sv > fmin:
+                    orow[t] = math.log((1.0 - lam) * math.exp(l) + lam * (pp / mass))
+        else:
+            out_row.add_(lam * math.log(self.floor))
+            for t, pp, sv in zip(toks, probs, svals):
+                if sv > fmin:
+                    orow[t] = sv + lam * math.log(max(pp / mass, self.floor))
+        return True
 
     def _mix_device(self, work: torch.Tensor, rows, V: int):
         """The mixture on an accelerator: cached support tensors, one host synchronisation."""

@@ -49,6 +49,16 @@ def load_baseline(rev: str):
     return importlib.import_module(name)
 
 
+_POLLUTE = None
+
+
+def pollute():
+    """Stream through a buffer the size of the model's weights' working set, as a forward pass
+    does between two drafting or prior steps (their data and code are then out of the caches)."""
+    if _POLLUTE is not None:
+        _POLLUTE[:] += 1.0
+
+
 def simulate(drafter, prompts, greedy, num_draft):
     """(drafter seconds, steps after the prefill, new tokens) of speculative decoding with greedy
     verification against the recorded continuations."""
@@ -58,6 +68,7 @@ def simulate(drafter, prompts, greedy, num_draft):
         steps += 0
         while len(gen) < len(g):
             budget = min(num_draft, len(g) - len(gen) - 1)
+            pollute()
             t0 = time.perf_counter()
             d = drafter.propose(p + gen, budget, key=0) if budget > 0 else []
             secs += time.perf_counter() - t0
@@ -80,7 +91,9 @@ def prior_ms(pkg, index, prompts, conts, lam, V, threads_scores):
         proc = proc_cls(index, lambda_sparse=lam[0], lambda_dense=lam[1])
         seq = p + c
         for t in range(len(p), len(seq)):
-            proc(torch.tensor([seq[:t]]), threads_scores.clone())
+            x, sc = torch.tensor([seq[:t]]), threads_scores.clone()
+            pollute()
+            proc(x, sc)
         out.append(1000.0 * proc.seconds / max(proc.calls, 1))
     return out
 
@@ -96,6 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lambdas", type=float, nargs=2, default=(0.83, 0.26))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="write the raw per-repeat figures here")
+    ap.add_argument("--pollute-mb", type=int, default=0,
+                    help="touch this many MB between steps (a forward pass evicts the caches; 0: off)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -105,6 +120,9 @@ def main(argv=None) -> int:
     import lm_integration
 
     torch.set_num_threads(args.threads)
+    global _POLLUTE
+    if args.pollute_mb:
+        _POLLUTE = np.zeros(args.pollute_mb << 17, dtype=np.float64)
     tr = json.loads(Path(args.trace).read_text())
     index = engine.NgramIndex.open(tr["index"])
     index.warmup()

@@ -7,6 +7,15 @@ from lm_integration.drafter import InfgramDrafter, PromptLookupDrafter
 from lm_integration.infgram import InfgramTracker, estimate_from_ntd, sync_batch
 from engine.results import InfgramNtdResult
 
+class RecordingSource(FakeSource):
+    """Also records the length of plain ntd queries (the tracker asks ntd when the new token is a
+    known continuation, infgram_ntd otherwise)."""
+
+    def ntd(self, prompt, max_support=None):
+        self.query_lens.append(len(self._q(prompt)))
+        return super().ntd(prompt, max_support)
+
+
 docs_st = st.lists(st.lists(st.integers(0, 3), min_size=0, max_size=12), min_size=1, max_size=4)
 seq_st = st.lists(st.integers(0, 4), min_size=1, max_size=25)
 
@@ -14,7 +23,7 @@ seq_st = st.lists(st.integers(0, 4), min_size=1, max_size=25)
 @settings(max_examples=60, deadline=None)
 @given(docs_st, seq_st, st.integers(1, 3))
 def test_tracker_is_exact_and_incremental(docs, seq, chunk):
-    src = FakeSource(docs, vocab_size=5)
+    src = RecordingSource(docs, vocab_size=5)
     tr = InfgramTracker(src)
     for start in range(0, len(seq), chunk):
         src.query_lens.clear()
@@ -25,7 +34,7 @@ def test_tracker_is_exact_and_incremental(docs, seq, chunk):
         assert est.suffix_len == brute_longest_suffix(docs, ctx)
         # only the last l + k tokens were asked about (start == 0: the whole first chunk)
         assert src.query_lens == [prev + len(new)]
-        full = src.ntd(ctx[len(ctx) - est.suffix_len :]) if est.suffix_len else src.ntd([])
+        full = FakeSource(docs, 5).ntd(ctx[len(ctx) - est.suffix_len :] if est.suffix_len else [])
         assert est.total == full.counts.sum()
         if not est.empty:
             assert abs(est.probs.sum() - 1) < 1e-12

@@ -97,6 +97,17 @@ def test_sync_batch_with_cache_equals_single(docs, seqs):
             assert _est_equal(est, InfgramTracker(src).sync(ctx))
 
 
+@settings(max_examples=80, deadline=None)
+@given(docs_st, seq_st, st.sampled_from([None, 0, 3]))
+def test_tracker_ntd_shortcut_equals_infgram_ntd(docs, seq, end):
+    # a token known to continue the match is asked with plain ntd: same estimate as infgram_ntd
+    src = FakeSource(docs, vocab_size=5)
+    tr = InfgramTracker(src, end_token_id=end)
+    for t in range(len(seq)):
+        est = tr.extend([seq[t]])
+        assert _est_equal(est, estimate_from_ntd(src.infgram_ntd(seq[:t + 1]), end))
+
+
 # ---------------------------------------------------------------------------------------- drafter
 @settings(max_examples=120, deadline=None)
 @given(docs_st, seq_st, st.integers(1, 8), st.sampled_from([0.0, 0.4, 0.6]), st.integers(1, 2),
@@ -139,6 +150,9 @@ def test_lookahead_on_engine_index(tmp_path):
         if not ctx:
             continue
         k = int(rng.integers(1, 9))
+        tr = InfgramTracker(index)
+        for t in range(len(ctx)):
+            assert _est_equal(tr.extend([ctx[t]]), estimate_from_ntd(index.infgram_ntd(ctx[:t + 1])))
         for mp in (0.0, 0.5):
             fast = InfgramDrafter(index, min_prob=mp, lookahead=16)
             plain = InfgramDrafter(index, min_prob=mp, lookahead=0)
@@ -172,9 +186,13 @@ V = 12
 DOCS = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 7, 5, 6], [2, 3, 4, 8], [9, 9, 10, 11, 1, 2, 3, 4]]
 
 
+@pytest.mark.parametrize("small", [0, 32])  # CPU: numpy path for every support / Python floats for small ones
 @pytest.mark.parametrize("mode", ["interpolate", "additive"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_prior_cpu_and_device_paths_agree(mode, dtype):
+def test_prior_cpu_and_device_paths_agree(mode, dtype, small, monkeypatch):
+    import lm_integration.prior as prior_mod
+
+    monkeypatch.setattr(prior_mod, "_SMALL", small)
     gen = torch.Generator().manual_seed(0)
     ids = torch.tensor([[0, 1, 2, 3], [5, 2, 3, 4], [9, 9, 10, 11], [0, 0, 0, 0], [1, 2, 3, 4]])
     for trial in range(6):

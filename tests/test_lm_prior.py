@@ -83,8 +83,13 @@ def test_masked_tokens_stay_masked():
 
 
 def test_incremental_state_queries_at_most_l_plus_one():
-    s = src()
-    p = InfgramLogitsProcessor(s, lambda_sparse=0.5)
+    class RecordingSource(FakeSource):  # also records plain ntd queries (a token known to continue the match)
+        def ntd(self, prompt, max_support=None):
+            self.query_lens.append(len(self._q(prompt)))
+            return super().ntd(prompt, max_support)
+
+    s = RecordingSource(DOCS, vocab_size=V)
+    p = InfgramLogitsProcessor(s, lambda_sparse=0.5, cache_size=0)
     seq = [9, 9, 10, 11, 1, 2, 3, 4, 5, 6, 6, 6]
     scores = torch.zeros(1, V)
     for t in range(2, len(seq) + 1):
