@@ -147,25 +147,52 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
 
 def prior_overhead(model, index, prompts, new_tokens, device, lam_s, lam_d):
     """The prior's cost per decoding step inside model.generate: (median over prompts of the mean
-    wall ms per step, median wall ms over all steps, mean thread-CPU ms per step)."""
+    wall ms per step, median wall ms over all steps, mean thread-CPU ms per step, end-to-end ms
+    per step that generate() with the prior takes over generate() without it).
+
+    On a GPU the processor's clock starts after a synchronisation (else it would count the rest of
+    the forward pass, still running when generate() calls it); the end-to-end figure has no such
+    help (generate with and without the prior, interleaved per prompt)."""
     import torch
     from transformers import LogitsProcessorList
 
     from lm_integration.prior import InfgramLogitsProcessor
 
-    per_prompt, steps = [], []
+    cuda = device.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    per_prompt, steps, extra = [], [], []
     cpu = calls = 0.0
     for p in prompts:
+        ids = torch.tensor([p], device=device)
         proc = InfgramLogitsProcessor(index, lambda_sparse=lam_s, lambda_dense=lam_d)
         proc.step_seconds = []
-        ids = torch.tensor([p], device=device)
-        model.generate(ids, max_new_tokens=new_tokens, do_sample=False, logits_processor=LogitsProcessorList([proc]))
+
+        def synced(input_ids, scores, proc=proc):
+            sync()
+            return proc(input_ids, scores)
+
+        model.generate(ids, max_new_tokens=new_tokens, do_sample=False,
+                       logits_processor=LogitsProcessorList([synced if cuda else proc]))
         per_prompt.append(proc.seconds / max(proc.calls, 1))
         steps += proc.step_seconds
         cpu += proc.cpu_seconds
         calls += proc.calls
+        times = []
+        for with_prior in (False, True, False, True):
+            lp = LogitsProcessorList([InfgramLogitsProcessor(index, lambda_sparse=lam_s, lambda_dense=lam_d)]
+                                     if with_prior else [])
+            sync()
+            t0 = time.perf_counter()
+            out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False, logits_processor=lp)
+            sync()
+            times.append((time.perf_counter() - t0) / max(out.shape[1] - ids.shape[1], 1))
+        extra.append(1000 * (times[1] + times[3] - times[0] - times[2]) / 2)
     return (statistics.median(per_prompt) * 1000, statistics.median(steps) * 1000 if steps else 0.0,
-            1000 * cpu / max(calls, 1))
+            1000 * cpu / max(calls, 1), statistics.median(extra))
 
 
 def main(argv=None) -> int:
@@ -261,7 +288,7 @@ def main(argv=None) -> int:
         raw["perplexity"] = ppl
     if args.lambdas:
         lam_s, lam_d = args.lambdas
-    prior_ms, prior_med, prior_cpu = prior_overhead(model, index, prompts[: min(args.prior_prompts, len(prompts))],
+    prior_ms, prior_med, prior_cpu, prior_e2e = prior_overhead(model, index, prompts[: min(args.prior_prompts, len(prompts))],
                                                     args.prior_tokens, args.device, lam_s, lam_d)
 
     lines = [
@@ -290,7 +317,8 @@ def main(argv=None) -> int:
                      f"{st.tokens_per_second / base_tps:.2f}x | {'yes' if same else 'NO'} |")
     line = (f"∞-gram prior (interpolation, λ_sparse={lam_s}, λ_dense={lam_d}; {min(args.prior_prompts, len(prompts))} "
             f"prompts x {args.prior_tokens} tokens): {prior_ms:.3f} ms per decoding step (median over prompts of "
-            f"the mean), median step {prior_med:.3f} ms, CPU {prior_cpu:.3f} ms")
+            f"the mean), median step {prior_med:.3f} ms, CPU {prior_cpu:.3f} ms; end to end, generate() with the "
+            f"prior takes {prior_e2e:.3f} ms per step more than without (median over prompts)")
     if spec:
         for name in ("∞-gram drafter (corpus only)", "hybrid (corpus + context)"):
             st = spec[name][0]
@@ -301,6 +329,7 @@ def main(argv=None) -> int:
     lines += ["", line + "."]
     raw["prior_median_ms"] = prior_med
     raw["prior_cpu_ms"] = prior_cpu
+    raw["prior_end_to_end_ms"] = prior_e2e
     raw["prior_ms_per_step"] = prior_ms
     if ppl is not None:
         lines += ["", f"Held-out perplexity (documents never indexed; at most {args.ppl_doc_tokens} tokens of each):",
