@@ -514,12 +514,14 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             raise _over(f"{field}: the text's token count", len(ids), "max_query_tokens", self.limits.max_query_tokens)
         return ids
 
-    def _ids(self, ids, field: str) -> np.ndarray:
+    def _ids(self, ids, field: str) -> list[int]:
+        """The token ids of a query as a list of ints: NgramIndex takes a list on its fastest path
+        (one compiled call that validates and counts; 5.5 us against 8.5 us through an array)."""
         if len(ids) > self.limits.max_query_tokens:
             raise _over(f"{field}: query length", len(ids), "max_query_tokens", self.limits.max_query_tokens)
-        return np.array(list(ids), dtype=np.int64)  # list() first: 5x faster than from the container
+        return list(ids)
 
-    def _query(self, request, field: str) -> np.ndarray:
+    def _query(self, request, field: str) -> list[int] | np.ndarray:
         q = getattr(request, field)
         kind = q.WhichOneof("kind")
         if kind == "token_ids":
@@ -847,7 +849,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     def _opt(request, field: str, default):
         return int(getattr(request, field)) if request.HasField(field) else default
 
-    def _query_msg(self, q: pb.Query, field: str) -> np.ndarray:
+    def _query_msg(self, q: pb.Query, field: str) -> list[int] | np.ndarray:
         kind = q.WhichOneof("kind")
         if kind == "token_ids":
             return self._ids(q.token_ids.ids, field)
