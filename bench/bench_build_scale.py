@@ -69,18 +69,6 @@ indexing.main()
 """
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte -> printable character table (vocab.json and merges.txt spell tokens with it)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    table = {b: chr(b) for b in printable}
-    extra = 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 def _bpe_merges(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
     """The merge list of a byte-level BPE given its ranks: the pair each token is made from, in rank
     order (for GPT-2 this recovers merges.txt: 50,000 merges, token 256 + i made by merge i)."""
@@ -112,10 +100,10 @@ def gpt2_hf_home(home: Path) -> Path:
     repo = home / "hub" / "models--gpt2"
     if (repo / "refs" / "main").exists():
         return home
-    from engine.tokenize import load_tokenizer
+    from engine.tokenize import bytes_to_unicode, load_tokenizer
 
     ranks = load_tokenizer("gpt2")._ranks
-    chars = _bytes_to_unicode()
+    chars = bytes_to_unicode()
 
     def spell(b: bytes) -> str:
         return "".join(chars[x] for x in b)

@@ -280,8 +280,8 @@ class BytesTokenizer(Tokenizer):
 # ----------------------------------------------------------------------------------------------
 
 
-def _byte_decoder() -> dict[str, int]:
-    """Inverse of GPT-2's byte-to-printable-character table used by ByteLevel tokenizers."""
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable character table (ByteLevel vocab.json and merges.txt spell tokens with it)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
     table = {b: chr(b) for b in printable}
     extra = 0
@@ -289,7 +289,12 @@ def _byte_decoder() -> dict[str, int]:
         if b not in table:
             table[b] = chr(256 + extra)
             extra += 1
-    return {ch: b for b, ch in table.items()}
+    return table
+
+
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of bytes_to_unicode, used to decode ByteLevel tokenizers' tokens."""
+    return {ch: b for b, ch in bytes_to_unicode().items()}
 
 
 _BYTE_DECODER: dict[str, int] | None = None
