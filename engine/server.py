@@ -228,6 +228,10 @@ def create_server(
         t0 = time.perf_counter()
         try:
             backend.warmup()
+            # Longest matches, attribution and CNF too (an index has them; a router has nothing to compile).
+            warmup_ngrams = getattr(backend, "warmup_ngrams", None)
+            if warmup_ngrams is not None:
+                warmup_ngrams()
         except BaseException:
             server.stop(0)  # a server that cannot warm up must not linger (and keep the process alive)
             raise
