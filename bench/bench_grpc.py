@@ -97,15 +97,16 @@ def serve_one(paths: list[str]) -> None:
     server.shutdown(0)
 
 
-def serve_echo() -> None:
-    """(Child process) a bare gRPC server that echoes bytes: the floor any unary RPC pays here."""
+def _serve_bare(handle) -> None:
+    """(Child process) a bare gRPC server answering /bench.Echo/Echo with ``handle(request,
+    context)``, printing its port and running until SIGTERM."""
     import threading
     from concurrent import futures
 
     import grpc
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    handler = grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+    handler = grpc.unary_unary_rpc_method_handler(handle)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -117,13 +118,15 @@ def serve_echo() -> None:
     server.stop(0)
 
 
+def serve_echo() -> None:
+    """(Child process) a bare gRPC server that echoes bytes: the floor any unary RPC pays here."""
+    _serve_bare(lambda request, context: request)
+
+
 def serve_relay(targets: list[str]) -> None:
     """(Child process) a bare gRPC server that forwards each echo to every target in parallel
     (the first on the handler's thread, the others on the router's fan-out threads) and answers
     the first reply: the router's shape with no protobuf, validation or merging."""
-    import threading
-    from concurrent import futures
-
     import grpc
 
     from engine.router import _Fanout
@@ -138,17 +141,7 @@ def serve_relay(targets: list[str]) -> None:
             t.result()
         return first
 
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    handler = grpc.unary_unary_rpc_method_handler(relay)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {"Echo": handler}),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    print(port, flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *a: stop.set())
-    while not stop.wait(0.5):
-        pass
-    server.stop(0)
+    _serve_bare(relay)
 
 
 def start(cmd: list[str], what: str) -> tuple[subprocess.Popen, str]:
