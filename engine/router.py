@@ -95,6 +95,7 @@ from engine.errors import (
     ShardUnavailableError,
     TokenizerMismatchError,
 )
+from engine.ngrams import _check_n, _positive_int
 from engine.results import (
     Document,
     FindResult,
@@ -128,7 +129,6 @@ __all__ = ["NgramRouter", "RouterServicer", "ShardSpec", "load_shard_map"]
 log = logging.getLogger("engine.router")
 _I8 = np.dtype("<i8")
 _F8 = np.dtype("<f8")
-MAX_N = 64  # engine.ngrams.MAX_N: the longest n-gram FrequentNgrams lists
 DEFAULT_MAX_CLAUSE_FREQ = 1_000_000  # engine.cnf.DEFAULT_MAX_CLAUSE_FREQ
 
 
@@ -853,8 +853,8 @@ class NgramRouter:
         n_min, n_max = _check_n(n_min, n_min if n_max is None else n_max)
         if min_count is None and top_k is None:
             raise InvalidQueryError("give min_count=C (every n-gram occurring at least C times) or top_k=K")
-        floor = 1 if min_count is None else _positive(min_count, "min_count")
-        k = None if top_k is None else _positive(top_k, "top_k")
+        floor = 1 if min_count is None else _positive_int(min_count, "min_count")
+        k = None if top_k is None else _positive_int(top_k, "top_k")
         self._infos()
         shards = self._shards
         S = len(shards)
@@ -986,7 +986,7 @@ class NgramRouter:
         if len(m.tokens) == 0:
             raise InvalidQueryError("text is empty: give at least one token")
         if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
-            return uniqueness(m.lengths, _positive(n, "n"))
+            return uniqueness(m.lengths, _positive_int(n, "n"))
         values = list(n)
         if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
             raise InvalidQueryError("n must be a positive int or a non-empty list of them")
@@ -1006,14 +1006,14 @@ class NgramRouter:
         matches, their documents in global suffix-array order (as engine.match.attribute)."""
         from engine.match import AttributedSpan, Attribution, LongestMatches, maximal_spans, uniqueness
 
-        min_len = _positive(min_len, "min_len")
+        min_len = _positive_int(min_len, "min_len")
         if max_count is not None:
-            max_count = _positive(max_count, "max_count")
+            max_count = _positive_int(max_count, "max_count")
         if isinstance(max_docs, bool) or not isinstance(max_docs, (int, np.integer)) or max_docs < 0:
             raise InvalidQueryError("max_docs must be a non-negative int")
         if isinstance(max_disp_len, bool) or not isinstance(max_disp_len, (int, np.integer)) or max_disp_len < 1:
             raise InvalidQueryError("max_disp_len must be a positive int (tokens to return per document)")
-        creativity_n = min_len if creativity_n is None else _positive(creativity_n, "creativity_n")
+        creativity_n = min_len if creativity_n is None else _positive_int(creativity_n, "creativity_n")
         req = pb.LongestMatchesRequest(text=text)
         if max_len is not None:
             req.max_len = _int(max_len, "max_len")
@@ -1404,22 +1404,6 @@ def _packed_rows(rows: np.ndarray) -> PackedQueries:
     offsets = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return PackedQueries(rows[rows >= 0].astype(np.int64), offsets)
-
-
-def _positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidQueryError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_n(n_min, n_max) -> tuple[int, int]:
-    n_min = _positive(n_min, "n_min")
-    n_max = _positive(n_max, "n_max")
-    if n_min > n_max:
-        raise InvalidQueryError(f"n_min ({n_min}) must not exceed n_max ({n_max})")
-    if n_max > MAX_N:
-        raise InvalidQueryError(f"n_max may be at most {MAX_N}")
-    return n_min, n_max
 
 
 def _merge_dists(dists: list, suffix_len: int | None = None, max_support: int | None = None):
