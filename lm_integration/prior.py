@@ -19,11 +19,17 @@ batched call, and an exact LRU cache of estimates (lm_integration.infgram.Infgra
 with a drafter) answers contexts seen before without the engine.
 
 Per-step cost: on CPU the ∞-gram support (a few to a few thousand tokens) is handled with numpy on
-views of the tensors, so the only full-vocabulary work is one log-softmax and one add; on other
-devices the support of each estimate is uploaded once and kept (``device_cache`` estimates), and the
-step does one host synchronisation (to see whether earlier processors masked the whole support). A
-variant with no synchronisation at all (a select restoring fully masked rows) measured slower on an
-H100 host: more kernel launches cost more than the synchronisation saved.
+views of the tensors, so the only full-vocabulary work is one log-softmax and one add. On a CUDA
+device with one row (the usual decoding step) the score row is copied to pinned host memory in the
+same synchronisation that reads back the new tokens, the support's masking and normalisation are
+worked out on the host, and the device does five operations: one copy of the packed support
+(indices and values) from pinned memory, a log-softmax, the constant log(1-λ) shift, and one
+gather / logaddexp / scatter over the support (additive mode: an add and a scatter). The buffers are
+kept per device and dtype. Other devices and batches keep the general device path: the support of
+each estimate is uploaded once and kept (``device_cache`` estimates), and the step does one host
+synchronisation (to see whether earlier processors masked the whole support). A variant with no
+synchronisation at all (a select restoring fully masked rows) measured slower on an H100 host: more
+kernel launches cost more than the synchronisation saved.
 """
 
 from __future__ import annotations
@@ -97,6 +103,7 @@ class InfgramLogitsProcessor(_Base):
         self.cache = cache if cache is not None else InfgramCache(max_entries=cache_size)
         self.device_cache = int(device_cache)
         self._support: OrderedDict = OrderedDict()  # id(estimate) -> (estimate, key, tensors)
+        self._bufs: dict = {}  # (device, dtype) -> _Buffers (one-row CUDA path)
         self._trackers: list[InfgramTracker] = []
         self.calls = 0
         self.seconds = 0.0  # time spent in __call__ (queries + tensor work)
@@ -148,6 +155,8 @@ class InfgramLogitsProcessor(_Base):
             return scores
         t0 = time.perf_counter()
         self._c0 = time.thread_time()
+        if scores.shape[0] == 1 and scores.device.type == "cuda":
+            return self._call_cuda_one(input_ids, scores, t0)
         ests = self.estimates(input_ids)
         B, V = scores.shape
         rows = []  # (row, estimate, λ)
@@ -263,6 +272,93 @@ class InfgramLogitsProcessor(_Base):
                     orow[t] = sv + lam * math.log(max(pp / mass, self.floor))
         return True
 
+    def _call_cuda_one(self, input_ids: torch.Tensor, scores: torch.Tensor, t0: float) -> torch.Tensor:
+        """One row on a CUDA device: the score row goes to pinned host memory before the tokens are
+        read back (one synchronisation serves both), then _mix_one."""
+        work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+        st = self._buffers(work)
+        V = work.shape[1]
+        st.host_scores[:V].copy_(work[0], non_blocking=True)
+        st.d2h.record()
+        est = self.estimates(input_ids)[0]
+        out = None
+        if not est.empty:
+            lam = self.lambda_sparse if est.sparse else self.lambda_dense
+            if lam != 0.0 and est.tokens[0] < V:  # (ascending tokens)
+                st.d2h.synchronize()  # (already done: the token read-back waited for it)
+                out = self._mix_one(work, est, lam, V, st.host_np, st)
+        if out is None:
+            self._account(t0)
+            return scores
+        if out.dtype != scores.dtype:
+            out = out.to(scores.dtype)
+        self._account(t0)
+        return out
+
+    def _buffers(self, work: torch.Tensor) -> "_Buffers":
+        key = (work.device, work.dtype)
+        st = self._bufs.get(key)
+        if st is None or st.host_scores.numel() < work.shape[1]:
+            st = self._bufs[key] = _Buffers(work.device, work.dtype, work.shape[1])
+        return st
+
+    def _mix_one(self, work: torch.Tensor, est, lam: float, V: int, s_host: np.ndarray, st: "_Buffers"):
+        """One row (work is 1 x V) given its scores on the host (``s_host``, a numpy array):
+        which support tokens earlier processors masked, the renormalisation and the new support
+        values are worked out on the host; the device does a packed upload of the support, then
+        log-softmax, shift and one gather / logaddexp / scatter (additive: add and scatter).
+        None when the whole support is masked (the scores then stay as they are)."""
+        fmin = float(torch.finfo(work.dtype).min)
+        interpolate = self.mode == "interpolate"
+        if len(est.tokens) <= _SMALL:
+            toks = est.tokens.tolist()
+            probs = est.probs.tolist()
+            if toks[-1] >= V:
+                probs = [pp for t, pp in zip(toks, probs) if t < V]
+                toks = [t for t in toks if t < V]
+            svals = s_host[toks].tolist()
+            keep = [i for i, sv in enumerate(svals) if sv > fmin]  # masked tokens lose their ∞-gram mass
+            if not keep:
+                return None
+            if len(keep) < len(toks):
+                toks = [toks[i] for i in keep]
+                probs = [probs[i] for i in keep]
+                svals = [svals[i] for i in keep]
+            mass = math.fsum(probs) if len(probs) > 1 else probs[0]
+            if mass <= 0.0:
+                return None
+            if interpolate:  # log(λ p / mass): the support's share, added to (1-λ) P_LM by logaddexp
+                lm = math.log(lam) - math.log(mass)
+                vals = [lm + math.log(pp) for pp in probs]
+            else:
+                lf = math.log(self.floor)
+                vals = [sv + lam * max(math.log(pp / mass), lf) for pp, sv in zip(probs, svals)]
+        else:
+            tk, p = self._support_np(est, V)
+            s_at = s_host[tk]
+            ok = s_at > fmin
+            if not ok.all():
+                tk, p, s_at = tk[ok], p[ok], s_at[ok]
+            mass = float(p.sum())
+            if len(tk) == 0 or mass <= 0.0:
+                return None
+            if interpolate:
+                vals = math.log(lam) - math.log(mass) + np.log(p)
+            else:
+                vals = s_at + lam * np.maximum(np.log(p / mass), math.log(self.floor))
+            toks = tk
+        k = len(toks)
+        idx, val = st.upload(toks, vals, k)
+        if interpolate:
+            out = torch.log_softmax(work, dim=-1)
+            out.add_(_log1m(lam))
+            row = out[0]
+            row.index_copy_(0, idx, torch.logaddexp(row.index_select(0, idx), val))
+        else:
+            out = work + lam * math.log(self.floor)
+            out[0].index_copy_(0, idx, val)
+        return out
+
     def _mix_device(self, work: torch.Tensor, rows, V: int):
         """The mixture on an accelerator: cached support tensors, one host synchronisation."""
         dev, wd = work.device, work.dtype
@@ -330,3 +426,45 @@ class InfgramLogitsProcessor(_Base):
         self.cpu_seconds += time.thread_time() - self._c0
         if self.step_seconds is not None:
             self.step_seconds.append(dt)
+
+
+class _Buffers:
+    """Per device and dtype buffers of the one-row path: the score row in pinned host memory (and
+    an event marking its copy), and a packed support (int64 indices, then the values' bytes) in
+    pinned host memory and on the device, grown as needed. On CPU (tests) plain tensors, no events."""
+
+    def __init__(self, device, dtype, V: int):
+        self.device, self.dtype = device, dtype
+        self.cuda = device.type == "cuda"
+        self.itemsize = torch.empty(0, dtype=dtype).element_size()
+        self.host_scores = torch.empty(V, dtype=dtype, pin_memory=self.cuda)
+        self.host_np = self.host_scores.numpy()
+        self.d2h = torch.cuda.Event() if self.cuda else None
+        self.h2d = None  # event after the last upload (the host buffer is reused only once it is done)
+        self.cap = 0
+        self._grow(64)
+
+    def _grow(self, cap: int) -> None:
+        self.cap = cap
+        words = cap + (cap * self.itemsize + 7) // 8
+        self.host = torch.empty(words, dtype=torch.int64, pin_memory=self.cuda)
+        self.host_np_i = self.host.numpy()
+        self.dev = torch.empty(words, dtype=torch.int64, device=self.device)
+
+    def upload(self, toks, vals, k: int):
+        """(indices, values) on the device: one copy of ``k`` indices and ``k`` values."""
+        if k > self.cap:
+            self._grow(1 << (k - 1).bit_length())
+        if self.h2d is not None:
+            self.h2d.synchronize()
+        w = k + (k * self.itemsize + 7) // 8
+        h = self.host_np_i
+        h[:k] = toks
+        h[k:w].view(self.host_np.dtype)[:k] = vals
+        seg = self.dev[:w]
+        seg.copy_(self.host[:w], non_blocking=self.cuda)
+        if self.cuda:
+            if self.h2d is None:
+                self.h2d = torch.cuda.Event()
+            self.h2d.record()
+        return seg[:k], seg[k:].view(self.dtype)[:k]
