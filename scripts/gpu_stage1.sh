@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Device stage 1 (see lm_integration/README.md, "Measured"): install the carried wheels, unpack the
 # index without its suffix array and rebuild table.0 there (checked against the manifest's sha256),
-# compile the engine's kernels, keep the first part of the model's GGUF under /tmp/ngc.
+# compile the engine's kernels, keep the first part of the model's GGUF under /tmp/ngc; then the
+# CUDA tests of the prior and the prior replayed on the GPU (no model) against the baseline package
+# in .carry/p1/bl (written by `scripts/lm_overhead.py --baseline-rev REV --export-baseline
+# .carry/p1/bl`), kept under /tmp/ngc/bl for stage 2. Results under $OUT.
 set -euo pipefail
 export PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR=/tmp/numba_cache
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -31,3 +34,11 @@ t0 = time.time()
 idx.warmup()
 print(f"index {idx.num_tokens:,} tokens; kernels warm in {time.time() - t0:.1f}s")
 PY
+IDX=/tmp/ngc/bench_lm/kernel-sound-soc-train-smollm2
+python3 -m pytest -q -p no:cacheprovider tests/test_lm_overhead.py -k "cuda or one_row" 2>&1 | tail -3
+if [ -d .carry/p1/bl ]; then
+  cp -r .carry/p1/bl /tmp/ngc/bl
+  BL=$(ls -d /tmp/ngc/bl/lm_integration_*)
+  python3 scripts/lm_overhead.py --trace /tmp/ngc/trace-soc.json --index $IDX --baseline-rev $BL \
+    --prior-only --device cuda --repeats 3 --prior-prompts 4 --json $OUT/replay_cuda.json | tee $OUT/replay_cuda.md
+fi

@@ -30,12 +30,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def load_baseline(rev: str):
-    """lm_integration as of git revision ``rev``, imported as package ``lm_integration_<rev>``."""
+def load_baseline(rev: str, dest: str | None = None):
+    """lm_integration as of git revision ``rev``, imported as package ``lm_integration_<rev>``.
+    ``rev`` may also be a package directory written earlier (``--export-baseline``), for machines
+    without the git history; ``dest``: write the package there (its parent must exist)."""
+    if Path(rev).is_dir() and (Path(rev) / "__init__.py").exists():
+        d = Path(rev).resolve()
+        sys.path.insert(0, str(d.parent))
+        return importlib.import_module(d.name)
     name = "lm_integration_" + re.sub(r"\W", "_", rev)
-    tmp = Path(tempfile.mkdtemp(prefix="lm_baseline_"))
+    tmp = Path(dest) if dest else Path(tempfile.mkdtemp(prefix="lm_baseline_"))
     pkg = tmp / name
-    pkg.mkdir()
+    pkg.mkdir(parents=True, exist_ok=True)
     files = subprocess.run(["git", "ls-tree", "--name-only", rev, "lm_integration/"], cwd=ROOT, check=True,
                            capture_output=True, text=True).stdout.split()
     for f in files:
@@ -81,19 +87,25 @@ def simulate(drafter, prompts, greedy, num_draft):
     return secs, steps, new
 
 
-def prior_ms(pkg, index, prompts, conts, lam, V, threads_scores):
-    """Per-prompt mean ms per processor call (bench_lm's measure), one value per prompt."""
+def prior_ms(pkg, index, prompts, conts, lam, V, threads_scores, device="cpu"):
+    """Per-prompt mean ms per processor call (bench_lm's measure), one value per prompt. On a GPU
+    the inputs are made there and the clock starts after a synchronisation, as in bench_lm."""
     import torch
 
     proc_cls = importlib.import_module(pkg.__name__ + ".prior").InfgramLogitsProcessor
+    cuda = device.startswith("cuda")
     out = []
     for p, c in zip(prompts, conts):
         proc = proc_cls(index, lambda_sparse=lam[0], lambda_dense=lam[1])
         seq = p + c
         for t in range(len(p), len(seq)):
-            x, sc = torch.tensor([seq[:t]]), threads_scores.clone()
+            x, sc = torch.tensor([seq[:t]], device=device), threads_scores.clone()
             pollute()
+            if cuda:
+                torch.cuda.synchronize()
             proc(x, sc)
+        if cuda:
+            torch.cuda.synchronize()
         out.append(1000.0 * proc.seconds / max(proc.calls, 1))
     return out
 
@@ -109,9 +121,19 @@ def main(argv=None) -> int:
     ap.add_argument("--lambdas", type=float, nargs=2, default=(0.83, 0.26))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", help="write the raw per-repeat figures here")
+    ap.add_argument("--index", help="the index directory (default: the one the trace names)")
+    ap.add_argument("--device", default="cpu", help="where the prior's score rows live (cpu, cuda)")
+    ap.add_argument("--prior-only", action="store_true", help="skip the drafters")
+    ap.add_argument("--export-baseline", metavar="DIR",
+                    help="write lm_integration as of --baseline-rev under DIR (for --baseline-rev DIR/<package> "
+                         "on a machine without the git history) and exit")
     ap.add_argument("--pollute-mb", type=int, default=0,
                     help="touch this many MB between steps (a forward pass evicts the caches; 0: off)")
     args = ap.parse_args(argv)
+
+    if args.export_baseline:
+        print(load_baseline(args.baseline_rev, dest=args.export_baseline).__file__)
+        return 0
 
     import numpy as np
     import torch
@@ -124,10 +146,10 @@ def main(argv=None) -> int:
     if args.pollute_mb:
         _POLLUTE = np.zeros(args.pollute_mb << 17, dtype=np.float64)
     tr = json.loads(Path(args.trace).read_text())
-    index = engine.NgramIndex.open(tr["index"])
+    index = engine.NgramIndex.open(args.index or tr["index"])
     index.warmup()
     V = 49152
-    scores = torch.from_numpy(np.random.default_rng(0).normal(0, 5, size=(1, V)).astype(np.float32))
+    scores = torch.from_numpy(np.random.default_rng(0).normal(0, 5, size=(1, V)).astype(np.float32)).to(args.device)
     pkgs = {"new": lm_integration}
     if args.baseline_rev:
         pkgs["baseline"] = load_baseline(args.baseline_rev)
@@ -137,6 +159,8 @@ def main(argv=None) -> int:
         methods[f"{tag}: ∞-gram drafter"] = lambda pkg=pkg: pkg.InfgramDrafter(index, **kw)
         methods[f"{tag}: hybrid drafter"] = lambda pkg=pkg: pkg.HybridDrafter(index, **kw)
     methods["prompt lookup"] = lambda: lm_integration.PromptLookupDrafter(max_ngram=3)
+    if args.prior_only:
+        methods = {}
     res = {m: [] for m in methods}
     tps = {}
     prior = {tag: [] for tag in pkgs}
@@ -144,13 +168,13 @@ def main(argv=None) -> int:
     for _ in range(args.repeats):
         for tag, pkg in pkgs.items():
             prior[tag].append(statistics.median(prior_ms(pkg, index, tr["prompts"][:P], tr["prior"][:P],
-                                                         args.lambdas, V, scores)))
+                                                         args.lambdas, V, scores, args.device)))
         for name, make in methods.items():
             secs, steps, new = simulate(make(), tr["prompts"], tr["greedy"], args.num_draft)
             res[name].append(1000.0 * secs / max(steps, 1))
             tps[name] = new / (steps + len(tr["prompts"]))
     print(f"{len(tr['prompts'])} prompts, {args.repeats} repeats, methods interleaved; medians over repeats "
-          f"(min-max). load average {__import__('os').getloadavg()[0]:.1f}")
+          f"(min-max), prior on {args.device}. load average {__import__('os').getloadavg()[0]:.1f}")
     print("| what | ms / step (median) | min | max | tokens / step |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for tag in pkgs:
