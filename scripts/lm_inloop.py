@@ -151,8 +151,8 @@ def main(argv=None) -> int:
         print(f"| without prior | {1000 * statistics.median(base):.3f} | - |")
         for tag in pkgs:
             d = [1000 * (a - b) for a, b in zip(e2e[tag], base)]
-            print(f"| prior, {tag} | {1000 * statistics.median(e2e[tag]):.3f} | +{statistics.median(d):.3f} "
-                  f"(mean +{statistics.mean(d):.3f}) |")
+            print(f"| prior, {tag} | {1000 * statistics.median(e2e[tag]):.3f} | {statistics.median(d):+.3f} "
+                  f"(mean {statistics.mean(d):+.3f}) |")
     if args.json:
         Path(args.json).write_text(json.dumps({"prior": prior, "prior_cpu": prior_cpu,
                                                "e2e": {str(k): v for k, v in e2e.items()},
