@@ -458,6 +458,30 @@ def test_gpt2_special_token_text_is_plain_text(gpt2):
         assert ids == gpt2._enc.encode_ordinary(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"))
 
 
+# Every Unicode White_Space character, characters Python's re calls space but the regex crate does not
+# (U+001C..U+001F), zero-width non-spaces, letters, digits, symbols, contractions and the cut marker.
+_SPACEY = list("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2003\u200a\u2028\u2029\u202f\u205f\u3000") + list(
+    "\x1c\x1d\x1e\x1f\u200b\ufeffaZ\u00e9\u65e51\u0663'.-{}!") + ["'s", "'t", "'re", "'ll", "<|endoftext|>", "\x00"]
+_SPACEY_ASCII = [c for c in _SPACEY if c.isascii() and c != "\x00"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_SPACEY), max_size=60), st.lists(st.sampled_from(_SPACEY_ASCII), max_size=60))
+def test_gpt2_cut_encoder_gives_the_lookahead_regex_ids(gpt2, pieces, ascii_pieces):
+    # encode_serial cuts whitespace runs and encodes with a regex without GPT-2's look-ahead
+    # (engine.tokenize._CUT): the ids must be those of the GPT-2 regex itself, on short texts (re
+    # cuts them), long ASCII texts (numpy cuts them) and texts holding the marker (encoded as they are).
+    short, ascii_text = "".join(pieces), "".join(ascii_pieces)
+    for text in (short, ascii_text, ascii_text * (1 + 1100 // max(1, len(ascii_text))), short * 30):
+        assert gpt2.encode_serial(text).tolist() == gpt2._enc.encode_ordinary(text), repr(text[:80])
+
+
+def test_gpt2_cut_encoder_on_source_code(gpt2):
+    code = "static int f(void)\n{\n\tif (x  ==  1)\n\t\treturn 0;   \n  \t\n\n}\n" * 40 + "\t  x\r\n\r\n  y"
+    for text in (code, code[:500], code + " caf\u00e9  \u3000\u3000z"):
+        assert gpt2.encode_serial(text).tolist() == gpt2._enc.encode_ordinary(text)
+
+
 @pytest.mark.parametrize("width", [1, 2, 4])
 def test_encode_shard_payload_layout(width):
     from engine.tokenize import encode_shard_payload
