@@ -439,7 +439,7 @@ def _cut_space_runs(text: str) -> str:
     if len(text) < 1024 or not text.isascii():  # numpy's per-call cost outweighs re's on short texts
         return _LAST_OF_SPACE_RUN.sub("\\1" + _CUT + "\\2", text)
     raw = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
-    space = _ASCII_SPACE[raw]
+    space = np.take(_ASCII_SPACE, raw)  # half the time of fancy indexing
     cuts = np.flatnonzero(space[:-2] & space[1:-1] & ~space[2:])
     if not cuts.size:
         return text
