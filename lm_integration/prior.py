@@ -20,16 +20,16 @@ with a drafter) answers contexts seen before without the engine.
 
 Per-step cost: on CPU the ∞-gram support (a few to a few thousand tokens) is handled with numpy on
 views of the tensors, so the only full-vocabulary work is one log-softmax and one add. On a CUDA
-device with one row (the usual decoding step) the score row is copied to pinned host memory in the
-same synchronisation that reads back the new tokens, the support's masking and normalisation are
-worked out on the host, and the device does five operations: one copy of the packed support
-(indices and values) from pinned memory, a log-softmax, the constant log(1-λ) shift, and one
-gather / logaddexp / scatter over the support (additive mode: an add and a scatter). The buffers are
-kept per device and dtype. Other devices and batches keep the general device path: the support of
-each estimate is uploaded once and kept (``device_cache`` estimates), and the step does one host
-synchronisation (to see whether earlier processors masked the whole support). A variant with no
-synchronisation at all (a select restoring fully masked rows) measured slower on an H100 host: more
-kernel launches cost more than the synchronisation saved.
+device with one row (the usual decoding step) each CUDA call costs more than the arithmetic, so the
+step makes five: a log-softmax, copies of the score row and of its log-softmax to pinned host
+memory (issued before the new tokens are read back, so that one synchronisation serves all three),
+the token read-back, and one copy of the mixed row back; the masking, renormalisation, shift and
+support values are worked out on the host (one pass over the row). The pinned rows are kept per
+device, dtype and vocabulary size. Batches and other devices take the general device path: the
+support of each estimate is uploaded once and kept (``device_cache`` estimates), and the step does
+one host synchronisation (to see whether earlier processors masked the whole support). A variant
+with no synchronisation at all (a select restoring fully masked rows) measured slower on an H100
+host: more kernel launches cost more than the synchronisation saved.
 """
 
 from __future__ import annotations
@@ -273,91 +273,98 @@ class InfgramLogitsProcessor(_Base):
         return True
 
     def _call_cuda_one(self, input_ids: torch.Tensor, scores: torch.Tensor, t0: float) -> torch.Tensor:
-        """One row on a CUDA device: the score row goes to pinned host memory before the tokens are
-        read back (one synchronisation serves both), then _mix_one."""
-        work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
-        st = self._buffers(work)
-        V = work.shape[1]
-        st.host_scores[:V].copy_(work[0], non_blocking=True)
-        st.d2h.record()
-        est = self.estimates(input_ids)[0]
-        out = None
-        if not est.empty:
-            lam = self.lambda_sparse if est.sparse else self.lambda_dense
-            if lam != 0.0 and est.tokens[0] < V:  # (ascending tokens)
-                st.d2h.synchronize()  # (already done: the token read-back waited for it)
-                out = self._mix_one(work, est, lam, V, st.host_np, st)
-        if out is None:
-            self._account(t0)
-            return scores
-        if out.dtype != scores.dtype:
-            out = out.to(scores.dtype)
+        out = self._call_one(input_ids, scores)
         self._account(t0)
         return out
 
+    def _call_one(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """One row on a CUDA device (on CPU tensors too, for tests): the score row (and, for
+        interpolation, its log-softmax) go to pinned host memory before the tokens are read back, so
+        that one synchronisation serves all three; the masking, renormalisation and the mixture are
+        then worked out on the host, and the mixed row goes back in one copy."""
+        work = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+        st = self._buffers(work)
+        if st.cuda:
+            stream = torch.cuda.current_stream(work.device)
+            if st.stream is not None and st.stream != stream:
+                st.stream.synchronize()  # the pinned buffers' last copies ran on another stream
+            st.stream = stream
+        interpolate = self.mode == "interpolate"
+        st.h_scores.copy_(work, non_blocking=st.cuda)
+        if interpolate:
+            st.h_out.copy_(torch.log_softmax(work, dim=-1), non_blocking=st.cuda)
+        est = self.estimates(input_ids)[0]
+        if est.empty:
+            return scores
+        lam = self.lambda_sparse if est.sparse else self.lambda_dense
+        V = work.shape[1]
+        if lam == 0.0 or est.tokens[0] >= V:  # (ascending tokens)
+            return scores
+        if st.cuda and input_ids.device != work.device:
+            st.stream.synchronize()  # (else reading the tokens back waited for the copies)
+        if not self._mix_one_host(est, lam, V, st.s_np, st.o_np, interpolate):
+            return scores
+        out = torch.empty_like(work)
+        out.copy_(st.h_out, non_blocking=st.cuda)
+        return out if out.dtype == scores.dtype else out.to(scores.dtype)
+
     def _buffers(self, work: torch.Tensor) -> "_Buffers":
-        key = (work.device, work.dtype)
+        key = (work.device, work.dtype, work.shape[1])
         st = self._bufs.get(key)
-        if st is None or st.host_scores.numel() < work.shape[1]:
+        if st is None:
             st = self._bufs[key] = _Buffers(work.device, work.dtype, work.shape[1])
         return st
 
-    def _mix_one(self, work: torch.Tensor, est, lam: float, V: int, s_host: np.ndarray, st: "_Buffers"):
-        """One row (work is 1 x V) given its scores on the host (``s_host``, a numpy array):
-        which support tokens earlier processors masked, the renormalisation and the new support
-        values are worked out on the host; the device does a packed upload of the support, then
-        log-softmax, shift and one gather / logaddexp / scatter (additive: add and scatter).
-        None when the whole support is masked (the scores then stay as they are)."""
-        fmin = float(torch.finfo(work.dtype).min)
-        interpolate = self.mode == "interpolate"
+    def _mix_one_host(self, est, lam: float, V: int, s: np.ndarray, o: np.ndarray, interpolate: bool) -> bool:
+        """The mixed row, on the host, into ``o`` (which holds the log-softmax of the scores ``s``
+        when interpolating). False (``o`` then unusable) when earlier processors masked the whole
+        support: the scores stay as they are."""
+        fmin = float(np.finfo(s.dtype).min)
         if len(est.tokens) <= _SMALL:
             toks = est.tokens.tolist()
             probs = est.probs.tolist()
             if toks[-1] >= V:
                 probs = [pp for t, pp in zip(toks, probs) if t < V]
                 toks = [t for t in toks if t < V]
-            svals = s_host[toks].tolist()
-            keep = [i for i, sv in enumerate(svals) if sv > fmin]  # masked tokens lose their ∞-gram mass
-            if not keep:
-                return None
-            if len(keep) < len(toks):
-                toks = [toks[i] for i in keep]
-                probs = [probs[i] for i in keep]
-                svals = [svals[i] for i in keep]
-            mass = math.fsum(probs) if len(probs) > 1 else probs[0]
+            svals = s[toks].tolist()
+            mass = 0.0
+            for pp, sv in zip(probs, svals):
+                if sv > fmin:  # tokens masked by earlier processors lose their ∞-gram mass
+                    mass += pp
             if mass <= 0.0:
-                return None
-            if interpolate:  # log(λ p / mass): the support's share, added to (1-λ) P_LM by logaddexp
-                lm = math.log(lam) - math.log(mass)
-                vals = [lm + math.log(pp) for pp in probs]
-            else:
-                lf = math.log(self.floor)
-                vals = [sv + lam * max(math.log(pp / mass), lf) for pp, sv in zip(probs, svals)]
-        else:
-            tk, p = self._support_np(est, V)
-            s_at = s_host[tk]
-            ok = s_at > fmin
-            if not ok.all():
-                tk, p, s_at = tk[ok], p[ok], s_at[ok]
-            mass = float(p.sum())
-            if len(tk) == 0 or mass <= 0.0:
-                return None
+                return False
             if interpolate:
-                vals = math.log(lam) - math.log(mass) + np.log(p)
+                lsm = o[toks].tolist()
+                np.add(o, _log1m(lam), out=o)
+                for t, pp, sv, l in zip(toks, probs, svals, lsm):
+                    if sv > fmin:
+                        o[t] = math.log((1.0 - lam) * math.exp(l) + lam * (pp / mass))
             else:
-                vals = s_at + lam * np.maximum(np.log(p / mass), math.log(self.floor))
-            toks = tk
-        k = len(toks)
-        idx, val = st.upload(toks, vals, k)
+                np.add(s, lam * math.log(self.floor), out=o)
+                for t, pp, sv in zip(toks, probs, svals):
+                    if sv > fmin:
+                        o[t] = sv + lam * math.log(max(pp / mass, self.floor))
+            return True
+        tk, p = self._support_np(est, V)
+        s_at = s[tk]
+        ok = s_at > fmin
+        if not ok.all():
+            p = np.where(ok, p, 0.0)
+        mass = float(p.sum())
+        if mass <= 0.0:
+            return False
+        if mass != 1.0:
+            p = p / mass
+        tk, p, s_at = tk[ok], p[ok], s_at[ok]
         if interpolate:
-            out = torch.log_softmax(work, dim=-1)
-            out.add_(_log1m(lam))
-            row = out[0]
-            row.index_copy_(0, idx, torch.logaddexp(row.index_select(0, idx), val))
+            lsm = o[tk].astype(np.float64)
+            np.add(o, _log1m(lam), out=o)
+            with np.errstate(divide="ignore"):
+                o[tk] = np.log((1.0 - lam) * np.exp(lsm) + lam * p)
         else:
-            out = work + lam * math.log(self.floor)
-            out[0].index_copy_(0, idx, val)
-        return out
+            np.add(s, lam * math.log(self.floor), out=o)
+            o[tk] = s_at + lam * np.log(np.maximum(p, self.floor))
+        return True
 
     def _mix_device(self, work: torch.Tensor, rows, V: int):
         """The mixture on an accelerator: cached support tensors, one host synchronisation."""
@@ -429,42 +436,15 @@ class InfgramLogitsProcessor(_Base):
 
 
 class _Buffers:
-    """Per device and dtype buffers of the one-row path: the score row in pinned host memory (and
-    an event marking its copy), and a packed support (int64 indices, then the values' bytes) in
-    pinned host memory and on the device, grown as needed. On CPU (tests) plain tensors, no events."""
+    """Per device, dtype and vocabulary size, the one-row path's pinned host rows: the scores, and
+    the log-softmax that becomes the mixed row (plain tensors on CPU, for tests). Each is reused
+    only after the copies of the call before: the next call's copies queue behind them on the
+    same stream (or wait for the old stream), and the host reads only after the synchronisation."""
 
     def __init__(self, device, dtype, V: int):
-        self.device, self.dtype = device, dtype
         self.cuda = device.type == "cuda"
-        self.itemsize = torch.empty(0, dtype=dtype).element_size()
-        self.host_scores = torch.empty(V, dtype=dtype, pin_memory=self.cuda)
-        self.host_np = self.host_scores.numpy()
-        self.d2h = torch.cuda.Event() if self.cuda else None
-        self.h2d = None  # event after the last upload (the host buffer is reused only once it is done)
-        self.cap = 0
-        self._grow(64)
-
-    def _grow(self, cap: int) -> None:
-        self.cap = cap
-        words = cap + (cap * self.itemsize + 7) // 8
-        self.host = torch.empty(words, dtype=torch.int64, pin_memory=self.cuda)
-        self.host_np_i = self.host.numpy()
-        self.dev = torch.empty(words, dtype=torch.int64, device=self.device)
-
-    def upload(self, toks, vals, k: int):
-        """(indices, values) on the device: one copy of ``k`` indices and ``k`` values."""
-        if k > self.cap:
-            self._grow(1 << (k - 1).bit_length())
-        if self.h2d is not None:
-            self.h2d.synchronize()
-        w = k + (k * self.itemsize + 7) // 8
-        h = self.host_np_i
-        h[:k] = toks
-        h[k:w].view(self.host_np.dtype)[:k] = vals
-        seg = self.dev[:w]
-        seg.copy_(self.host[:w], non_blocking=self.cuda)
-        if self.cuda:
-            if self.h2d is None:
-                self.h2d = torch.cuda.Event()
-            self.h2d.record()
-        return seg[:k], seg[k:].view(self.dtype)[:k]
+        self.h_scores = torch.empty((1, V), dtype=dtype, pin_memory=self.cuda)
+        self.h_out = torch.empty((1, V), dtype=dtype, pin_memory=self.cuda)
+        self.s_np = self.h_scores.numpy()[0]
+        self.o_np = self.h_out.numpy()[0]
+        self.stream = None
