@@ -39,6 +39,6 @@ python3 -m pytest -q -p no:cacheprovider tests/test_lm_overhead.py -k "cuda or o
 if [ -d .carry/p1/bl ]; then
   cp -r .carry/p1/bl /tmp/ngc/bl
   BL=$(ls -d /tmp/ngc/bl/lm_integration_*)
-  python3 scripts/lm_overhead.py --trace /tmp/ngc/trace-soc.json --index $IDX --baseline-rev $BL \
+  [ -n "${SKIP_REPLAY:-}" ] || python3 scripts/lm_overhead.py --trace /tmp/ngc/trace-soc.json --index $IDX --baseline-rev $BL \
     --prior-only --device cuda --repeats 2 --prior-prompts 4 --json $OUT/replay_cuda.json | tee $OUT/replay_cuda.md
 fi
