@@ -27,7 +27,8 @@ def _pointer_bytes(sa: np.ndarray, token_width: int, ptr_size: int) -> np.ndarra
     if token_width > 1:
         sa = sa[(sa & (token_width - 1)) == 0]
     if ptr_size == 4:
-        return sa.astype("<u4").view(np.uint8)
+        # divsufsort's int32 entries are non-negative: their little-endian bytes are the pointers.
+        return (sa if sa.dtype == np.dtype("<i4") else sa.astype("<u4")).view(np.uint8)
     wide = sa.astype("<u8").view(np.uint8).reshape(-1, 8)
     return np.ascontiguousarray(wide[:, :ptr_size]).reshape(-1)
 
