@@ -426,6 +426,7 @@ class HuggingFaceTokenizer(Tokenizer):
 _GPT2_NO_LOOKAHEAD = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+"""
 _CUT = "\x00"  # a text holding it is encoded the ordinary way
 _CUT_ID = 0xFFFFFFFE
+_CUT_SET = frozenset([_CUT])
 # Unicode White_Space, the regex crate's \s (Python's \s differs: it also matches U+001C..U+001F).
 _WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 _LAST_OF_SPACE_RUN = re.compile(f"([{_WHITE_SPACE}])([{_WHITE_SPACE}])(?=[^{_WHITE_SPACE}])")
@@ -500,6 +501,7 @@ class TiktokenTokenizer(Tokenizer):
         # With no special token allowed it encodes the whole text as ordinary text: the same ids as
         # encode_ordinary (tests/test_tokenize.py checks it on special-token text).
         self._to_buffer = getattr(self._enc._core_bpe, "encode_to_tiktoken_buffer", None)
+        self._cuts = self.pattern == TIKTOKEN_PATTERNS["gpt2"]
         self._cut_to_buffer = None  # GPT-2's look-ahead-free encoder, made on first use (see _CUT)
         self._cut_lock = threading.Lock()
 
@@ -518,12 +520,14 @@ class TiktokenTokenizer(Tokenizer):
         return self._cut_to_buffer
 
     def encode_serial(self, text: str) -> np.ndarray:
-        text = _clean_text(text)
+        if not text.isascii():  # ASCII holds no lone surrogate
+            text = _clean_text(text)
         if self._to_buffer is None:  # pragma: no cover
             return np.array(self._enc.encode_ordinary(text), dtype=np.uint32)
-        if self.pattern == TIKTOKEN_PATTERNS["gpt2"] and _CUT not in text:
-            ids = np.frombuffer(self._cut_encoder()(_cut_space_runs(text), {_CUT}), dtype=np.uint32)
-            return ids[ids != _CUT_ID]
+        if self._cuts and _CUT not in text:
+            cut = _cut_space_runs(text)
+            ids = np.frombuffer(self._cut_encoder()(cut, _CUT_SET), dtype=np.uint32)
+            return ids if cut is text else ids[ids != _CUT_ID]
         return np.frombuffer(self._to_buffer(text, set()), dtype=np.uint32)
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
