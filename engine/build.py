@@ -109,7 +109,7 @@ class _ShardWriter:
         self.bytes += int(nbytes.sum())
         self.docs += len(sizes)
         if "metadata" in self._fh:
-            lines = [(json.dumps(m, ensure_ascii=False) if m else "").encode() + b"\n" for m in metadatas]
+            lines = [(_metadata_json(m) if m else "").encode() + b"\n" for m in metadatas]
             lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
             self._fh["metaoff"].write(_starts(lengths, self.meta_bytes).tobytes())
             block = b"".join(lines)
@@ -123,6 +123,10 @@ class _ShardWriter:
             fh.close()
             os.replace(self._tmp[kind], shard_path(self.directory, kind, self.number))
         return {"shard": self.number, "bytes": self.bytes, "num_docs": self.docs}
+
+
+# json.dumps(m, ensure_ascii=False) without making an encoder for every document.
+_metadata_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _starts(lengths: np.ndarray, first: int) -> np.ndarray:
