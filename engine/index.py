@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import struct
 import threading
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -38,9 +39,26 @@ from engine.results import (
     SearchResult,
 )
 
-_EMPTY_TABLE = np.zeros(0, dtype=np.int64)
-_EMPTY_TABLE.flags.writeable = False
 _INT64 = np.dtype(np.int64)
+_ID_PACKERS: dict[int, struct.Struct] = {}  # query length -> its packer
+MAX_PACKED_IDS = 4096
+
+
+def _packed_id_list(query) -> bytes | None:
+    """A non-empty list of ints as little-endian int64 bytes, converted in one C call (the usual
+    query; kernels.as_ids reads it); None for anything else, which takes the general path."""
+    if type(query) is not list or not query or type(query[0]) is bool:
+        return None
+    n = len(query)
+    packer = _ID_PACKERS.get(n)
+    if packer is None:
+        if n > MAX_PACKED_IDS:
+            return None
+        packer = _ID_PACKERS.setdefault(n, struct.Struct(f"<{n}q"))
+    try:
+        return packer.pack(*query)
+    except struct.error:  # not ints, or beyond int64
+        return None
 DEFAULT_MAX_DISP_LEN = 1000
 
 
@@ -67,10 +85,9 @@ class NgramIndex:
         self._ds = tuple(s.tokenized for s in shards)
         self._sa = tuple(s.table for s in shards)
         self._ps = np.array([s.ptr_size for s in shards], dtype=np.int64)
-        self._ftlo, self._fthi = self._first_token_tables()
-        self._samp = tuple(kernels.build_sample_table(s.tokenized, s.table, s.ptr_size) for s in shards)
+        self._dirs = tuple(kernels.build_directory(s.tokenized, s.table, s.ptr_size, token_width) for s in shards)
         # The leading arguments of every search kernel, in their order.
-        self._search = (self._ds, self._sa, self._ps, token_width, self._ftlo, self._fthi, self._samp)
+        self._search = (self._ds, self._sa, self._ps, token_width, self._dirs)
         self._entries = {}  # kernel -> compiled entry point, for _direct
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
@@ -148,20 +165,11 @@ class NgramIndex:
         return cls(shards, token_width=width, vocab_size=vocab_size, eos_token_id=eos_token_id, tokenizer=tok,
                    manifests=manifests, paths=paths, load=load)
 
-    def _first_token_tables(self):
-        if self.token_width == 4:
-            return tuple(_EMPTY_TABLE for _ in self._shards), tuple(_EMPTY_TABLE for _ in self._shards)
-        size = 1 << (8 * self.token_width)
-        lows, highs = [], []
-        for shard in self._shards:
-            lo = np.empty(size, dtype=np.int64)
-            hi = np.empty(size, dtype=np.int64)
-            kernels.first_key_table(shard.tokenized, shard.table, shard.ptr_size, self.token_width, lo, hi)
-            lo.flags.writeable = False
-            hi.flags.writeable = False
-            lows.append(lo)
-            highs.append(hi)
-        return tuple(lows), tuple(highs)
+    def first_token_ranges(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi): each shard's suffix-array range of every first token, as [shard, key] arrays
+        (token widths 1 and 2 only)."""
+        tables = [kernels.first_token_ranges(d) for d in self._dirs]
+        return np.stack([lo for lo, _ in tables]), np.stack([hi for _, hi in tables])
 
     # ------------------------------------------------------------------ facts
     @property
@@ -210,12 +218,13 @@ class NgramIndex:
             if self._warm:
                 return
             probe = [0]
-            self.count(probe)
+            for query in (probe, np.zeros(1, dtype=np.int64)):  # packed lists and arrays
+                self.count(query)
+                self.prob(query, 0)
+                self.infgram_prob(query, 0)
             self.find(probe)
-            self.prob(probe, 0)
             self.ntd(probe)
             self.ntd(probe, max_support=2)
-            self.infgram_prob(probe, 0)
             self.infgram_ntd(probe)
             self.count_batch([probe, probe])
             self.prob_batch([probe], [0])
@@ -341,24 +350,15 @@ class NgramIndex:
 
     def _direct(self, kernel, *args):
         """``kernel(*self._search, *args)`` through its compiled entry point, skipping numba's type
-        dispatch. Only for arguments of fixed types: int64 C-contiguous arrays made here, ints."""
+        dispatch. Only for arguments of fixed types: ids packed by _packed_id_list, ints, bools."""
         entry = self._entries.get(kernel)
         if entry is None:
             entry = self._entries[kernel] = kernels.direct_entry(kernel, *self._search, *args)
         return entry(*self._search, *args)
 
-    @staticmethod
-    def _id_list(query) -> np.ndarray | None:
-        """A list of ints as a fresh int64 array (the usual query), else None for the general path."""
-        if type(query) is list:
-            ids = np.asarray(query)
-            if ids.dtype is _INT64 and ids.ndim == 1:
-                return ids
-        return None
-
     def count(self, query) -> int:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
-        ids = self._id_list(query)
+        ids = _packed_id_list(query)
         if ids is not None:
             n = self._direct(kernels.count_ids, ids, self.vocab_size, self.separator_id)
             if n >= 0:
@@ -378,7 +378,7 @@ class NgramIndex:
     # ------------------------------------------------------------------ probabilities
     def _prob_counts(self, prompt, cont_id, use_suffix: bool) -> tuple[int, int, int]:
         """(prompt count, prompt + cont count, prompt length used) of one validated query."""
-        ids = self._id_list(prompt)
+        ids = _packed_id_list(prompt)
         if ids is not None and type(cont_id) is int and 0 <= cont_id < self.vocab_size:
             counts = self._direct(kernels.prob_ids, ids, cont_id, use_suffix, self.vocab_size, self.separator_id)
             if counts[0] >= 0:

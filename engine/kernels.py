@@ -10,18 +10,18 @@ Conventions shared by every kernel:
   data has key -1, so shorter suffixes sort first, as memcmp does.
 - The separator (all ones) has the largest key, so "document ends here" sorts last in a range.
 - Ranges are half-open ``[lo, hi)`` over suffix-array ranks, per shard.
-- ``ftlo_t``/``fthi_t`` hold each shard's range of every first token (indexed by key) for token
-  widths 1 and 2; for width 4 they are empty arrays and searches start from the whole shard.
-- ``samp_t`` holds each shard's sample table (``build_sample_table``): a key made of the first 7
-  bytes of every 2**shift-th suffix, small enough to stay in the CPU caches, so a search reads the suffix array and
-  the tokens (cache misses, each one) only inside a window of 2**shift ranks at each end.
+- ``dir_t`` holds each shard's search directory (``build_directory``): the range of every first
+  token (widths 1 and 2; for width 4 searches start from the whole shard) and the first 7 bytes
+  of every 2**shift-th suffix, so a search reads the suffix array and the tokens (a cache miss
+  each) only inside a window of 2**shift ranks at each end.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import overload
 
 
 def direct_entry(dispatcher, *args):
@@ -43,6 +43,19 @@ def tokens_to_keys(tokens: np.ndarray, token_width: int) -> np.ndarray:
     if token_width == 2:
         return ((t & 0xFF) << 8) | ((t >> 8) & 0xFF)
     return ((t & 0xFF) << 24) | (((t >> 8) & 0xFF) << 16) | (((t >> 16) & 0xFF) << 8) | ((t >> 24) & 0xFF)
+
+
+def as_ids(ids):
+    """int64 token ids from an int64 array, or from bytes of little-endian int64s (how the Python
+    layer packs a list of ints in one C call); in compiled code only."""
+    return np.asarray(ids)
+
+
+@overload(as_ids, inline="always")
+def _as_ids_overload(ids):
+    if isinstance(ids, types.Bytes):
+        return lambda ids: np.frombuffer(ids, np.int64)
+    return lambda ids: ids
 
 
 @njit(nogil=True, cache=True)
@@ -156,10 +169,24 @@ def _compare_at(ds, sa, ps, tw, rank, keys, start, stop, skip):
     return 0
 
 
-# ---------------------------------------------------------------------------------------- samples
+# ------------------------------------------------------------------------------ search directory
+# Each shard has a read-only int64 "search directory", built when the index opens
+# (build_directory), that takes a search from the first token to a small window of ranks at each
+# end of the answer while touching few cache lines:
+#   header        D_SHIFT: log2 of the sample stride; D_FIRST / D_SAMPLES / D_TOP: where the parts
+#                 below start; D_NFIRST / D_NSAMPLES: their lengths
+#   first tokens  lo and hi rank of every first key k side by side (one cache line) at
+#                 D_FIRST + 2k, D_FIRST + 2k + 1; empty for 4-byte tokens (too many keys)
+#   samples       the sample key (_prefix7) of every 2**shift-th suffix
+#   top           every TOP_STRIDE-th sample key: small enough to stay in the CPU caches, it leads a
+#                 search to one TOP_STRIDE-sample block of the samples
+D_SHIFT, D_FIRST, D_NFIRST, D_SAMPLES, D_NSAMPLES, D_TOP = range(6)
+HEADER = 8
 SAMPLE_BYTES = 7  # bytes of a suffix kept per sample: 56 bits + 3 length bits fit a non-negative int64
-MAX_SAMPLES_PER_SHARD = 1 << 20  # 8 MiB of keys per shard at most
+MAX_SAMPLES_PER_SHARD = 1 << 22  # 32 MiB of samples per shard at most
 MIN_SAMPLE_SHIFT = 4
+TOP_SHIFT = 6  # a top entry per 64 samples: a block of samples is 8 cache lines
+TOP_STRIDE = 1 << TOP_SHIFT
 
 
 def sample_shift(n_positions: int) -> int:
@@ -186,21 +213,36 @@ def _prefix7(ds, pos):
 
 
 @njit(nogil=True, cache=True)
-def fill_sample_table(ds, sa, ps, shift, out):
-    """out[0] = shift; out[1 + i] = the sample key of the suffix at rank i << shift."""
-    out[0] = shift
-    for i in range(out.shape[0] - 1):
-        out[1 + i] = _prefix7(ds, _ptr(sa, ps, np.int64(i) << shift))
+def fill_samples(ds, sa, ps, shift, out):
+    """out[i] = the sample key of the suffix at rank i << shift."""
+    for i in range(out.shape[0]):
+        out[i] = _prefix7(ds, _ptr(sa, ps, np.int64(i) << shift))
 
 
-def build_sample_table(ds: np.ndarray, sa: np.ndarray, ps: int) -> np.ndarray:
-    """One shard's sample table (read-only int64 array; see the module docstring)."""
+def build_directory(ds: np.ndarray, sa: np.ndarray, ps: int, tw: int) -> np.ndarray:
+    """One shard's search directory (read-only int64 array; layout above)."""
     n_pos = sa.shape[0] // ps
     shift = sample_shift(n_pos)
-    out = np.empty(1 + ((n_pos + (1 << shift) - 1) >> shift), dtype=np.int64)
-    fill_sample_table(ds, sa, ps, shift, out)
+    n_first = 1 << (8 * tw) if tw < 4 else 0
+    n_samples = (n_pos + (1 << shift) - 1) >> shift
+    n_top = (n_samples + TOP_STRIDE - 1) >> TOP_SHIFT
+    samples = HEADER + 2 * n_first
+    top = samples + n_samples
+    out = np.zeros(top + n_top, dtype=np.int64)
+    out[[D_SHIFT, D_FIRST, D_NFIRST, D_SAMPLES, D_NSAMPLES, D_TOP]] = shift, HEADER, n_first, samples, n_samples, top
+    if n_first:
+        first_key_table(ds, sa, ps, tw, out[HEADER:samples])
+    fill_samples(ds, sa, ps, shift, out[samples:top])
+    out[top:] = out[samples:top:TOP_STRIDE]
     out.flags.writeable = False
     return out
+
+
+def first_token_ranges(directory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) views of a directory's first-token table, indexed by key (empty for 4-byte tokens)."""
+    first, n_first = int(directory[D_FIRST]), int(directory[D_NFIRST])
+    table = directory[first : first + 2 * n_first]
+    return table[0::2], table[1::2]
 
 
 @njit(inline="always")
@@ -224,16 +266,30 @@ def _query_prefix7(keys, start, stop, tw):
 
 
 @njit(inline="always")
-def _first_sample_above(samp, a, b, key, inclusive):
-    """First sample index in [a, b) whose prefix is > key (>= key when ``inclusive``)."""
+def _bisect_above(dr, base, a, b, key, inclusive):
+    """First i in [a, b) with dr[base + i] > key (>= key when ``inclusive``); b if none."""
     while a < b:
         m = (a + b) >> 1
-        v = samp[1 + m]
+        v = dr[base + m]
         if v < key or (v == key and not inclusive):
             a = m + 1
         else:
             b = m
     return a
+
+
+@njit(inline="always")
+def _first_sample_above(dr, a, b, key, inclusive):
+    """First sample index in [a, b) whose key is > key (>= key when ``inclusive``); b if none.
+    The top level picks the block of TOP_STRIDE samples that holds the answer."""
+    ja = (a + TOP_STRIDE - 1) >> TOP_SHIFT  # top entries j whose sample j * TOP_STRIDE is in [a, b)
+    jb = (b + TOP_STRIDE - 1) >> TOP_SHIFT
+    j = _bisect_above(dr, dr[D_TOP], ja, jb, key, inclusive)
+    if j > ja:
+        a = ((j - 1) << TOP_SHIFT) + 1  # sample (j - 1) * TOP_STRIDE is not above key
+    if j < jb:
+        b = j << TOP_SHIFT  # sample j * TOP_STRIDE is
+    return _bisect_above(dr, dr[D_SAMPLES], a, b, key, inclusive)
 
 
 @njit(inline="always")
@@ -251,20 +307,21 @@ def _first_at_least(ds, sa, ps, tw, a, b, keys, start, stop, skip, strict):
 
 
 @njit(inline="always")
-def _find_in_shard(ds, sa, ps, tw, ftlo, fthi, samp, keys, start, stop):
+def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     """Range of the suffixes that start with keys[start:stop].
 
-    The first-token table gives a first range; the sample table narrows each end of it to a
-    window of 2**shift ranks, where a binary search finds the boundary. The rest of the query is
-    matched whole at each step (its tokens lie side by side in tokenized.s), so a query costs
+    The first-token table gives a first range; the samples narrow each end of it to a window of
+    2**shift ranks, where a binary search finds the boundary. The rest of the query is matched
+    whole at each step (its tokens lie side by side in tokenized.s), so a query costs
     O(log window) random reads whatever its length.
     """
     n_pos = sa.shape[0] // ps
     if start >= stop:
         return np.int64(0), np.int64(n_pos)
-    if ftlo.shape[0] > 0:
-        lo = ftlo[keys[start]]
-        hi = fthi[keys[start]]
+    if dr[D_NFIRST] > 0:
+        k = dr[D_FIRST] + 2 * keys[start]
+        lo = dr[k]
+        hi = dr[k + 1]
         skip = 1
     else:
         lo = np.int64(0)
@@ -272,13 +329,13 @@ def _find_in_shard(ds, sa, ps, tw, ftlo, fthi, samp, keys, start, stop):
         skip = 0
     if stop - start <= skip or lo >= hi:
         return lo, hi
-    shift = samp[0]
+    shift = dr[D_SHIFT]
     mask = (np.int64(1) << shift) - 1
     i0 = (lo + mask) >> shift  # the samples inside [lo, hi)
     i1 = (hi + mask) >> shift
     low, high, exact = _query_prefix7(keys, start, stop, tw)
-    first_in = _first_sample_above(samp, i0, i1, low, True)
-    first_after = _first_sample_above(samp, first_in, i1, high, False)
+    first_in = _first_sample_above(dr, i0, i1, low, True)
+    first_after = _first_sample_above(dr, first_in, i1, high, False)
     # Samples before first_in sort before every match and samples from first_after on after them.
     if first_in > i0:
         lo = ((first_in - 1) << shift) + 1
@@ -295,11 +352,11 @@ def _find_in_shard(ds, sa, ps, tw, ftlo, fthi, samp, keys, start, stop):
 
 
 @njit(nogil=True, cache=True)
-def find_ranges(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start, stop, lo_out, hi_out):
+def find_ranges(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, lo_out, hi_out):
     """Fill each shard's range of keys[start:stop]; return the total count."""
     total = np.int64(0)
     for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, start, stop)
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, start, stop)
         lo_out[s] = lo
         hi_out[s] = hi
         total += hi - lo
@@ -307,25 +364,26 @@ def find_ranges(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start, stop,
 
 
 @njit(nogil=True, cache=True)
-def count_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys):
+def count_keys(ds_t, sa_t, ps_a, tw, dir_t, keys):
     """Total occurrences of the whole key sequence over all shards."""
     total = np.int64(0)
     for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, 0, keys.shape[0])
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, 0, keys.shape[0])
         total += hi - lo
     return total
 
 
 @njit(nogil=True, cache=True)
-def count_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, ids, vocab_size, separator):
+def count_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, vocab_size, separator):
     """count_keys of token ids, validated and converted here (one call per count); -1 when an id is
-    out of range or the separator, for the caller to work out the error."""
+    out of range or the separator, for the caller to work out the error. ``ids``: see as_ids."""
+    ids = as_ids(ids)
     if not ids_ok(ids, vocab_size, separator):
         return np.int64(-1)
     keys = ids_to_keys(ids, tw)
     total = np.int64(0)
     for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, 0, keys.shape[0])
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, 0, keys.shape[0])
         total += hi - lo
     return total
 
@@ -343,16 +401,16 @@ def extend_ranges(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, key, lo_out, hi_out):
 
 
 @njit(inline="always")
-def _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start):
+def _suffix_count(ds_t, sa_t, ps_a, tw, dir_t, keys, start):
     total = np.int64(0)
     for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, start, keys.shape[0])
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, start, keys.shape[0])
         total += hi - lo
     return total
 
 
 @njit(nogil=True, cache=True)
-def longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len):
+def longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len):
     """Length of the longest suffix of ``keys`` (at most ``max_len`` long) that occurs in the index.
 
     Counts only shrink as a suffix grows, so exponential then binary search over the length
@@ -362,13 +420,13 @@ def longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len):
     limit = min(n, max_len)
     good = 0
     probe = 1
-    while probe <= limit and _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, n - probe) > 0:
+    while probe <= limit and _suffix_count(ds_t, sa_t, ps_a, tw, dir_t, keys, n - probe) > 0:
         good = probe
         probe *= 2
     bad = min(probe, limit + 1)
     while bad - good > 1:
         mid = (good + bad) >> 1
-        if _suffix_count(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, n - mid) > 0:
+        if _suffix_count(ds_t, sa_t, ps_a, tw, dir_t, keys, n - mid) > 0:
             good = mid
         else:
             bad = mid
@@ -376,24 +434,26 @@ def longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len):
 
 
 @njit(nogil=True, cache=True)
-def prob_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, ids, cont, use_suffix, vocab_size, separator):
+def prob_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, cont, use_suffix, vocab_size, separator):
     """(count of the prompt, count of prompt + cont, prompt length used) for one query of token ids;
     with ``use_suffix`` the prompt is first cut to its longest occurring suffix (infgram). All -1
-    when an id is out of range or the separator, for the caller to work out the error."""
+    when an id is out of range or the separator, for the caller to work out the error. ``ids``: see
+    as_ids."""
+    ids = as_ids(ids)
     if not ids_ok(ids, vocab_size, separator) or cont < 0 or cont >= vocab_size or cont == separator:
         return np.int64(-1), np.int64(-1), np.int64(-1)
     keys = ids_to_keys(ids, tw)
     n = keys.shape[0]
     start = 0
     if use_suffix:
-        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, n)
-    prompt_count, cont_count = _prompt_and_cont(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start, n,
+        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys, n)
+    prompt_count, cont_count = _prompt_and_cont(ds_t, sa_t, ps_a, tw, dir_t, keys, start, n,
                                                 _swap_key(cont, tw))
     return prompt_count, cont_count, n - start
 
 
 @njit(inline="always")
-def _prompt_and_cont(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start, stop, cont_key):
+def _prompt_and_cont(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, cont_key):
     """Counts of keys[start:stop] and of keys[start:stop] + cont_key over all shards.
 
     The continuation narrows the prompt's range when that range is a few sample windows wide;
@@ -403,10 +463,10 @@ def _prompt_and_cont(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start, 
     cont_count = np.int64(0)
     scratch = np.empty(0, dtype=np.int64)
     for s in range(len(ds_t)):
-        ds, sa, ps, samp = ds_t[s], sa_t[s], ps_a[s], samp_t[s]
-        lo, hi = _find_in_shard(ds, sa, ps, tw, ftlo_t[s], fthi_t[s], samp, keys, start, stop)
+        ds, sa, ps, dr = ds_t[s], sa_t[s], ps_a[s], dir_t[s]
+        lo, hi = _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop)
         prompt_count += hi - lo
-        if hi - lo <= (np.int64(4) << samp[0]):
+        if hi - lo <= (np.int64(4) << dr[D_SHIFT]):
             if hi > lo:
                 clo, chi = _narrow(ds, sa, ps, tw, lo, hi, (stop - start) * tw, cont_key)
                 cont_count += chi - clo
@@ -416,7 +476,7 @@ def _prompt_and_cont(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start, 
             for j in range(start, stop):  # a loop: parfors reject this slice copy inside prange
                 scratch[j - start] = keys[j]
             scratch[stop - start] = cont_key
-        clo, chi = _find_in_shard(ds, sa, ps, tw, ftlo_t[s], fthi_t[s], samp, scratch, 0, scratch.shape[0])
+        clo, chi = _find_in_shard(ds, sa, ps, tw, dr, scratch, 0, scratch.shape[0])
         cont_count += chi - clo
     return prompt_count, cont_count
 
@@ -480,7 +540,7 @@ def next_token_runs(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, out_keys, out_count
 
 
 @njit(nogil=True, cache=True)
-def next_tokens_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, ids, use_suffix, max_distinct, separator):
+def next_tokens_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, use_suffix, max_distinct, separator):
     """The exact next-token distribution of one validated prompt of token ids (with ``use_suffix``,
     of its longest occurring suffix), in one call: (prompt count, token ids ascending, their counts,
     how many occurrences end a document, prompt length used). ``max_distinct`` bounds the distinct
@@ -489,14 +549,14 @@ def next_tokens_ids(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, ids, use_suffi
     n = keys.shape[0]
     start = 0
     if use_suffix:
-        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, n)
+        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys, n)
     n_shards = len(ds_t)
     lo = np.empty(n_shards, dtype=np.int64)
     hi = np.empty(n_shards, dtype=np.int64)
     total = np.int64(0)
     capacity = 0
     for s in range(n_shards):
-        a, b = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, start, n)
+        a, b = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, start, n)
         lo[s] = a
         hi[s] = b
         total += b - a
@@ -587,26 +647,26 @@ def approx_next_keys(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, unit, out_keys, ou
 
 
 @njit(nogil=True, cache=True)
-def first_key_table(ds, sa, ps, tw, table_lo, table_hi):
-    """Each first key's rank range in one shard, from one jumping pass over the whole suffix array."""
+def first_key_table(ds, sa, ps, tw, table):
+    """Each first key's rank range in one shard (lo at table[2k], hi at table[2k + 1]), from one
+    jumping pass over the whole suffix array."""
     n_pos = sa.shape[0] // ps
-    cap = table_lo.shape[0] + 1
-    keys = np.empty(cap, dtype=np.int64)
-    counts = np.empty(cap, dtype=np.int64)
+    n_keys = table.shape[0] // 2
+    keys = np.empty(n_keys + 1, dtype=np.int64)
+    counts = np.empty(n_keys + 1, dtype=np.int64)
     n = _runs_in_range(ds, sa, ps, tw, 0, n_pos, 0, keys, counts, 0)
     start = np.int64(0)
     # Absent keys get an empty range at their insertion point.
     next_run = 0
-    for key in range(table_lo.shape[0]):
+    for key in range(n_keys):
         while next_run < n and keys[next_run] < key:
             start += counts[next_run]
             next_run += 1
+        table[2 * key] = start
         if next_run < n and keys[next_run] == key:
-            table_lo[key] = start
-            table_hi[key] = start + counts[next_run]
+            table[2 * key + 1] = start + counts[next_run]
         else:
-            table_lo[key] = start
-            table_hi[key] = start
+            table[2 * key + 1] = start
 
 
 @njit(nogil=True, cache=True)
@@ -629,8 +689,8 @@ def locality_order(keys, offsets, tw):
     return np.argsort(packed, kind="mergesort")
 
 
-@njit(parallel=True)
-def count_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, offsets, out):
+@njit(parallel=True, cache=True)
+def count_batch_keys(ds_t, sa_t, ps_a, tw, dir_t, keys, offsets, out):
     """Counts of many key sequences, query i being keys[offsets[i]:offsets[i+1]]."""
     order = locality_order(keys, offsets, tw)
     for i in prange(offsets.shape[0] - 1):
@@ -638,14 +698,14 @@ def count_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, offsets
         total = np.int64(0)
         for s in range(len(ds_t)):
             lo, hi = _find_in_shard(
-                ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, offsets[q], offsets[q + 1]
+                ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, offsets[q], offsets[q + 1]
             )
             total += hi - lo
         out[q] = total
 
 
-@njit(parallel=True)
-def prob_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, offsets, cont_keys, use_suffix, out):
+@njit(parallel=True, cache=True)
+def prob_batch_keys(ds_t, sa_t, ps_a, tw, dir_t, keys, offsets, cont_keys, use_suffix, out):
     """Per query: prompt count, continuation count and suffix length (columns of ``out``).
 
     With ``use_suffix`` the prompt is first cut to its longest occurring suffix (the infgram form).
@@ -656,8 +716,8 @@ def prob_batch_keys(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, offsets,
         start = offsets[q]
         stop = offsets[q + 1]
         if use_suffix:
-            start = stop - longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys[start:stop], stop - start)
-        prompt_count, cont_count = _prompt_and_cont(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start, stop,
+            start = stop - longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys[start:stop], stop - start)
+        prompt_count, cont_count = _prompt_and_cont(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop,
                                                     cont_keys[q])
         out[q, 0] = prompt_count
         out[q, 1] = cont_count

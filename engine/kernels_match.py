@@ -11,10 +11,10 @@ from engine.kernels import _find_in_shard, _key, _narrow, _ptr, longest_suffix
 
 
 @njit(inline="always")
-def _find_all(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, start, stop, lo_out, hi_out):
+def _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, lo_out, hi_out):
     total = np.int64(0)
     for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, ftlo_t[s], fthi_t[s], samp_t[s], keys, start, stop)
+        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, start, stop)
         lo_out[s] = lo
         hi_out[s] = hi
         total += hi - lo
@@ -36,7 +36,7 @@ def _narrow_all(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, key, lo_out, hi_out):
 
 
 @njit(nogil=True, cache=True)
-def longest_matches(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len, j0, j1, out_len, out_count, out_lo,
+def longest_matches(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len, j0, j1, out_len, out_count, out_lo,
                     out_hi, prompt_count, cont_count, suffix_len):
     """For every position j in [j0, j1) of ``keys``: the longest span ending at j that occurs
     (out_len, its count in out_count, its ranges in out_lo/out_hi rows), and the infini-gram terms
@@ -64,14 +64,14 @@ def longest_matches(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len,
     length = 0
     count = total
     if j0 > 0:
-        length = longest_suffix(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys[:j0], max_len)
+        length = longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys[:j0], max_len)
         if length > 0:
-            count = _find_all(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, j0 - length, j0, lo, hi)
+            count = _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, j0 - length, j0, lo, hi)
     for j in range(j0, j1):
         prompt_count[j] = count
         suffix_len[j] = length
         if length == 0:
-            c = _find_all(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, j, j + 1, nlo, nhi)
+            c = _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, j, j + 1, nlo, nhi)
         else:
             c = _narrow_all(ds_t, sa_t, ps_a, tw, lo, hi, length * tw, keys[j], nlo, nhi)
         cont_count[j] = c
@@ -83,7 +83,7 @@ def longest_matches(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len,
                 hi[s] = nhi[s]
         elif c > 0:
             # At the cap: the last max_len tokens occur (inside the longer span); find their ranges.
-            count = _find_all(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, j - length + 1, j + 1, lo, hi)
+            count = _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, j - length + 1, j + 1, lo, hi)
         else:
             # The span cannot grow: the longest occurring suffix of keys[j-length+1..j] is next.
             good = 0
@@ -91,7 +91,7 @@ def longest_matches(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len,
             bad = length + 1
             probe = 1
             while probe <= length:
-                c = _find_all(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, j - probe + 1, j + 1, nlo, nhi)
+                c = _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, j - probe + 1, j + 1, nlo, nhi)
                 if c > 0:
                     good = probe
                     good_count = c
@@ -104,7 +104,7 @@ def longest_matches(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, max_len,
                     break
             while bad - good > 1:
                 mid = (good + bad) >> 1
-                c = _find_all(ds_t, sa_t, ps_a, tw, ftlo_t, fthi_t, samp_t, keys, j - mid + 1, j + 1, nlo, nhi)
+                c = _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, j - mid + 1, j + 1, nlo, nhi)
                 if c > 0:
                     good = mid
                     good_count = c

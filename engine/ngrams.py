@@ -88,8 +88,7 @@ def _roots(index, threshold: int):
     tw = index.token_width
     sep_key = index.separator_id  # all ones: the same value as key and as id
     if tw in (1, 2):
-        ftlo = np.stack(index._ftlo)
-        fthi = np.stack(index._fthi)
+        ftlo, fthi = index.first_token_ranges()
         totals = (fthi - ftlo).sum(axis=0)
         keys = np.flatnonzero(totals >= threshold).astype(np.int64)
         keys = keys[keys != sep_key]
