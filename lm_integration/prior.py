@@ -58,6 +58,35 @@ def _log1m(lam: float) -> float:
     return -math.inf if lam >= 1.0 else math.log1p(-lam)
 
 
+def _small_support(est, V: int) -> tuple[list, list]:
+    """An estimate's support as Python lists (tokens, probabilities), tokens beyond the model's
+    vocabulary dropped."""
+    toks = est.tokens.tolist()
+    probs = est.probs.tolist()
+    if toks and max(toks) >= V:
+        probs = [pp for t, pp in zip(toks, probs) if t < V]
+        toks = [t for t in toks if t < V]
+    return toks, probs
+
+
+def _mixed_support_values(toks, probs, svals, lsm, lam: float, floor: float, fmin: float):
+    """New scores of one row's support tokens as (token, value) pairs, with Python floats (fewer
+    calls than numpy for a small support, which matters when the caches are cold after a forward
+    pass); None when earlier processors masked the whole support (a masked token loses its ∞-gram
+    mass). ``lsm``: the row's log-softmax at the tokens when interpolating, None for the additive
+    prior."""
+    mass = 0.0
+    for pp, sv in zip(probs, svals):
+        if sv > fmin:
+            mass += pp
+    if mass <= 0.0:
+        return None
+    if lsm is not None:
+        return [(t, math.log((1.0 - lam) * math.exp(l) + lam * (pp / mass)))
+                for t, pp, sv, l in zip(toks, probs, svals, lsm) if sv > fmin]
+    return [(t, sv + lam * math.log(max(pp / mass, floor))) for t, pp, sv in zip(toks, probs, svals) if sv > fmin]
+
+
 class InfgramLogitsProcessor(_Base):
     def __init__(
         self,
@@ -247,29 +276,16 @@ class InfgramLogitsProcessor(_Base):
         return out
 
     def _mix_row_small(self, wrow, orow, out_row, est, lam: float, V: int, fmin: float, interpolate: bool) -> bool:
-        """One row of _mix_cpu for a small support, with Python floats (fewer calls than numpy's
-        vectorised path, which matters when the caches are cold after a forward pass)."""
-        toks = [t for t in est.tokens.tolist() if t < V]
-        probs = est.probs.tolist()[:len(toks)] if len(toks) == len(est.tokens) else \
-            [pp for t, pp in zip(est.tokens.tolist(), est.probs.tolist()) if t < V]
+        """One row of _mix_cpu for a small support (see _mixed_support_values)."""
+        toks, probs = _small_support(est, V)
         svals = [float(wrow[t]) for t in toks]
-        mass = 0.0
-        for pp, sv in zip(probs, svals):
-            if sv > fmin:  # tokens masked by earlier processors lose their ∞-gram mass
-                mass += pp
-        if mass <= 0.0:
+        lsm = [float(orow[t]) for t in toks] if interpolate else None
+        values = _mixed_support_values(toks, probs, svals, lsm, lam, self.floor, fmin)
+        if values is None:
             return False
-        if interpolate:
-            lsm = [float(orow[t]) for t in toks]
-            out_row.add_(_log1m(lam))
-            for t, pp, sv, l in zip(toks, probs, svals, lsm):
-                if sv > fmin:
-                    orow[t] = math.log((1.0 - lam) * math.exp(l) + lam * (pp / mass))
-        else:
-            out_row.add_(lam * math.log(self.floor))
-            for t, pp, sv in zip(toks, probs, svals):
-                if sv > fmin:
-                    orow[t] = sv + lam * math.log(max(pp / mass, self.floor))
+        out_row.add_(_log1m(lam) if interpolate else lam * math.log(self.floor))
+        for t, v in values:
+            orow[t] = v
         return True
 
     def _call_cuda_one(self, input_ids: torch.Tensor, scores: torch.Tensor, t0: float) -> torch.Tensor:
@@ -321,29 +337,18 @@ class InfgramLogitsProcessor(_Base):
         support: the scores stay as they are."""
         fmin = float(np.finfo(s.dtype).min)
         if len(est.tokens) <= _SMALL:
-            toks = est.tokens.tolist()
-            probs = est.probs.tolist()
-            if toks[-1] >= V:
-                probs = [pp for t, pp in zip(toks, probs) if t < V]
-                toks = [t for t in toks if t < V]
+            toks, probs = _small_support(est, V)
             svals = s[toks].tolist()
-            mass = 0.0
-            for pp, sv in zip(probs, svals):
-                if sv > fmin:  # tokens masked by earlier processors lose their ∞-gram mass
-                    mass += pp
-            if mass <= 0.0:
+            lsm = o[toks].tolist() if interpolate else None
+            values = _mixed_support_values(toks, probs, svals, lsm, lam, self.floor, fmin)
+            if values is None:
                 return False
             if interpolate:
-                lsm = o[toks].tolist()
                 np.add(o, _log1m(lam), out=o)
-                for t, pp, sv, l in zip(toks, probs, svals, lsm):
-                    if sv > fmin:
-                        o[t] = math.log((1.0 - lam) * math.exp(l) + lam * (pp / mass))
             else:
                 np.add(s, lam * math.log(self.floor), out=o)
-                for t, pp, sv in zip(toks, probs, svals):
-                    if sv > fmin:
-                        o[t] = sv + lam * math.log(max(pp / mass, self.floor))
+            for t, v in values:
+                o[t] = v
             return True
         tk, p = self._support_np(est, V)
         s_at = s[tk]
