@@ -457,7 +457,7 @@ def _prompt_and_cont(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, cont_key):
     """Counts of keys[start:stop] and of keys[start:stop] + cont_key over all shards.
 
     The continuation narrows the prompt's range when that range is a few sample windows wide;
-    a wider one is searched afresh with the continuation appended, through the sample table.
+    a wider one is searched afresh with the continuation appended, through the search directory.
     """
     prompt_count = np.int64(0)
     cont_count = np.int64(0)
