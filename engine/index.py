@@ -40,6 +40,7 @@ from engine.results import (
 )
 
 _INT64 = np.dtype(np.int64)
+DEFAULT_MAX_DISP_LEN = 1000
 _ID_PACKERS: dict[int, struct.Struct] = {}  # query length -> its packer
 MAX_PACKED_IDS = 4096
 
@@ -59,7 +60,6 @@ def _packed_id_list(query) -> bytes | None:
         return packer.pack(*query)
     except struct.error:  # not ints, or beyond int64
         return None
-DEFAULT_MAX_DISP_LEN = 1000
 
 
 class NgramIndex:

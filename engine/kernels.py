@@ -364,19 +364,10 @@ def find_ranges(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, lo_out, hi_out):
 
 
 @njit(nogil=True, cache=True)
-def count_keys(ds_t, sa_t, ps_a, tw, dir_t, keys):
-    """Total occurrences of the whole key sequence over all shards."""
-    total = np.int64(0)
-    for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, 0, keys.shape[0])
-        total += hi - lo
-    return total
-
-
-@njit(nogil=True, cache=True)
 def count_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, vocab_size, separator):
-    """count_keys of token ids, validated and converted here (one call per count); -1 when an id is
-    out of range or the separator, for the caller to work out the error. ``ids``: see as_ids."""
+    """Total occurrences of the token ids over all shards, validated and converted here (one call
+    per count); -1 when an id is out of range or the separator, for the caller to work out the
+    error. ``ids``: see as_ids."""
     ids = as_ids(ids)
     if not ids_ok(ids, vocab_size, separator):
         return np.int64(-1)
@@ -384,18 +375,6 @@ def count_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, vocab_size, separator):
     total = np.int64(0)
     for s in range(len(ds_t)):
         lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, 0, keys.shape[0])
-        total += hi - lo
-    return total
-
-
-@njit(nogil=True, cache=True)
-def extend_ranges(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, key, lo_out, hi_out):
-    """Narrow per-shard ranges matching a prefix of ``depth`` bytes by one more key; return the count."""
-    total = np.int64(0)
-    for s in range(len(ds_t)):
-        lo, hi = _narrow(ds_t[s], sa_t[s], ps_a[s], tw, lo_a[s], hi_a[s], depth, key)
-        lo_out[s] = lo
-        hi_out[s] = hi
         total += hi - lo
     return total
 
