@@ -405,11 +405,11 @@ def run_latencies(index_dir: Path, q: Queries) -> tuple[list[Row], dict]:
 
     from engine import NgramIndex, PackedQueries
 
+    drop_into_page_cache(index_dir)  # before either engine maps the files
     ours = NgramIndex.open(index_dir)
     ours.warmup()
     theirs = InfiniGramEngine(str(index_dir), eos_token_id=50256, vocab_size=65535, token_dtype="u16",
                               ds_prefetch_depth=0)
-    drop_into_page_cache(index_dir)
     rows: list[Row] = []
     extra: dict = {}
 

@@ -282,6 +282,8 @@ def main() -> int:
         ap.error("give --index DIR or --build-linux DIR")
     from engine import NgramIndex
 
+    log("reading the index into page cache")
+    drop_into_page_cache(args.index)  # before the index is mapped
     index = NgramIndex.open(args.index)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = ["## Frequent n-grams, longest matches, attribution, CNF", "",
@@ -290,8 +292,6 @@ def main() -> int:
              f"Index: {args.index}: {index.num_tokens:,} positions (tokens + one separator per document), "
              f"{index.num_docs:,} documents, {index.num_shards} shard(s), u{8 * index.token_width}, "
              f"tokenizer {index.tokenizer.kind if index.tokenizer else 'none'}.", ""]
-    log("reading the index into page cache")
-    drop_into_page_cache(args.index)
     if not args.skip_ngrams:
         work = Path(tempfile.mkdtemp(prefix="bench-ngrams-", dir=args.out.parent if args.out.parent.exists() else None))
         try:

@@ -16,7 +16,8 @@ from engine.errors import NgramError
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 # Subcommands that live in their own modules, each exposing add_parsers(subparsers) or add_parser(subparsers).
-_PLUGIN_MODULES = ("engine.cli_serve", "engine.cli_ngrams", "engine.fetch", "engine.demo", "engine.shardmap")
+_PLUGIN_MODULES = ("engine.cli_serve", "engine.cli_ngrams", "engine.fetch", "engine.demo", "engine.shardmap",
+                  "engine.pagecache")
 
 
 def parse_size(text: str) -> int:

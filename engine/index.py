@@ -6,6 +6,7 @@ a kernel from engine.kernels; kernels never see bad input.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import struct
@@ -88,7 +89,8 @@ class NgramIndex:
         self._dirs = tuple(kernels.build_directory(s.tokenized, s.table, s.ptr_size, token_width) for s in shards)
         # The leading arguments of every search kernel, in their order.
         self._search = (self._ds, self._sa, self._ps, token_width, self._dirs)
-        self._entries = {}  # kernel -> compiled entry point, for _direct
+        # Fast paths of count and prob (_bind_direct), bound on first use.
+        self._count_direct = self._prob_direct = None
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
         self._max_distinct = min(self.vocab_size, self.separator_id) + 2
@@ -348,24 +350,34 @@ class NgramIndex:
         total, lo, hi = self._ranges(self._ids(query, allow_empty=True))
         return FindResult(count=total, segments=tuple((int(a), int(b)) for a, b in zip(lo, hi)))
 
-    def _direct(self, kernel, *args):
-        """``kernel(*self._search, *args)`` through its compiled entry point, skipping numba's type
-        dispatch. Only for arguments of fixed types: ids packed by _packed_id_list, ints, bools."""
-        entry = self._entries.get(kernel)
-        if entry is None:
-            entry = self._entries[kernel] = kernels.direct_entry(kernel, *self._search, *args)
-        return entry(*self._search, *args)
+    def _bind_direct(self, kernel, one_shard_kernel, *probe):
+        """``kernel`` with the index's arguments and (vocab_size, separator) bound, called through its
+        compiled entry point: no numba type dispatch, and for an index of one shard a single array
+        argument in place of the search tuples (kernels.address_table). Callers pass only arguments
+        of the types of ``probe``: ids packed by _packed_id_list, ints, bools."""
+        if self.num_shards == 1:
+            shard = self._shards[0]
+            index_args = (kernels.address_table(shard.tokenized, shard.table, shard.ptr_size, self.token_width,
+                                                self._dirs[0]),)
+            kernel = one_shard_kernel
+        else:
+            index_args = self._search
+        bound = (*index_args, self.vocab_size, self.separator_id)
+        return functools.partial(kernels.direct_entry(kernel, *bound, *probe), *bound)
 
     def count(self, query) -> int:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
         ids = _packed_id_list(query)
         if ids is not None:
-            n = self._direct(kernels.count_ids, ids, self.vocab_size, self.separator_id)
+            count = self._count_direct
+            if count is None:
+                count = self._count_direct = self._bind_direct(kernels.count_ids, kernels.count_one_shard, ids)
+            n = count(ids)
             if n >= 0:
                 return n
         # Anything else, or anything wrong, through the general path (which explains errors).
         ids = self._ids(query, allow_empty=True)
-        return int(kernels.count_ids(*self._search, ids, self.vocab_size, self.separator_id))
+        return int(kernels.count_ids(*self._search, self.vocab_size, self.separator_id, ids))
 
     def count_batch(self, queries) -> np.ndarray:
         """Counts of many queries (a list of queries, or PackedQueries), computed in parallel."""
@@ -380,12 +392,15 @@ class NgramIndex:
         """(prompt count, prompt + cont count, prompt length used) of one validated query."""
         ids = _packed_id_list(prompt)
         if ids is not None and type(cont_id) is int and 0 <= cont_id < self.vocab_size:
-            counts = self._direct(kernels.prob_ids, ids, cont_id, use_suffix, self.vocab_size, self.separator_id)
+            prob = self._prob_direct
+            if prob is None:
+                prob = self._prob_direct = self._bind_direct(kernels.prob_ids, kernels.prob_one_shard, ids, 0, False)
+            counts = prob(ids, cont_id, use_suffix)
             if counts[0] >= 0:
                 return counts
         ids = self._ids(prompt, allow_empty=True, name="prompt")
         cont = self._token(cont_id, "cont_id")
-        counts = kernels.prob_ids(*self._search, ids, cont, use_suffix, self.vocab_size, self.separator_id)
+        counts = kernels.prob_ids(*self._search, self.vocab_size, self.separator_id, ids, cont, use_suffix)
         return int(counts[0]), int(counts[1]), int(counts[2])
 
     def prob(self, prompt, cont_id) -> ProbResult:

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 
 def direct_entry(dispatcher, *args):
@@ -33,6 +35,27 @@ def direct_entry(dispatcher, *args):
     dispatcher(*args)
     compiled = dispatcher.overloads.get(tuple(numba.typeof(a) for a in args))
     return compiled.entry_point if compiled is not None else dispatcher
+
+
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Start loading the cache line of arr[index] without waiting for it (a hint: no effect on
+    results, and no fault for an index past the end)."""
+    sig = types.void(arr, types.intp)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        address = cgutils.get_item_pointer(context, builder, array_type, array, [args[1]], wraparound=False)
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn_type = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fn_type, "llvm.prefetch.p0")
+        # read, keep in all cache levels, data cache
+        builder.call(fn, [builder.bitcast(address, byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 def tokens_to_keys(tokens: np.ndarray, token_width: int) -> np.ndarray:
@@ -57,6 +80,52 @@ def _as_ids_overload(ids):
         return lambda ids: np.frombuffer(ids, np.int64)
     return lambda ids: ids
 
+
+
+# ------------------------------------------------------------------------------ one-shard calls
+# A numba call unboxes each array argument (about 60 ns apiece) before any work starts; the tuples
+# of a search cost a count about half a microsecond. An index of one shard therefore also has an
+# "address table": one int64 array holding the addresses and lengths of its arrays, from which the
+# *_one_shard kernels rebuild them as views. The index object keeps the arrays alive.
+AT_TOKENS, AT_TOKENS_LEN, AT_TABLE, AT_TABLE_LEN, AT_PTR_SIZE, AT_TOKEN_WIDTH, AT_DIR, AT_DIR_LEN = range(8)
+
+
+def address_table(ds: np.ndarray, sa: np.ndarray, ps: int, tw: int, directory: np.ndarray) -> np.ndarray:
+    """The address table of one shard (layout above)."""
+    for a in (ds, sa, directory):
+        if not a.flags.c_contiguous:
+            raise ValueError("address tables need contiguous arrays")
+    table = np.array([ds.ctypes.data, ds.shape[0], sa.ctypes.data, sa.shape[0], ps, tw,
+                      directory.ctypes.data, directory.shape[0]], dtype=np.int64)
+    table.flags.writeable = False
+    return table
+
+
+def _pointer_cast(element_type):
+    """An intrinsic that turns an int64 address into a pointer to ``element_type``."""
+    pointer_type = types.CPointer(element_type)
+
+    @intrinsic
+    def cast(typingctx, address):
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(pointer_type))
+
+        return pointer_type(types.int64), codegen
+
+    return cast
+
+
+_byte_pointer = _pointer_cast(types.uint8)
+_int64_pointer = _pointer_cast(types.int64)
+
+
+@njit(inline="always")
+def _one_shard(at):
+    """The search arguments (ds_t, sa_t, ps_a, tw, dir_t) of an address table's shard."""
+    ds = numba.carray(_byte_pointer(at[AT_TOKENS]), at[AT_TOKENS_LEN])
+    sa = numba.carray(_byte_pointer(at[AT_TABLE]), at[AT_TABLE_LEN])
+    dr = numba.carray(_int64_pointer(at[AT_DIR]), at[AT_DIR_LEN])
+    return (ds,), (sa,), (at[AT_PTR_SIZE],), at[AT_TOKEN_WIDTH], (dr,)
 
 @njit(nogil=True, cache=True)
 def ids_ok(ids, vocab_size, separator):
@@ -307,6 +376,12 @@ def _first_at_least(ds, sa, ps, tw, a, b, keys, start, stop, skip, strict):
 
 
 @njit(inline="always")
+def _prefetch_window(ds, sa, ps, tw, a, b, skip):
+    for r in range(a, b):
+        prefetch(ds, _ptr(sa, ps, r) + skip * tw)
+
+
+@njit(inline="always")
 def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     """Range of the suffixes that start with keys[start:stop].
 
@@ -343,6 +418,12 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
         hi = first_after << shift
     if exact and first_in < first_after:
         # Sample first_in matches: the range starts at most there and ends after the last match.
+        # Both windows' suffixes are fetched at once, so their cache misses overlap.
+        w1 = ((first_after - 1) << shift) + 1
+        prefetch(sa, lo * ps)
+        prefetch(sa, w1 * ps)
+        _prefetch_window(ds, sa, ps, tw, lo, first_in << shift, skip)
+        _prefetch_window(ds, sa, ps, tw, w1, hi, skip)
         first = _first_at_least(ds, sa, ps, tw, lo, first_in << shift, keys, start, stop, skip, False)
         end = _first_at_least(ds, sa, ps, tw, ((first_after - 1) << shift) + 1, hi, keys, start, stop, skip, True)
         return first, end
@@ -364,7 +445,7 @@ def find_ranges(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, lo_out, hi_out):
 
 
 @njit(nogil=True, cache=True)
-def count_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, vocab_size, separator):
+def count_ids(ds_t, sa_t, ps_a, tw, dir_t, vocab_size, separator, ids):
     """Total occurrences of the token ids over all shards, validated and converted here (one call
     per count); -1 when an id is out of range or the separator, for the caller to work out the
     error. ``ids``: see as_ids."""
@@ -377,6 +458,13 @@ def count_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, vocab_size, separator):
         lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, 0, keys.shape[0])
         total += hi - lo
     return total
+
+
+@njit(nogil=True, cache=True)
+def count_one_shard(at, vocab_size, separator, ids):
+    """count_ids over the shard of address table ``at``."""
+    ds_t, sa_t, ps_a, tw, dir_t = _one_shard(at)
+    return count_ids(ds_t, sa_t, ps_a, tw, dir_t, vocab_size, separator, ids)
 
 
 @njit(inline="always")
@@ -413,7 +501,7 @@ def longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len):
 
 
 @njit(nogil=True, cache=True)
-def prob_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, cont, use_suffix, vocab_size, separator):
+def prob_ids(ds_t, sa_t, ps_a, tw, dir_t, vocab_size, separator, ids, cont, use_suffix):
     """(count of the prompt, count of prompt + cont, prompt length used) for one query of token ids;
     with ``use_suffix`` the prompt is first cut to its longest occurring suffix (infgram). All -1
     when an id is out of range or the separator, for the caller to work out the error. ``ids``: see
@@ -429,6 +517,13 @@ def prob_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, cont, use_suffix, vocab_size, sep
     prompt_count, cont_count = _prompt_and_cont(ds_t, sa_t, ps_a, tw, dir_t, keys, start, n,
                                                 _swap_key(cont, tw))
     return prompt_count, cont_count, n - start
+
+
+@njit(nogil=True, cache=True)
+def prob_one_shard(at, vocab_size, separator, ids, cont, use_suffix):
+    """prob_ids over the shard of address table ``at``."""
+    ds_t, sa_t, ps_a, tw, dir_t = _one_shard(at)
+    return prob_ids(ds_t, sa_t, ps_a, tw, dir_t, vocab_size, separator, ids, cont, use_suffix)
 
 
 @njit(inline="always")

@@ -83,6 +83,6 @@ def test_user_errors_exit_2_with_a_message(built, tmp_path):
 
 def test_help_explains_every_command():
     top = ngram("--help").stdout
-    for command in ("build", "info", "verify", "query", "serve", "fetch", "demo"):
+    for command in ("build", "info", "verify", "query", "serve", "fetch", "demo", "cache"):
         assert command in top
         assert ngram(command, "--help").stdout.startswith("usage: ngram " + command)
