@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import math
-import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -150,17 +149,6 @@ class Shard:
             return {"raw": raw.decode("utf-8", errors="replace")}
 
 
-def advise_huge_pages(buffer: mmap.mmap) -> None:
-    """Ask for 2 MiB pages for a read-only file mapping: page-ins it causes come in as 2 MiB folios
-    where the file system allows (see engine.pagecache); a no-op where the platform lacks it."""
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is not None:
-        try:
-            buffer.madvise(advice)
-        except OSError:
-            pass
-
-
 def _load_array(path: Path, dtype, load: str) -> np.ndarray:
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=dtype)
@@ -168,7 +156,6 @@ def _load_array(path: Path, dtype, load: str) -> np.ndarray:
         arr = np.fromfile(path, dtype=dtype)
     else:
         arr = np.memmap(path, dtype=dtype, mode="r")
-        advise_huge_pages(arr._mmap)  # pages read in on demand arrive as 2 MiB folios where possible
     # A plain ndarray view (not the memmap subclass) makes numba dispatch several times faster.
     arr = np.asarray(arr)
     arr.flags.writeable = False

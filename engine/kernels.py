@@ -11,7 +11,7 @@ Conventions shared by every kernel:
 - The separator (all ones) has the largest key, so "document ends here" sorts last in a range.
 - Ranges are half-open ``[lo, hi)`` over suffix-array ranks, per shard.
 - ``dir_t`` holds each shard's search directory (``build_directory``): the range of every first
-  token (widths 1 and 2; for width 4 searches start from the whole shard) and the first 7 bytes
+  token (widths 1 and 2; for width 4 searches start from the whole shard) and the first 14 bytes
   of every 2**shift-th suffix, so a search reads the suffix array and the tokens (a cache miss
   each) only inside a window of 2**shift ranks at each end.
 """
@@ -246,16 +246,22 @@ def _compare_at(ds, sa, ps, tw, rank, keys, start, stop, skip):
 #                 below start; D_NFIRST / D_NSAMPLES: their lengths
 #   first tokens  lo and hi rank of every first key k side by side (one cache line) at
 #                 D_FIRST + 2k, D_FIRST + 2k + 1; empty for 4-byte tokens (too many keys)
-#   samples       the sample key (_prefix7) of every 2**shift-th suffix
-#   top           every TOP_STRIDE-th sample key: small enough to stay in the CPU caches, it leads a
-#                 search to one TOP_STRIDE-sample block of the samples
+#   samples       the sample key of every 2**shift-th suffix: two words, its bytes 0-6 and 7-13
+#                 (_sample_word), at D_SAMPLES + 2i and D_SAMPLES + 2i + 1
+#   top           every TOP_STRIDE-th sample key (two words each): small enough to stay in the CPU
+#                 caches, it leads a search to one TOP_STRIDE-sample block of the samples
+# A query of up to 14 bytes (7 tokens of 2 bytes) is then matched exactly by the samples alone.
 D_SHIFT, D_FIRST, D_NFIRST, D_SAMPLES, D_NSAMPLES, D_TOP = range(6)
 HEADER = 8
-SAMPLE_BYTES = 7  # bytes of a suffix kept per sample: 56 bits + 3 length bits fit a non-negative int64
-MAX_SAMPLES_PER_SHARD = 1 << 22  # 32 MiB of samples per shard at most
+WORD_BYTES = 7  # bytes of a suffix per sample word: 56 bits + 3 length bits fit a non-negative int64
+SAMPLE_WORDS = 2
+SAMPLE_BYTES = WORD_BYTES * SAMPLE_WORDS
+MAX_SAMPLES_PER_SHARD = 1 << 22  # 64 MiB of samples per shard at most
 MIN_SAMPLE_SHIFT = 4
-TOP_SHIFT = 6  # a top entry per 64 samples: a block of samples is 8 cache lines
+TOP_SHIFT = 6  # a top entry per 64 samples: a block of samples is 16 cache lines
 TOP_STRIDE = 1 << TOP_SHIFT
+PREFETCH_RANKS = 64  # a search range this short has all its suffixes fetched at once
+_WORD_MAX = (np.int64(1) << (8 * WORD_BYTES + 3)) - 1
 
 
 def sample_shift(n_positions: int) -> int:
@@ -267,25 +273,27 @@ def sample_shift(n_positions: int) -> int:
 
 
 @njit(inline="always")
-def _prefix7(ds, pos):
-    """The sample key of the suffix at byte ``pos``: its first 7 bytes as a big-endian int (zero
-    past the end of the data), shifted left 3 bits to hold how many of the 7 bytes exist. Keys
-    never decrease along the suffix array: a suffix that ends early sorts before one that goes on
-    with zero bytes, as in memcmp."""
+def _sample_word(ds, pos):
+    """Bytes pos..pos+6 of the data as a big-endian int (zero past its end), shifted left 3 bits
+    to hold how many of them exist. The words of a suffix (at its start, then 7 bytes on) never
+    decrease along the suffix array: a suffix that ends early sorts before one that goes on with
+    zero bytes, as in memcmp."""
     v = np.int64(0)
     n = ds.shape[0]
-    for k in range(SAMPLE_BYTES):
+    for k in range(WORD_BYTES):
         v <<= 8
         if pos + k < n:
             v |= np.int64(ds[pos + k])
-    return (v << 3) | min(n - pos, SAMPLE_BYTES)
+    return (v << 3) | max(0, min(n - pos, WORD_BYTES))
 
 
 @njit(nogil=True, cache=True)
 def fill_samples(ds, sa, ps, shift, out):
-    """out[i] = the sample key of the suffix at rank i << shift."""
-    for i in range(out.shape[0]):
-        out[i] = _prefix7(ds, _ptr(sa, ps, np.int64(i) << shift))
+    """The sample key of the suffix at rank i << shift, for every i, into out[2i], out[2i + 1]."""
+    for i in range(out.shape[0] // SAMPLE_WORDS):
+        pos = _ptr(sa, ps, np.int64(i) << shift)
+        out[2 * i] = _sample_word(ds, pos)
+        out[2 * i + 1] = _sample_word(ds, pos + WORD_BYTES)
 
 
 def build_directory(ds: np.ndarray, sa: np.ndarray, ps: int, tw: int) -> np.ndarray:
@@ -296,13 +304,14 @@ def build_directory(ds: np.ndarray, sa: np.ndarray, ps: int, tw: int) -> np.ndar
     n_samples = (n_pos + (1 << shift) - 1) >> shift
     n_top = (n_samples + TOP_STRIDE - 1) >> TOP_SHIFT
     samples = HEADER + 2 * n_first
-    top = samples + n_samples
-    out = np.zeros(top + n_top, dtype=np.int64)
+    top = samples + SAMPLE_WORDS * n_samples
+    out = np.zeros(top + SAMPLE_WORDS * n_top, dtype=np.int64)
     out[[D_SHIFT, D_FIRST, D_NFIRST, D_SAMPLES, D_NSAMPLES, D_TOP]] = shift, HEADER, n_first, samples, n_samples, top
     if n_first:
         first_key_table(ds, sa, ps, tw, out[HEADER:samples])
     fill_samples(ds, sa, ps, shift, out[samples:top])
-    out[top:] = out[samples:top:TOP_STRIDE]
+    pairs = out[samples:top].reshape(n_samples, SAMPLE_WORDS)
+    out[top:] = pairs[::TOP_STRIDE].ravel()
     out.flags.writeable = False
     return out
 
@@ -315,32 +324,47 @@ def first_token_ranges(directory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(inline="always")
-def _query_prefix7(keys, start, stop, tw):
-    """(low, high, exact): the sample keys of the suffixes starting with keys[start:stop] are in
-    [low, high]; when ``exact`` (the query fits in 7 bytes) every key in that span is a match."""
-    v = np.int64(0)
+def _query_sample_range(keys, start, stop, tw):
+    """(low1, low2, high1, high2, exact): the sample keys of the suffixes starting with
+    keys[start:stop] lie in [(low1, low2), (high1, high2)]; when ``exact`` (the query fits in
+    SAMPLE_BYTES) every sample key in that span is a match."""
+    v1 = np.int64(0)
+    v2 = np.int64(0)
     nb = 0
     for j in range(start, stop):
         k = keys[j]
         for b in range(tw - 1, -1, -1):
-            if nb < SAMPLE_BYTES:
-                v = (v << 8) | ((k >> (8 * b)) & 0xFF)
-                nb += 1
+            byte = (k >> (8 * b)) & 0xFF
+            if nb < WORD_BYTES:
+                v1 = (v1 << 8) | byte
+            elif nb < SAMPLE_BYTES:
+                v2 = (v2 << 8) | byte
+            nb += 1
         if nb >= SAMPLE_BYTES:
             break
-    pad = 8 * (SAMPLE_BYTES - nb)
-    low = v << pad
+    exact = (stop - start) * tw <= SAMPLE_BYTES
+    if nb < WORD_BYTES:  # the first word decides
+        pad = 8 * (WORD_BYTES - nb)
+        low = v1 << pad
+        high = low | ((np.int64(1) << pad) - 1)
+        return (low << 3) | nb, np.int64(0), (high << 3) | WORD_BYTES, _WORD_MAX, exact
+    nb2 = min(nb, SAMPLE_BYTES) - WORD_BYTES
+    pad = 8 * (WORD_BYTES - nb2)
+    low = v2 << pad
     high = low | ((np.int64(1) << pad) - 1)
-    return (low << 3) | nb, (high << 3) | SAMPLE_BYTES, (stop - start) * tw <= SAMPLE_BYTES
+    first = (v1 << 3) | WORD_BYTES
+    return first, (low << 3) | nb2, first, (high << 3) | WORD_BYTES, exact
 
 
 @njit(inline="always")
-def _bisect_above(dr, base, a, b, key, inclusive):
-    """First i in [a, b) with dr[base + i] > key (>= key when ``inclusive``); b if none."""
+def _bisect_above(dr, base, a, b, key1, key2, inclusive):
+    """First i in [a, b) whose sample key (dr[base + 2i], dr[base + 2i + 1]) is > (key1, key2)
+    (>= when ``inclusive``); b if none."""
     while a < b:
         m = (a + b) >> 1
-        v = dr[base + m]
-        if v < key or (v == key and not inclusive):
+        v1 = dr[base + 2 * m]
+        v2 = dr[base + 2 * m + 1]
+        if v1 < key1 or (v1 == key1 and (v2 < key2 or (v2 == key2 and not inclusive))):
             a = m + 1
         else:
             b = m
@@ -348,17 +372,17 @@ def _bisect_above(dr, base, a, b, key, inclusive):
 
 
 @njit(inline="always")
-def _first_sample_above(dr, a, b, key, inclusive):
-    """First sample index in [a, b) whose key is > key (>= key when ``inclusive``); b if none.
+def _first_sample_above(dr, a, b, key1, key2, inclusive):
+    """First sample index in [a, b) whose key is > (key1, key2) (>= when ``inclusive``); b if none.
     The top level picks the block of TOP_STRIDE samples that holds the answer."""
     ja = (a + TOP_STRIDE - 1) >> TOP_SHIFT  # top entries j whose sample j * TOP_STRIDE is in [a, b)
     jb = (b + TOP_STRIDE - 1) >> TOP_SHIFT
-    j = _bisect_above(dr, dr[D_TOP], ja, jb, key, inclusive)
+    j = _bisect_above(dr, dr[D_TOP], ja, jb, key1, key2, inclusive)
     if j > ja:
         a = ((j - 1) << TOP_SHIFT) + 1  # sample (j - 1) * TOP_STRIDE is not above key
     if j < jb:
         b = j << TOP_SHIFT  # sample j * TOP_STRIDE is
-    return _bisect_above(dr, dr[D_SAMPLES], a, b, key, inclusive)
+    return _bisect_above(dr, dr[D_SAMPLES], a, b, key1, key2, inclusive)
 
 
 @njit(inline="always")
@@ -408,9 +432,9 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     mask = (np.int64(1) << shift) - 1
     i0 = (lo + mask) >> shift  # the samples inside [lo, hi)
     i1 = (hi + mask) >> shift
-    low, high, exact = _query_prefix7(keys, start, stop, tw)
-    first_in = _first_sample_above(dr, i0, i1, low, True)
-    first_after = _first_sample_above(dr, first_in, i1, high, False)
+    low1, low2, high1, high2, exact = _query_sample_range(keys, start, stop, tw)
+    first_in = _first_sample_above(dr, i0, i1, low1, low2, True)
+    first_after = _first_sample_above(dr, first_in, i1, high1, high2, False)
     # Samples before first_in sort before every match and samples from first_after on after them.
     if first_in > i0:
         lo = ((first_in - 1) << shift) + 1
@@ -427,9 +451,24 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
         first = _first_at_least(ds, sa, ps, tw, lo, first_in << shift, keys, start, stop, skip, False)
         end = _first_at_least(ds, sa, ps, tw, ((first_after - 1) << shift) + 1, hi, keys, start, stop, skip, True)
         return first, end
-    first = _first_at_least(ds, sa, ps, tw, lo, hi, keys, start, stop, skip, False)
-    end = _first_at_least(ds, sa, ps, tw, first, hi, keys, start, stop, skip, True)
-    return first, end
+    if hi - lo <= PREFETCH_RANKS:  # a few sample windows: fetch every candidate at once
+        for r in range(lo * ps, hi * ps, 64):  # their suffix-array cache lines
+            prefetch(sa, r)
+        _prefetch_window(ds, sa, ps, tw, lo, hi, skip)
+    # Both ends are searched together until a match splits them (a range of one match costs
+    # one search, not two).
+    while lo < hi:
+        m = (lo + hi) >> 1
+        c = _compare_at(ds, sa, ps, tw, m, keys, start, stop, skip)
+        if c < 0:
+            lo = m + 1
+        elif c > 0:
+            hi = m
+        else:
+            first = _first_at_least(ds, sa, ps, tw, lo, m, keys, start, stop, skip, False)
+            end = _first_at_least(ds, sa, ps, tw, m + 1, hi, keys, start, stop, skip, True)
+            return first, end
+    return lo, lo
 
 
 @njit(nogil=True, cache=True)

@@ -21,10 +21,22 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.format import OPTIONAL_SHARD_FILES, SHARD_FILES, advise_huge_pages, discover_shards, shard_path
+from engine.format import OPTIONAL_SHARD_FILES, SHARD_FILES, discover_shards, shard_path
 
 HUGE_PAGE = 2 << 20
 _SMAPS_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
+
+
+def advise_huge_pages(buffer: mmap.mmap) -> None:
+    """Ask for 2 MiB pages for a read-only file mapping: page-ins it causes come in as 2 MiB folios
+    where the file system allows; a no-op where the platform lacks the advice. Not applied when an
+    index opens: on an index larger than memory every random fault would then read 2 MiB."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None:
+        try:
+            buffer.madvise(advice)
+        except OSError:
+            pass
 
 
 @dataclass(frozen=True)

@@ -55,10 +55,19 @@ def test_directory_has_several_top_blocks(case):
     _, index = case
     directory = index._dirs[0]
     assert directory[kernels.D_NSAMPLES] > 8 * kernels.TOP_STRIDE
-    top = directory[directory[kernels.D_TOP] :]
-    samples = directory[directory[kernels.D_SAMPLES] : directory[kernels.D_TOP]]
+    top = directory[directory[kernels.D_TOP] :].reshape(-1, kernels.SAMPLE_WORDS)
+    samples = directory[directory[kernels.D_SAMPLES] : directory[kernels.D_TOP]].reshape(-1, kernels.SAMPLE_WORDS)
+    assert len(samples) == directory[kernels.D_NSAMPLES]
     assert np.array_equal(top, samples[:: kernels.TOP_STRIDE])
-    assert np.all(np.diff(samples) >= 0)  # sample keys never decrease along the suffix array
+    # Sample keys (word pairs) never decrease along the suffix array, and spell each suffix's start.
+    assert all(tuple(a) <= tuple(b) for a, b in zip(samples[:-1], samples[1:]))
+    stride = 1 << int(directory[kernels.D_SHIFT])
+    ds, sa, ps = index._ds[0], index._sa[0], index._ps[0]
+    for i in range(0, len(samples), 97):
+        pos = int.from_bytes(bytes(sa[i * stride * ps : (i * stride + 1) * ps]), "little")
+        head = bytes(ds[pos : pos + kernels.SAMPLE_BYTES])
+        spelled = b"".join((int(w) >> 3).to_bytes(kernels.WORD_BYTES, "big")[: int(w) & 7] for w in samples[i])
+        assert spelled == head
 
 
 def test_counts_match_brute_force(case):
