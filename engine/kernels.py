@@ -25,6 +25,8 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+import engine.kernel_cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
+
 
 def direct_entry(dispatcher, *args):
     """``dispatcher``'s compiled entry point for the types of ``args`` (compiling it if needed).

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+import engine.kernel_cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
+
 from engine.kernels import _find_in_shard, _key, _narrow, _ptr, longest_suffix
 
 

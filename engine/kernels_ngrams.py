@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+import engine.kernel_cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
+
 from engine.kernels import _key_at_rank, _lower_bound, _narrow, _run_end
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 from tqdm import tqdm
 
-from engine import kernels
+from engine import kernel_cache, kernels  # noqa: F401  (kernel_cache: before the cached kernel below)
 from engine.format import file_sha256, read_manifest, shard_path
 from engine.index import NgramIndex
 
