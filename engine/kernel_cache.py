@@ -14,7 +14,7 @@ import functools
 import hashlib
 from pathlib import Path
 
-from numba.core.caching import CacheImpl, InTreeCacheLocator, UserProvidedCacheLocator
+from numba.core.caching import CacheImpl, InTreeCacheLocator, UserProvidedCacheLocator, UserWideCacheLocator
 
 ENGINE_DIR = Path(__file__).resolve().parent
 
@@ -61,10 +61,14 @@ class KernelsInTreeLocator(_AllKernelSources, InTreeCacheLocator):
     """Otherwise next to the sources (__pycache__), as numba does by default."""
 
 
+class KernelsUserWideLocator(_AllKernelSources, UserWideCacheLocator):
+    """Sources in a read-only place: the user's cache directory."""
+
+
 def install() -> None:
     """Put the locators first in numba's list (once)."""
-    ours = [KernelsUserDirLocator, KernelsInTreeLocator]
-    if CacheImpl._locator_classes[:2] != ours:
+    ours = [KernelsUserDirLocator, KernelsInTreeLocator, KernelsUserWideLocator]
+    if CacheImpl._locator_classes[: len(ours)] != ours:
         CacheImpl._locator_classes[:0] = ours
 
 

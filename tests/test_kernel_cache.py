@@ -12,7 +12,8 @@ def test_kernel_modules_share_one_stamp():
     locators = [_locator(kernels.count_ids), _locator(kernels_match.longest_matches),
                 _locator(kernels_ngrams.enumerate_frequent)]
     for loc in locators:
-        assert isinstance(loc, (kernel_cache.KernelsInTreeLocator, kernel_cache.KernelsUserDirLocator))
+        assert isinstance(loc, (kernel_cache.KernelsInTreeLocator, kernel_cache.KernelsUserDirLocator,
+                                kernel_cache.KernelsUserWideLocator))
     stamps = {loc.get_source_stamp()[0] for loc in locators}  # the kernel modules' part
     assert len(stamps) == 1
     own = {loc.get_source_stamp()[1] for loc in locators}  # each function's own file
