@@ -89,7 +89,14 @@ class NgramIndex:
         self._dirs = tuple(kernels.build_directory(s.tokenized, s.table, s.ptr_size, token_width) for s in shards)
         # The leading arguments of every search kernel, in their order.
         self._search = (self._ds, self._sa, self._ps, token_width, self._dirs)
-        # Fast paths of count and prob (_bind_direct), bound on first use.
+        # Leading arguments of the fast paths (_bind_direct): for one shard a single array in place of
+        # the search tuples (kernels.address_table). The paths themselves are bound on first use.
+        if len(shards) == 1:
+            s0 = shards[0]
+            self._direct_args = (kernels.address_table(s0.tokenized, s0.table, s0.ptr_size, token_width,
+                                                       self._dirs[0]),)
+        else:
+            self._direct_args = self._search
         self._count_direct = self._prob_direct = None
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
@@ -351,18 +358,13 @@ class NgramIndex:
         return FindResult(count=total, segments=tuple((int(a), int(b)) for a, b in zip(lo, hi)))
 
     def _bind_direct(self, kernel, one_shard_kernel, *probe):
-        """``kernel`` with the index's arguments and (vocab_size, separator) bound, called through its
-        compiled entry point: no numba type dispatch, and for an index of one shard a single array
-        argument in place of the search tuples (kernels.address_table). Callers pass only arguments
-        of the types of ``probe``: ids packed by _packed_id_list, ints, bools."""
+        """``kernel`` (``one_shard_kernel`` for an index of one shard) with self._direct_args and
+        (vocab_size, separator) bound, called through its compiled entry point: no numba type
+        dispatch. Callers pass only arguments of the types of ``probe``: ids packed by
+        _packed_id_list, ints, bools."""
         if self.num_shards == 1:
-            shard = self._shards[0]
-            index_args = (kernels.address_table(shard.tokenized, shard.table, shard.ptr_size, self.token_width,
-                                                self._dirs[0]),)
             kernel = one_shard_kernel
-        else:
-            index_args = self._search
-        bound = (*index_args, self.vocab_size, self.separator_id)
+        bound = (*self._direct_args, self.vocab_size, self.separator_id)
         return functools.partial(kernels.direct_entry(kernel, *bound, *probe), *bound)
 
     def count(self, query) -> int:
