@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from engine import kernels  # noqa: E402
 from bench.common import (  # noqa: E402
     Latency,
     drop_into_page_cache,
@@ -169,6 +170,7 @@ def hugepage_copy(index):
     clone = copy.copy(index)
     clone._ds = tuple(copy_array(a) for a in index._ds)
     clone._sa = tuple(copy_array(a) for a in index._sa)
+    clone._search = (kernels.shard_table(list(zip(clone._ds, clone._sa, clone._ps, clone._dirs))), index.token_width)
     return clone
 
 

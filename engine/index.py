@@ -82,21 +82,13 @@ class NgramIndex:
         self.paths = paths or []
         self.load = load
         self.separator_id = separator_id(token_width)
-        # Kernel arguments, built once: homogeneous tuples make one numba call cover all shards.
         self._ds = tuple(s.tokenized for s in shards)
         self._sa = tuple(s.table for s in shards)
         self._ps = np.array([s.ptr_size for s in shards], dtype=np.int64)
         self._dirs = tuple(kernels.build_directory(s.tokenized, s.table, s.ptr_size, token_width) for s in shards)
-        # The leading arguments of every search kernel, in their order.
-        self._search = (self._ds, self._sa, self._ps, token_width, self._dirs)
-        # Leading arguments of the fast paths (_bind_direct): for one shard a single array in place of
-        # the search tuples (kernels.address_table). The paths themselves are bound on first use.
-        if len(shards) == 1:
-            s0 = shards[0]
-            self._direct_args = (kernels.address_table(s0.tokenized, s0.table, s0.ptr_size, token_width,
-                                                       self._dirs[0]),)
-        else:
-            self._direct_args = self._search
+        # The leading arguments of every kernel over the whole index: the shard table holds the
+        # addresses of the arrays above, which this object keeps alive.
+        self._search = (kernels.shard_table(list(zip(self._ds, self._sa, self._ps, self._dirs))), token_width)
         self._count_direct = self._prob_direct = None
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
@@ -357,14 +349,11 @@ class NgramIndex:
         total, lo, hi = self._ranges(self._ids(query, allow_empty=True))
         return FindResult(count=total, segments=tuple((int(a), int(b)) for a, b in zip(lo, hi)))
 
-    def _bind_direct(self, kernel, one_shard_kernel, *probe):
-        """``kernel`` (``one_shard_kernel`` for an index of one shard) with self._direct_args and
-        (vocab_size, separator) bound, called through its compiled entry point: no numba type
-        dispatch. Callers pass only arguments of the types of ``probe``: ids packed by
-        _packed_id_list, ints, bools."""
-        if self.num_shards == 1:
-            kernel = one_shard_kernel
-        bound = (*self._direct_args, self.vocab_size, self.separator_id)
+    def _bind_direct(self, kernel, *probe):
+        """``kernel`` with self._search and (vocab_size, separator) bound, called through its compiled
+        entry point: no numba type dispatch. Callers pass only arguments of the types of ``probe``:
+        ids packed by _packed_id_list, ints, bools."""
+        bound = (*self._search, self.vocab_size, self.separator_id)
         return functools.partial(kernels.direct_entry(kernel, *bound, *probe), *bound)
 
     def count(self, query) -> int:
@@ -373,7 +362,7 @@ class NgramIndex:
         if ids is not None:
             count = self._count_direct
             if count is None:
-                count = self._count_direct = self._bind_direct(kernels.count_ids, kernels.count_one_shard, ids)
+                count = self._count_direct = self._bind_direct(kernels.count_ids, ids)
             n = count(ids)
             if n >= 0:
                 return n
@@ -396,7 +385,7 @@ class NgramIndex:
         if ids is not None and type(cont_id) is int and 0 <= cont_id < self.vocab_size:
             prob = self._prob_direct
             if prob is None:
-                prob = self._prob_direct = self._bind_direct(kernels.prob_ids, kernels.prob_one_shard, ids, 0, False)
+                prob = self._prob_direct = self._bind_direct(kernels.prob_ids, ids, 0, False)
             counts = prob(ids, cont_id, use_suffix)
             if counts[0] >= 0:
                 return counts
@@ -488,7 +477,7 @@ class NgramIndex:
         while True:
             keys = np.empty(capacity, dtype=np.int64)
             weights = np.empty(capacity, dtype=np.int64)
-            n = kernels.approx_next_keys(self._ds, self._sa, self._ps, self.token_width, lo, hi, depth, unit,
+            n = kernels.approx_next_keys(*self._search, lo, hi, depth, unit,
                                          keys, weights)
             if n <= capacity:
                 break

@@ -2,15 +2,15 @@
 
 Conventions shared by every kernel:
 - A shard is ``ds`` (uint8 bytes of tokenized.s) and ``sa`` (uint8 bytes of table.s, ``ps`` bytes
-  per little-endian pointer). Kernels over a whole index take homogeneous tuples ``ds_t``/``sa_t``
-  (one entry per shard) and an int64 array ``ps_a`` of pointer sizes.
+  per little-endian pointer). Kernels over a whole index take its shard table ``st`` (``shard_table``)
+  and the token width ``tw``.
 - Tokens are compared as *keys*: the big-endian value of the token's stored bytes, which orders
   exactly like memcmp on the little-endian bytes (the order the suffix array was sorted in).
   ``tokens_to_keys`` converts; the conversion is its own inverse. A position past the end of the
   data has key -1, so shorter suffixes sort first, as memcmp does.
 - The separator (all ones) has the largest key, so "document ends here" sorts last in a range.
 - Ranges are half-open ``[lo, hi)`` over suffix-array ranks, per shard.
-- ``dir_t`` holds each shard's search directory (``build_directory``): the range of every first
+- Each shard has a search directory ``dr`` (``build_directory``): the range of every first
   token (widths 1 and 2; for width 4 searches start from the whole shard) and the first 14 bytes
   of every 2**shift-th suffix, so a search reads the suffix array and the tokens (a cache miss
   each) only inside a window of 2**shift ranks at each end.
@@ -84,21 +84,26 @@ def _as_ids_overload(ids):
 
 
 
-# ------------------------------------------------------------------------------ one-shard calls
-# A numba call unboxes each array argument (about 60 ns apiece) before any work starts; the tuples
-# of a search cost a count about half a microsecond. An index of one shard therefore also has an
-# "address table": one int64 array holding the addresses and lengths of its arrays, from which the
-# *_one_shard kernels rebuild them as views. The index object keeps the arrays alive.
-AT_TOKENS, AT_TOKENS_LEN, AT_TABLE, AT_TABLE_LEN, AT_PTR_SIZE, AT_TOKEN_WIDTH, AT_DIR, AT_DIR_LEN = range(8)
+# ------------------------------------------------------------------------------ shard tables
+# Kernels take an index's shards as one "shard table": an int64 array with a row per shard holding
+# the addresses and lengths of its arrays, from which _shard rebuilds them as views. Two reasons:
+# numba unboxes each array argument of a call (about 60 ns apiece), and it compiles a kernel afresh
+# for every distinct argument type, so tuples of arrays cost a specialization per shard count and
+# per read-only flag. With a table every kernel has one type signature. The index object keeps the
+# arrays alive.
+ST_TOKENS, ST_TOKENS_LEN, ST_TABLE, ST_TABLE_LEN, ST_PTR_SIZE, ST_DIR, ST_DIR_LEN = range(7)
 
 
-def address_table(ds: np.ndarray, sa: np.ndarray, ps: int, tw: int, directory: np.ndarray) -> np.ndarray:
-    """The address table of one shard (layout above)."""
-    for a in (ds, sa, directory):
-        if not a.flags.c_contiguous:
-            raise ValueError("address tables need contiguous arrays")
-    table = np.array([ds.ctypes.data, ds.shape[0], sa.ctypes.data, sa.shape[0], ps, tw,
-                      directory.ctypes.data, directory.shape[0]], dtype=np.int64)
+def shard_table(shards: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]) -> np.ndarray:
+    """The shard table (layout above) of (tokenized, table, ptr_size, directory) per shard."""
+    rows = []
+    for ds, sa, ps, directory in shards:
+        for a in (ds, sa, directory):
+            if not a.flags.c_contiguous:
+                raise ValueError("shard tables need contiguous arrays")
+        rows.append([ds.ctypes.data, ds.shape[0], sa.ctypes.data, sa.shape[0], ps,
+                     directory.ctypes.data, directory.shape[0]])
+    table = np.array(rows, dtype=np.int64).reshape(len(rows), ST_DIR_LEN + 1)
     table.flags.writeable = False
     return table
 
@@ -122,12 +127,19 @@ _int64_pointer = _pointer_cast(types.int64)
 
 
 @njit(inline="always")
-def _one_shard(at):
-    """The search arguments (ds_t, sa_t, ps_a, tw, dir_t) of an address table's shard."""
-    ds = numba.carray(_byte_pointer(at[AT_TOKENS]), at[AT_TOKENS_LEN])
-    sa = numba.carray(_byte_pointer(at[AT_TABLE]), at[AT_TABLE_LEN])
-    dr = numba.carray(_int64_pointer(at[AT_DIR]), at[AT_DIR_LEN])
-    return (ds,), (sa,), (at[AT_PTR_SIZE],), at[AT_TOKEN_WIDTH], (dr,)
+def _shard(st, s):
+    """(tokenized bytes, suffix-array bytes, pointer size, search directory) of shard ``s``."""
+    ds = numba.carray(_byte_pointer(st[s, ST_TOKENS]), st[s, ST_TOKENS_LEN])
+    sa = numba.carray(_byte_pointer(st[s, ST_TABLE]), st[s, ST_TABLE_LEN])
+    dr = numba.carray(_int64_pointer(st[s, ST_DIR]), st[s, ST_DIR_LEN])
+    return ds, sa, st[s, ST_PTR_SIZE], dr
+
+
+@njit(inline="always")
+def _positions(st, s):
+    """How many suffixes shard ``s`` has."""
+    return st[s, ST_TABLE_LEN] // st[s, ST_PTR_SIZE]
+
 
 @njit(nogil=True, cache=True)
 def ids_ok(ids, vocab_size, separator):
@@ -209,7 +221,7 @@ def _upper_bound(ds, sa, ps, tw, lo, hi, depth, key):
     return lo
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _narrow(ds, sa, ps, tw, lo, hi, depth, key):
     """The sub-range of [lo, hi) whose token at byte depth ``depth`` has ``key``."""
     while lo < hi:
@@ -407,7 +419,7 @@ def _prefetch_window(ds, sa, ps, tw, a, b, skip):
         prefetch(ds, _ptr(sa, ps, r) + skip * tw)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     """Range of the suffixes that start with keys[start:stop].
 
@@ -473,12 +485,24 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     return lo, lo
 
 
-@njit(nogil=True, cache=True)
-def find_ranges(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, lo_out, hi_out):
+@njit(inline="always")
+def _count(st, tw, keys, start, stop):
+    """Occurrences of keys[start:stop] over all shards."""
+    total = np.int64(0)
+    for s in range(st.shape[0]):
+        ds, sa, ps, dr = _shard(st, s)
+        lo, hi = _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop)
+        total += hi - lo
+    return total
+
+
+@njit(inline="always")
+def _ranges(st, tw, keys, start, stop, lo_out, hi_out):
     """Fill each shard's range of keys[start:stop]; return the total count."""
     total = np.int64(0)
-    for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, start, stop)
+    for s in range(st.shape[0]):
+        ds, sa, ps, dr = _shard(st, s)
+        lo, hi = _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop)
         lo_out[s] = lo
         hi_out[s] = hi
         total += hi - lo
@@ -486,7 +510,13 @@ def find_ranges(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, lo_out, hi_out):
 
 
 @njit(nogil=True, cache=True)
-def count_ids(ds_t, sa_t, ps_a, tw, dir_t, vocab_size, separator, ids):
+def find_ranges(st, tw, keys, start, stop, lo_out, hi_out):
+    """Fill each shard's range of keys[start:stop]; return the total count."""
+    return _ranges(st, tw, keys, start, stop, lo_out, hi_out)
+
+
+@njit(nogil=True, cache=True)
+def count_ids(st, tw, vocab_size, separator, ids):
     """Total occurrences of the token ids over all shards, validated and converted here (one call
     per count); -1 when an id is out of range or the separator, for the caller to work out the
     error. ``ids``: see as_ids."""
@@ -494,31 +524,11 @@ def count_ids(ds_t, sa_t, ps_a, tw, dir_t, vocab_size, separator, ids):
     if not ids_ok(ids, vocab_size, separator):
         return np.int64(-1)
     keys = ids_to_keys(ids, tw)
-    total = np.int64(0)
-    for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, 0, keys.shape[0])
-        total += hi - lo
-    return total
+    return _count(st, tw, keys, 0, keys.shape[0])
 
 
 @njit(nogil=True, cache=True)
-def count_one_shard(at, vocab_size, separator, ids):
-    """count_ids over the shard of address table ``at``."""
-    ds_t, sa_t, ps_a, tw, dir_t = _one_shard(at)
-    return count_ids(ds_t, sa_t, ps_a, tw, dir_t, vocab_size, separator, ids)
-
-
-@njit(inline="always")
-def _suffix_count(ds_t, sa_t, ps_a, tw, dir_t, keys, start):
-    total = np.int64(0)
-    for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, start, keys.shape[0])
-        total += hi - lo
-    return total
-
-
-@njit(nogil=True, cache=True)
-def longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len):
+def longest_suffix(st, tw, keys, max_len):
     """Length of the longest suffix of ``keys`` (at most ``max_len`` long) that occurs in the index.
 
     Counts only shrink as a suffix grows, so exponential then binary search over the length
@@ -528,13 +538,13 @@ def longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len):
     limit = min(n, max_len)
     good = 0
     probe = 1
-    while probe <= limit and _suffix_count(ds_t, sa_t, ps_a, tw, dir_t, keys, n - probe) > 0:
+    while probe <= limit and _count(st, tw, keys, n - probe, n) > 0:
         good = probe
         probe *= 2
     bad = min(probe, limit + 1)
     while bad - good > 1:
         mid = (good + bad) >> 1
-        if _suffix_count(ds_t, sa_t, ps_a, tw, dir_t, keys, n - mid) > 0:
+        if _count(st, tw, keys, n - mid, n) > 0:
             good = mid
         else:
             bad = mid
@@ -542,7 +552,7 @@ def longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len):
 
 
 @njit(nogil=True, cache=True)
-def prob_ids(ds_t, sa_t, ps_a, tw, dir_t, vocab_size, separator, ids, cont, use_suffix):
+def prob_ids(st, tw, vocab_size, separator, ids, cont, use_suffix):
     """(count of the prompt, count of prompt + cont, prompt length used) for one query of token ids;
     with ``use_suffix`` the prompt is first cut to its longest occurring suffix (infgram). All -1
     when an id is out of range or the separator, for the caller to work out the error. ``ids``: see
@@ -554,21 +564,14 @@ def prob_ids(ds_t, sa_t, ps_a, tw, dir_t, vocab_size, separator, ids, cont, use_
     n = keys.shape[0]
     start = 0
     if use_suffix:
-        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys, n)
-    prompt_count, cont_count = _prompt_and_cont(ds_t, sa_t, ps_a, tw, dir_t, keys, start, n,
+        start = n - longest_suffix(st, tw, keys, n)
+    prompt_count, cont_count = _prompt_and_cont(st, tw, keys, start, n,
                                                 _swap_key(cont, tw))
     return prompt_count, cont_count, n - start
 
 
-@njit(nogil=True, cache=True)
-def prob_one_shard(at, vocab_size, separator, ids, cont, use_suffix):
-    """prob_ids over the shard of address table ``at``."""
-    ds_t, sa_t, ps_a, tw, dir_t = _one_shard(at)
-    return prob_ids(ds_t, sa_t, ps_a, tw, dir_t, vocab_size, separator, ids, cont, use_suffix)
-
-
-@njit(inline="always")
-def _prompt_and_cont(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, cont_key):
+@njit(cache=True)
+def _prompt_and_cont(st, tw, keys, start, stop, cont_key):
     """Counts of keys[start:stop] and of keys[start:stop] + cont_key over all shards.
 
     The continuation narrows the prompt's range when that range is a few sample windows wide;
@@ -577,8 +580,8 @@ def _prompt_and_cont(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, cont_key):
     prompt_count = np.int64(0)
     cont_count = np.int64(0)
     scratch = np.empty(0, dtype=np.int64)
-    for s in range(len(ds_t)):
-        ds, sa, ps, dr = ds_t[s], sa_t[s], ps_a[s], dir_t[s]
+    for s in range(st.shape[0]):
+        ds, sa, ps, dr = _shard(st, s)
         lo, hi = _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop)
         prompt_count += hi - lo
         if hi - lo <= (np.int64(4) << dr[D_SHIFT]):
@@ -596,7 +599,7 @@ def _prompt_and_cont(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, cont_key):
     return prompt_count, cont_count
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _run_end(ds, sa, ps, tw, i, hi, depth, key):
     """End (exclusive) of the run of ``key`` that contains rank ``i``: gallop to bracket it, then
     binary search inside the bracket, so a run costs O(log run length)."""
@@ -613,7 +616,7 @@ def _run_end(ds, sa, ps, tw, i, hi, depth, key):
     return _upper_bound(ds, sa, ps, tw, last_equal + 1, bound, depth, key)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _runs_in_range(ds, sa, ps, tw, lo, hi, depth, out_keys, out_counts, n):
     """Append (key, run length) of each distinct key at ``depth`` in [lo, hi), jumping over runs."""
     i = lo
@@ -628,7 +631,7 @@ def _runs_in_range(ds, sa, ps, tw, lo, hi, depth, out_keys, out_counts, n):
 
 
 @njit(nogil=True, cache=True)
-def next_token_runs(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, out_keys, out_counts):
+def next_token_runs(st, tw, lo_a, hi_a, depth, out_keys, out_counts):
     """Distinct keys following ranges that match a ``depth``-byte prefix, merged over shards.
 
     Writes keys sorted ascending with their total counts; returns how many. Key -1 (end of data)
@@ -636,9 +639,10 @@ def next_token_runs(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, out_keys, out_count
     shards of min(hi - lo, distinct keys possible).
     """
     n = 0
-    for s in range(len(ds_t)):
-        n = _runs_in_range(ds_t[s], sa_t[s], ps_a[s], tw, lo_a[s], hi_a[s], depth, out_keys, out_counts, n)
-    if len(ds_t) == 1:
+    for s in range(st.shape[0]):
+        ds, sa, ps, _ = _shard(st, s)
+        n = _runs_in_range(ds, sa, ps, tw, lo_a[s], hi_a[s], depth, out_keys, out_counts, n)
+    if st.shape[0] == 1:
         return n
     order = np.argsort(out_keys[:n], kind="mergesort")
     merged = 0
@@ -655,7 +659,7 @@ def next_token_runs(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, out_keys, out_count
 
 
 @njit(nogil=True, cache=True)
-def next_tokens_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, use_suffix, max_distinct, separator):
+def next_tokens_ids(st, tw, ids, use_suffix, max_distinct, separator):
     """The exact next-token distribution of one validated prompt of token ids (with ``use_suffix``,
     of its longest occurring suffix), in one call: (prompt count, token ids ascending, their counts,
     how many occurrences end a document, prompt length used). ``max_distinct`` bounds the distinct
@@ -664,21 +668,22 @@ def next_tokens_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, use_suffix, max_distinct, 
     n = keys.shape[0]
     start = 0
     if use_suffix:
-        start = n - longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys, n)
-    n_shards = len(ds_t)
+        start = n - longest_suffix(st, tw, keys, n)
+    n_shards = st.shape[0]
     lo = np.empty(n_shards, dtype=np.int64)
     hi = np.empty(n_shards, dtype=np.int64)
     total = np.int64(0)
     capacity = 0
     for s in range(n_shards):
-        a, b = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, start, n)
+        ds, sa, ps, dr = _shard(st, s)
+        a, b = _find_in_shard(ds, sa, ps, tw, dr, keys, start, n)
         lo[s] = a
         hi[s] = b
         total += b - a
         capacity += min(b - a, max_distinct)
     run_keys = np.empty(capacity, dtype=np.int64)
     run_counts = np.empty(capacity, dtype=np.int64)
-    m = next_token_runs(ds_t, sa_t, ps_a, tw, lo, hi, (n - start) * tw, run_keys, run_counts)
+    m = next_token_runs(st, tw, lo, hi, (n - start) * tw, run_keys, run_counts)
     tokens = np.empty(m, dtype=np.int64)
     counts = np.empty(m, dtype=np.int64)
     k = 0
@@ -701,7 +706,7 @@ def next_tokens_ids(ds_t, sa_t, ps_a, tw, dir_t, ids, use_suffix, max_distinct, 
 
 
 @njit(nogil=True, cache=True)
-def approx_next_keys(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, unit, out_keys, out_weights):
+def approx_next_keys(st, tw, lo_a, hi_a, depth, unit, out_keys, out_weights):
     """infini-gram's capped ntd, step for step: per shard, divide ``[lo, hi)`` in halves until a piece
     either starts and ends with the same key (credited whole) or is shorter than ``4 * unit``; such a
     piece is read every ``unit`` ranks at the middle of each block, each read weighted by its block.
@@ -715,10 +720,8 @@ def approx_next_keys(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, unit, out_keys, ou
     cap = out_keys.shape[0]
     n = 0
     stack = np.empty(256, dtype=np.int64)
-    for s in range(len(ds_t)):
-        ds = ds_t[s]
-        sa = sa_t[s]
-        ps = ps_a[s]
+    for s in range(st.shape[0]):
+        ds, sa, ps, _ = _shard(st, s)
         top = 0
         if hi_a[s] > lo_a[s]:
             stack[0] = lo_a[s]
@@ -805,22 +808,16 @@ def locality_order(keys, offsets, tw):
 
 
 @njit(parallel=True, cache=True)
-def count_batch_keys(ds_t, sa_t, ps_a, tw, dir_t, keys, offsets, out):
+def count_batch_keys(st, tw, keys, offsets, out):
     """Counts of many key sequences, query i being keys[offsets[i]:offsets[i+1]]."""
     order = locality_order(keys, offsets, tw)
     for i in prange(offsets.shape[0] - 1):
         q = order[i]
-        total = np.int64(0)
-        for s in range(len(ds_t)):
-            lo, hi = _find_in_shard(
-                ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, offsets[q], offsets[q + 1]
-            )
-            total += hi - lo
-        out[q] = total
+        out[q] = _count(st, tw, keys, offsets[q], offsets[q + 1])
 
 
 @njit(parallel=True, cache=True)
-def prob_batch_keys(ds_t, sa_t, ps_a, tw, dir_t, keys, offsets, cont_keys, use_suffix, out):
+def prob_batch_keys(st, tw, keys, offsets, cont_keys, use_suffix, out):
     """Per query: prompt count, continuation count and suffix length (columns of ``out``).
 
     With ``use_suffix`` the prompt is first cut to its longest occurring suffix (the infgram form).
@@ -831,8 +828,8 @@ def prob_batch_keys(ds_t, sa_t, ps_a, tw, dir_t, keys, offsets, cont_keys, use_s
         start = offsets[q]
         stop = offsets[q + 1]
         if use_suffix:
-            start = stop - longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys[start:stop], stop - start)
-        prompt_count, cont_count = _prompt_and_cont(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop,
+            start = stop - longest_suffix(st, tw, keys[start:stop], stop - start)
+        prompt_count, cont_count = _prompt_and_cont(st, tw, keys, start, stop,
                                                     cont_keys[q])
         out[q, 0] = prompt_count
         out[q, 1] = cont_count

@@ -1,5 +1,5 @@
 """numba kernels for longest matches per position, attribution and CNF document search
-(same conventions as engine.kernels: keys, per-shard half-open ranges, tuples of shard arrays).
+(same conventions as engine.kernels: keys, per-shard half-open ranges, shard tables).
 """
 
 from __future__ import annotations
@@ -9,26 +9,16 @@ from numba import njit
 
 import engine.kernel_cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
 
-from engine.kernels import _find_in_shard, _key, _narrow, _ptr, longest_suffix
+from engine.kernels import _key, _narrow, _positions, _ptr, _ranges, _shard, longest_suffix
 
 
 @njit(inline="always")
-def _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, start, stop, lo_out, hi_out):
+def _narrow_all(st, tw, lo_a, hi_a, depth, key, lo_out, hi_out):
     total = np.int64(0)
-    for s in range(len(ds_t)):
-        lo, hi = _find_in_shard(ds_t[s], sa_t[s], ps_a[s], tw, dir_t[s], keys, start, stop)
-        lo_out[s] = lo
-        hi_out[s] = hi
-        total += hi - lo
-    return total
-
-
-@njit(inline="always")
-def _narrow_all(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, key, lo_out, hi_out):
-    total = np.int64(0)
-    for s in range(len(ds_t)):
+    for s in range(st.shape[0]):
         if hi_a[s] > lo_a[s]:
-            lo, hi = _narrow(ds_t[s], sa_t[s], ps_a[s], tw, lo_a[s], hi_a[s], depth, key)
+            ds, sa, ps, _ = _shard(st, s)
+            lo, hi = _narrow(ds, sa, ps, tw, lo_a[s], hi_a[s], depth, key)
         else:
             lo, hi = lo_a[s], lo_a[s]
         lo_out[s] = lo
@@ -38,7 +28,7 @@ def _narrow_all(ds_t, sa_t, ps_a, tw, lo_a, hi_a, depth, key, lo_out, hi_out):
 
 
 @njit(nogil=True, cache=True)
-def longest_matches(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len, j0, j1, out_len, out_count, out_lo,
+def longest_matches(st, tw, keys, max_len, j0, j1, out_len, out_count, out_lo,
                     out_hi, prompt_count, cont_count, suffix_len):
     """For every position j in [j0, j1) of ``keys``: the longest span ending at j that occurs
     (out_len, its count in out_count, its ranges in out_lo/out_hi rows), and the infini-gram terms
@@ -52,7 +42,7 @@ def longest_matches(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len, j0, j1, out_len,
     j0 > 0 first finds the match ending at j0 - 1 the same way, so chunks of a text can run in
     parallel and agree with one pass over all of it.
     """
-    n_shards = len(ds_t)
+    n_shards = st.shape[0]
     lo = np.zeros(n_shards, dtype=np.int64)
     hi = np.empty(n_shards, dtype=np.int64)
     nlo = np.empty(n_shards, dtype=np.int64)
@@ -61,21 +51,21 @@ def longest_matches(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len, j0, j1, out_len,
     bhi = np.empty(n_shards, dtype=np.int64)
     total = np.int64(0)
     for s in range(n_shards):
-        hi[s] = sa_t[s].shape[0] // ps_a[s]
+        hi[s] = _positions(st, s)
         total += hi[s]
     length = 0
     count = total
     if j0 > 0:
-        length = longest_suffix(ds_t, sa_t, ps_a, tw, dir_t, keys[:j0], max_len)
+        length = longest_suffix(st, tw, keys[:j0], max_len)
         if length > 0:
-            count = _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, j0 - length, j0, lo, hi)
+            count = _ranges(st, tw, keys, j0 - length, j0, lo, hi)
     for j in range(j0, j1):
         prompt_count[j] = count
         suffix_len[j] = length
         if length == 0:
-            c = _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, j, j + 1, nlo, nhi)
+            c = _ranges(st, tw, keys, j, j + 1, nlo, nhi)
         else:
-            c = _narrow_all(ds_t, sa_t, ps_a, tw, lo, hi, length * tw, keys[j], nlo, nhi)
+            c = _narrow_all(st, tw, lo, hi, length * tw, keys[j], nlo, nhi)
         cont_count[j] = c
         if c > 0 and length < max_len:
             length += 1
@@ -85,7 +75,7 @@ def longest_matches(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len, j0, j1, out_len,
                 hi[s] = nhi[s]
         elif c > 0:
             # At the cap: the last max_len tokens occur (inside the longer span); find their ranges.
-            count = _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, j - length + 1, j + 1, lo, hi)
+            count = _ranges(st, tw, keys, j - length + 1, j + 1, lo, hi)
         else:
             # The span cannot grow: the longest occurring suffix of keys[j-length+1..j] is next.
             good = 0
@@ -93,7 +83,7 @@ def longest_matches(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len, j0, j1, out_len,
             bad = length + 1
             probe = 1
             while probe <= length:
-                c = _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, j - probe + 1, j + 1, nlo, nhi)
+                c = _ranges(st, tw, keys, j - probe + 1, j + 1, nlo, nhi)
                 if c > 0:
                     good = probe
                     good_count = c
@@ -106,7 +96,7 @@ def longest_matches(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len, j0, j1, out_len,
                     break
             while bad - good > 1:
                 mid = (good + bad) >> 1
-                c = _find_all(ds_t, sa_t, ps_a, tw, dir_t, keys, j - mid + 1, j + 1, nlo, nhi)
+                c = _ranges(st, tw, keys, j - mid + 1, j + 1, nlo, nhi)
                 if c > 0:
                     good = mid
                     good_count = c
@@ -120,7 +110,7 @@ def longest_matches(ds_t, sa_t, ps_a, tw, dir_t, keys, max_len, j0, j1, out_len,
             if good == 0:
                 for s in range(n_shards):
                     lo[s] = 0
-                    hi[s] = sa_t[s].shape[0] // ps_a[s]
+                    hi[s] = _positions(st, s)
             else:
                 for s in range(n_shards):
                     lo[s] = blo[s]

@@ -26,7 +26,7 @@ from numba import njit
 
 import engine.kernel_cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
 
-from engine.kernels import _key_at_rank, _lower_bound, _narrow, _run_end
+from engine.kernels import _key_at_rank, _lower_bound, _narrow, _run_end, _shard
 
 
 @njit(inline="always")
@@ -63,23 +63,21 @@ def _expand_need(lo_a, hi_a, t):
     return need
 
 
-@njit(inline="always")
-def _expand(ds_t, sa_t, ps_a, tw, sep_key, lo_a, hi_a, depth, min_count, t,
+@njit(cache=True)
+def _expand(st, tw, sep_key, lo_a, hi_a, depth, min_count, t,
             tk, ts, tlo, thi, ck, cn, clo, chi, base):
     """Children of the node with per-shard ranges lo_a/hi_a at byte depth ``depth`` whose total
     count is >= min_count, written at ``base`` of ck (keys), cn (counts), clo/chi (flat, S per
     child), ordered by token id. tk/ts/tlo/thi are scratch of at least _expand_need entries.
     Returns how many children were written."""
-    n_shards = len(ds_t)
+    n_shards = st.shape[0]
     nc = 0
     for s in range(n_shards):
         lo = lo_a[s]
         hi = hi_a[s]
         if lo >= hi:
             continue
-        ds = ds_t[s]
-        sa = sa_t[s]
-        ps = ps_a[s]
+        ds, sa, ps, _ = _shard(st, s)
         r = lo
         prev_end = lo
         while r < hi:
@@ -127,7 +125,8 @@ def _expand(ds_t, sa_t, ps_a, tw, sep_key, lo_a, hi_a, depth, min_count, t,
                 seen[ts[c]] = True
             for s in range(n_shards):
                 if hi_a[s] > lo_a[s] and not seen[s]:
-                    a, b = _narrow(ds_t[s], sa_t[s], ps_a[s], tw, lo_a[s], hi_a[s], depth, key)
+                    ds, sa, ps, _ = _shard(st, s)
+                    a, b = _narrow(ds, sa, ps, tw, lo_a[s], hi_a[s], depth, key)
                     clo[row + s] = a
                     chi[row + s] = b
                     total += b - a
@@ -157,9 +156,9 @@ def _expand(ds_t, sa_t, ps_a, tw, sep_key, lo_a, hi_a, depth, min_count, t,
 
 
 @njit(nogil=True, cache=True)
-def expand_node(ds_t, sa_t, ps_a, tw, sep_key, lo_a, hi_a, depth, min_count):
+def expand_node(st, tw, sep_key, lo_a, hi_a, depth, min_count):
     """Children of one node (see _expand) as new arrays: keys, counts, lo (n, S), hi (n, S)."""
-    n_shards = len(ds_t)
+    n_shards = st.shape[0]
     t = _stride(lo_a, hi_a, min_count)
     need = _expand_need(lo_a, hi_a, t)
     tk = np.empty(need, dtype=np.int64)
@@ -170,7 +169,7 @@ def expand_node(ds_t, sa_t, ps_a, tw, sep_key, lo_a, hi_a, depth, min_count):
     cn = np.empty(need, dtype=np.int64)
     clo = np.empty(need * n_shards, dtype=np.int64)
     chi = np.empty(need * n_shards, dtype=np.int64)
-    n = _expand(ds_t, sa_t, ps_a, tw, sep_key, lo_a, hi_a, depth, min_count, t, tk, ts, tlo, thi, ck, cn, clo, chi, 0)
+    n = _expand(st, tw, sep_key, lo_a, hi_a, depth, min_count, t, tk, ts, tlo, thi, ck, cn, clo, chi, 0)
     return ck[:n].copy(), cn[:n].copy(), clo[:n * n_shards].reshape(n, n_shards).copy(), \
         chi[:n * n_shards].reshape(n, n_shards).copy()
 
@@ -185,7 +184,7 @@ def _grow(a, need):
 
 
 @njit(nogil=True, cache=True)
-def enumerate_frequent(ds_t, sa_t, ps_a, tw, sep_key, root_paths, root_depths, root_lo, root_hi, root_counts,
+def enumerate_frequent(st, tw, sep_key, root_paths, root_depths, root_lo, root_hi, root_counts,
                        first_root, n_min, n_max, min_count, out_paths, out_counts, counts_only):
     """Walk the subtrees of roots first_root.. in order, emitting every n-gram (root included) with
     n_min <= n <= n_max and total count >= min_count: its key path (padded with -1) in out_paths
@@ -196,7 +195,7 @@ def enumerate_frequent(ds_t, sa_t, ps_a, tw, sep_key, root_paths, root_depths, r
     caller writes the rows and calls again from the returned root (or splits a root that does not
     fit alone). ``counts_only`` skips writing paths.
     """
-    n_shards = len(ds_t)
+    n_shards = st.shape[0]
     cap = out_counts.shape[0]
     levels = n_max + 1
     seg_start = np.zeros(levels, dtype=np.int64)
@@ -243,7 +242,7 @@ def enumerate_frequent(ds_t, sa_t, ps_a, tw, sep_key, root_paths, root_depths, r
         clo = _grow(clo, need * n_shards)
         chi = _grow(chi, need * n_shards)
         seg_start[0] = 0
-        seg_n[0] = _expand(ds_t, sa_t, ps_a, tw, sep_key, lo_a, hi_a, d0 * tw, min_count, t,
+        seg_n[0] = _expand(st, tw, sep_key, lo_a, hi_a, d0 * tw, min_count, t,
                            tk, ts, tlo, thi, ck, cn, clo, chi, 0)
         cur[0] = 0
         lev = 0
@@ -279,7 +278,7 @@ def enumerate_frequent(ds_t, sa_t, ps_a, tw, sep_key, root_paths, root_depths, r
                 cn = _grow(cn, base + need)
                 clo = _grow(clo, (base + need) * n_shards)
                 chi = _grow(chi, (base + need) * n_shards)
-                n = _expand(ds_t, sa_t, ps_a, tw, sep_key, lo_c, hi_c, depth * tw, min_count, t,
+                n = _expand(st, tw, sep_key, lo_c, hi_c, depth * tw, min_count, t,
                             tk, ts, tlo, thi, ck, cn, clo, chi, base)
                 lev += 1
                 seg_start[lev] = base

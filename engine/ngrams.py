@@ -101,7 +101,7 @@ def _roots(index, threshold: int):
     else:
         lo_a = np.zeros(index.num_shards, dtype=np.int64)
         hi_a = np.array([s.num_positions for s in index.shards], dtype=np.int64)
-        keys, counts, lo, hi = kernels_ngrams.expand_node(index._ds, index._sa, index._ps, tw, sep_key,
+        keys, counts, lo, hi = kernels_ngrams.expand_node(*index._search, sep_key,
                                                           lo_a, hi_a, 0, threshold)
     return _batch(keys[:, None], 1, lo, hi, counts)
 
@@ -181,7 +181,7 @@ def _run_pass(index, n_min: int, n_max: int, threshold: int, sink: _RowSink, chu
         i = 0
         while i < n:
             nxt, rows = kernels_ngrams.enumerate_frequent(
-                index._ds, index._sa, index._ps, tw, sep_key, paths, depths, batch["lo"], batch["hi"],
+                *index._search, sep_key, paths, depths, batch["lo"], batch["hi"],
                 batch["counts"], i, n_min, n_max, threshold, out_paths, out_counts, False)
             sink.add(out_paths[:rows], out_counts[:rows])
             if sink.full:
@@ -196,7 +196,7 @@ def _run_pass(index, n_min: int, n_max: int, threshold: int, sink: _RowSink, chu
             if n_min <= depth <= n_max:
                 sink.add(paths[i:i + 1].copy(), batch["counts"][i:i + 1])
             keys, counts, lo, hi = kernels_ngrams.expand_node(
-                index._ds, index._sa, index._ps, tw, sep_key, batch["lo"][i], batch["hi"][i], depth * tw, threshold)
+                *index._search, sep_key, batch["lo"][i], batch["hi"][i], depth * tw, threshold)
             child_paths = np.empty((len(keys), depth + 1), dtype=np.int64)
             child_paths[:, :depth] = batch["paths"][i]
             child_paths[:, depth] = keys
