@@ -34,7 +34,7 @@ def _queries(docs: list[np.ndarray], seed: int) -> list[list[int]]:
     out = []
     for _ in range(150):
         doc = docs[int(rng.integers(len(docs)))]
-        n = int(rng.integers(1, 13))
+        n = int(rng.integers(1, 25))  # beyond SAMPLE_BYTES at every width: the non-exact path too
         i = int(rng.integers(0, len(doc) - n))
         query = doc[i : i + n].tolist()
         if rng.random() < 0.2:  # perturb one token: often absent
@@ -78,6 +78,18 @@ def test_counts_match_brute_force(case):
     assert [index.count(np.asarray(q, dtype=np.int64)) for q in queries] == expected
     assert index.count_batch(queries).tolist() == expected
     assert sum(expected) > 0 and expected.count(0) > 0  # both present and absent queries ran
+
+
+def test_sparse_samples_give_the_same_counts(case, monkeypatch):
+    """A shard too big for every 16th sample gets sparser ones (wider windows, searched in wide
+    steps); reopened with a tiny sample cap the same index must count the same."""
+    docs, index = case
+    monkeypatch.setattr(kernels, "MAX_SAMPLES_PER_SHARD", 32)
+    sparse = type(index).open(index.paths)
+    assert sparse._dirs[0][kernels.D_SHIFT] > 10  # windows of over a thousand ranks
+    queries = _queries(docs, seed=5)
+    assert [sparse.count(q) for q in queries] == [_brute_count(docs, q) for q in queries]
+    assert sparse.count_batch(queries).tolist() == index.count_batch(queries).tolist()
 
 
 def test_prob_packed_list_equals_array(case):
