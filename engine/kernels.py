@@ -489,6 +489,14 @@ def _first_at_least(ds, sa, ps, tw, a, b, keys, start, stop, skip, strict):
     return a
 
 
+@njit(inline="always")
+def _ends_around(ds, sa, ps, tw, lo, first_match, last_match, hi, keys, start, stop, skip):
+    """The range of matches in [lo, hi), given matches at ranks first_match..last_match."""
+    first = _first_at_least(ds, sa, ps, tw, lo, first_match, keys, start, stop, skip, False)
+    end = _first_at_least(ds, sa, ps, tw, last_match + 1, hi, keys, start, stop, skip, True)
+    return first, end
+
+
 @njit(cache=True)
 def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     """Range of the suffixes that start with keys[start:stop].
@@ -557,9 +565,7 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
                     first_match = m
                 last_match = m
         if first_match >= 0:
-            first = _first_at_least(ds, sa, ps, tw, nlo, first_match, keys, start, stop, skip, False)
-            end = _first_at_least(ds, sa, ps, tw, last_match + 1, nhi, keys, start, stop, skip, True)
-            return first, end
+            return _ends_around(ds, sa, ps, tw, nlo, first_match, last_match, nhi, keys, start, stop, skip)
         lo = nlo
         hi = nhi
     _prefetch_range(ds, sa, ps, tw, lo, hi, skip)  # a few sample windows: every candidate at once
@@ -571,9 +577,7 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
         elif c > 0:
             hi = m
         else:
-            first = _first_at_least(ds, sa, ps, tw, lo, m, keys, start, stop, skip, False)
-            end = _first_at_least(ds, sa, ps, tw, m + 1, hi, keys, start, stop, skip, True)
-            return first, end
+            return _ends_around(ds, sa, ps, tw, lo, m, m, hi, keys, start, stop, skip)
     return lo, lo
 
 
