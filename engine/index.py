@@ -6,7 +6,6 @@ a kernel from engine.kernels; kernels never see bad input.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import struct
@@ -42,25 +41,33 @@ from engine.results import (
 
 _INT64 = np.dtype(np.int64)
 DEFAULT_MAX_DISP_LEN = 1000
-_ID_PACKERS: dict[int, struct.Struct] = {}  # query length -> its packer
 MAX_PACKED_IDS = 4096
+
+
+class _IdPackers(dict):
+    """Query length -> the struct packer of that many int64s, made on first use (KeyError past
+    MAX_PACKED_IDS)."""
+
+    def __missing__(self, n: int) -> struct.Struct:
+        if n > MAX_PACKED_IDS:
+            raise KeyError(n)
+        packer = self[n] = struct.Struct(f"<{n}q")
+        return packer
+
+
+_ID_PACKERS = _IdPackers()
 
 
 def _packed_id_list(query) -> bytes | None:
     """A non-empty list of ints as little-endian int64 bytes, converted in one C call (the usual
-    query; kernels.as_ids reads it); None for anything else, which takes the general path."""
-    if type(query) is not list or not query or type(query[0]) is bool:
-        return None
-    n = len(query)
-    packer = _ID_PACKERS.get(n)
-    if packer is None:
-        if n > MAX_PACKED_IDS:
-            return None
-        packer = _ID_PACKERS.setdefault(n, struct.Struct(f"<{n}q"))
+    query; kernels.as_ids reads it); None for anything else, which takes the general path. One
+    try block instead of a test per condition: this runs on every count."""
     try:
-        return packer.pack(*query)
-    except struct.error:  # not ints, or beyond int64
-        return None
+        if type(query) is list and type(query[0]) is not bool:
+            return _ID_PACKERS[len(query)].pack(*query)
+    except (LookupError, struct.error):  # empty, too long, not ints, or beyond int64
+        pass
+    return None
 
 
 class NgramIndex:
@@ -89,6 +96,10 @@ class NgramIndex:
         # The leading arguments of every kernel over the whole index: the shard table holds the
         # addresses of the arrays above, which this object keeps alive.
         self._search = (kernels.shard_table(list(zip(self._ds, self._sa, self._ps, self._dirs))), token_width)
+        # count() and prob() take the index as one int (kernels.index_handle), through the
+        # kernels' compiled entry points once the first call has compiled them (_direct_entry).
+        self._handle = kernels.index_handle(self._search[0], token_width, self.vocab_size, self.separator_id)
+        self._handle_address = self._handle.ctypes.data
         self._count_direct = self._prob_direct = None
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
@@ -349,12 +360,11 @@ class NgramIndex:
         total, lo, hi = self._ranges(self._ids(query, allow_empty=True))
         return FindResult(count=total, segments=tuple((int(a), int(b)) for a, b in zip(lo, hi)))
 
-    def _bind_direct(self, kernel, *probe):
-        """``kernel`` with self._search and (vocab_size, separator) bound, called through its compiled
-        entry point: no numba type dispatch. Callers pass only arguments of the types of ``probe``:
-        ids packed by _packed_id_list, ints, bools."""
-        bound = (*self._search, self.vocab_size, self.separator_id)
-        return functools.partial(kernels.direct_entry(kernel, *bound, *probe), *bound)
+    def _direct_entry(self, kernel, *probe):
+        """``kernel``'s compiled entry point for (handle address, *probe): no numba type dispatch.
+        Callers pass only arguments of the types of ``probe``: ids packed by _packed_id_list, ints,
+        bools."""
+        return kernels.direct_entry(kernel, self._handle_address, *probe)
 
     def count(self, query) -> int:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
@@ -362,13 +372,13 @@ class NgramIndex:
         if ids is not None:
             count = self._count_direct
             if count is None:
-                count = self._count_direct = self._bind_direct(kernels.count_ids, ids)
-            n = count(ids)
+                count = self._count_direct = self._direct_entry(kernels.count_at, ids)
+            n = count(self._handle_address, ids)
             if n >= 0:
                 return n
         # Anything else, or anything wrong, through the general path (which explains errors).
         ids = self._ids(query, allow_empty=True)
-        return int(kernels.count_ids(*self._search, self.vocab_size, self.separator_id, ids))
+        return int(kernels.count_at(self._handle_address, ids))
 
     def count_batch(self, queries) -> np.ndarray:
         """Counts of many queries (a list of queries, or PackedQueries), computed in parallel."""
@@ -385,13 +395,13 @@ class NgramIndex:
         if ids is not None and type(cont_id) is int and 0 <= cont_id < self.vocab_size:
             prob = self._prob_direct
             if prob is None:
-                prob = self._prob_direct = self._bind_direct(kernels.prob_ids, ids, 0, False)
-            counts = prob(ids, cont_id, use_suffix)
+                prob = self._prob_direct = self._direct_entry(kernels.prob_at, ids, 0, False)
+            counts = prob(self._handle_address, ids, cont_id, use_suffix)
             if counts[0] >= 0:
                 return counts
         ids = self._ids(prompt, allow_empty=True, name="prompt")
         cont = self._token(cont_id, "cont_id")
-        counts = kernels.prob_ids(*self._search, self.vocab_size, self.separator_id, ids, cont, use_suffix)
+        counts = kernels.prob_at(self._handle_address, ids, cont, use_suffix)
         return int(counts[0]), int(counts[1]), int(counts[2])
 
     def prob(self, prompt, cont_id) -> ProbResult:

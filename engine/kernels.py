@@ -159,6 +159,30 @@ def _positions(st, s):
     return st[s, ST_TABLE_LEN] // st[s, ST_PTR_SIZE]
 
 
+# ------------------------------------------------------------------------------ index handles
+# count() and prob() run one short query per call, and numba's entry unboxes every argument on
+# every call (an array about 60 ns, an int about 25 ns). Their kernels take the whole index as one
+# int: the address of its "handle", an int64 array the index keeps alive, holding the shard
+# table's address and shape, the token width, the vocabulary size and the separator.
+H_TABLE, H_SHARDS, H_TOKEN_WIDTH, H_VOCAB, H_SEPARATOR = range(5)
+
+
+def index_handle(st: np.ndarray, tw: int, vocab_size: int, separator: int) -> np.ndarray:
+    """The handle (layout above) of shard table ``st``; pass ``handle.ctypes.data`` to kernels and
+    keep both arrays alive while they run."""
+    handle = np.array([st.ctypes.data, st.shape[0], tw, vocab_size, separator], dtype=np.int64)
+    handle.flags.writeable = False
+    return handle
+
+
+@njit(inline="always")
+def _open_handle(address):
+    """(shard table, token width, vocabulary size, separator) of the handle at ``address``."""
+    h = numba.carray(_int64_pointer(address), H_SEPARATOR + 1)
+    st = numba.carray(_int64_pointer(h[H_TABLE]), (h[H_SHARDS], ST_DIR_LEN + 1))
+    return st, h[H_TOKEN_WIDTH], h[H_VOCAB], h[H_SEPARATOR]
+
+
 @njit(nogil=True, cache=True)
 def ids_ok(ids, vocab_size, separator):
     """True when every id is in 0..vocab_size-1 and none is the separator: the fast path of
@@ -612,10 +636,11 @@ def find_ranges(st, tw, keys, start, stop, lo_out, hi_out):
 
 
 @njit(nogil=True, cache=True)
-def count_ids(st, tw, vocab_size, separator, ids):
-    """Total occurrences of the token ids over all shards, validated and converted here (one call
-    per count); -1 when an id is out of range or the separator, for the caller to work out the
-    error. ``ids``: see as_ids."""
+def count_at(handle, ids):
+    """Total occurrences of the token ids over all shards of the index at ``handle`` (see
+    index_handle), validated and converted here (one call per count); -1 when an id is out of
+    range or the separator, for the caller to work out the error. ``ids``: see as_ids."""
+    st, tw, vocab_size, separator = _open_handle(handle)
     ids = as_ids(ids)
     if not ids_ok(ids, vocab_size, separator):
         return np.int64(-1)
@@ -648,11 +673,12 @@ def longest_suffix(st, tw, keys, max_len):
 
 
 @njit(nogil=True, cache=True)
-def prob_ids(st, tw, vocab_size, separator, ids, cont, use_suffix):
-    """(count of the prompt, count of prompt + cont, prompt length used) for one query of token ids;
-    with ``use_suffix`` the prompt is first cut to its longest occurring suffix (infgram). All -1
-    when an id is out of range or the separator, for the caller to work out the error. ``ids``: see
-    as_ids."""
+def prob_at(handle, ids, cont, use_suffix):
+    """(count of the prompt, count of prompt + cont, prompt length used) for one query of token ids
+    on the index at ``handle``; with ``use_suffix`` the prompt is first cut to its longest occurring
+    suffix (infgram). All -1 when an id is out of range or the separator, for the caller to work out
+    the error. ``ids``: see as_ids."""
+    st, tw, vocab_size, separator = _open_handle(handle)
     ids = as_ids(ids)
     if not ids_ok(ids, vocab_size, separator) or cont < 0 or cont >= vocab_size or cont == separator:
         return np.int64(-1), np.int64(-1), np.int64(-1)

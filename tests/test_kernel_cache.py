@@ -9,7 +9,7 @@ def _locator(dispatcher):
 
 
 def test_kernel_modules_share_one_stamp():
-    locators = [_locator(kernels.count_ids), _locator(kernels_match.longest_matches),
+    locators = [_locator(kernels.count_at), _locator(kernels_match.longest_matches),
                 _locator(kernels_ngrams.enumerate_frequent)]
     for loc in locators:
         assert isinstance(loc, (kernel_cache.KernelsInTreeLocator, kernel_cache.KernelsUserDirLocator,
