@@ -3,7 +3,8 @@
 Conventions shared by every kernel:
 - A shard is ``ds`` (uint8 bytes of tokenized.s) and ``sa`` (uint8 bytes of table.s, ``ps`` bytes
   per little-endian pointer). Kernels over a whole index take its shard table ``st`` (``shard_table``)
-  and the token width ``tw``.
+  and the token width ``tw``; the one-query kernels count_at and prob_at take an index handle
+  (``index_handle``) holding both instead.
 - Tokens are compared as *keys*: the big-endian value of the token's stored bytes, which orders
   exactly like memcmp on the little-endian bytes (the order the suffix array was sorted in).
   ``tokens_to_keys`` converts; the conversion is its own inverse. A position past the end of the
