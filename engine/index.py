@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 import threading
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -41,33 +40,6 @@ from engine.results import (
 
 _INT64 = np.dtype(np.int64)
 DEFAULT_MAX_DISP_LEN = 1000
-MAX_PACKED_IDS = 4096
-
-
-class _IdPackers(dict):
-    """Query length -> the struct packer of that many int64s, made on first use (KeyError past
-    MAX_PACKED_IDS)."""
-
-    def __missing__(self, n: int) -> struct.Struct:
-        if n > MAX_PACKED_IDS:
-            raise KeyError(n)
-        packer = self[n] = struct.Struct(f"<{n}q")
-        return packer
-
-
-_ID_PACKERS = _IdPackers()
-
-
-def _packed_id_list(query) -> bytes | None:
-    """A non-empty list of ints as little-endian int64 bytes, converted in one C call (the usual
-    query; kernels.as_ids reads it); None for anything else, which takes the general path. One
-    try block instead of a test per condition: this runs on every count."""
-    try:
-        if type(query) is list and type(query[0]) is not bool:
-            return _ID_PACKERS[len(query)].pack(*query)
-    except (LookupError, struct.error):  # empty, too long, not ints, or beyond int64
-        pass
-    return None
 
 
 class NgramIndex:
@@ -96,11 +68,12 @@ class NgramIndex:
         # The leading arguments of every kernel over the whole index: the shard table holds the
         # addresses of the arrays above, which this object keeps alive.
         self._search = (kernels.shard_table(list(zip(self._ds, self._sa, self._ps, self._dirs))), token_width)
-        # count() and prob() take the index as one int (kernels.index_handle), through the
-        # kernels' compiled entry points once the first call has compiled them (_direct_entry).
+        # count() and prob() take the index as one int (kernels.index_handle) and a list query as
+        # its address, through the kernels' compiled entry points once the first call has compiled
+        # them (_direct_entry).
         self._handle = kernels.index_handle(self._search[0], token_width, self.vocab_size, self.separator_id)
         self._handle_address = self._handle.ctypes.data
-        self._count_direct = self._prob_direct = None
+        self._count_list = self._prob_list = None
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
         self._max_distinct = min(self.vocab_size, self.separator_id) + 2
@@ -362,18 +335,16 @@ class NgramIndex:
 
     def _direct_entry(self, kernel, *probe):
         """``kernel``'s compiled entry point for (handle address, *probe): no numba type dispatch.
-        Callers pass only arguments of the types of ``probe``: ids packed by _packed_id_list, ints,
-        bools."""
+        Callers pass only arguments of the types of ``probe``: ints and bools."""
         return kernels.direct_entry(kernel, self._handle_address, *probe)
 
     def count(self, query) -> int:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
-        ids = _packed_id_list(query)
-        if ids is not None:
-            count = self._count_direct
+        if type(query) is list and kernels.LIST_READING:  # the usual query, read in place
+            count = self._count_list
             if count is None:
-                count = self._count_direct = self._direct_entry(kernels.count_at, ids)
-            n = count(self._handle_address, ids)
+                count = self._count_list = self._direct_entry(kernels.count_list, id(query))
+            n = count(self._handle_address, id(query))
             if n >= 0:
                 return n
         # Anything else, or anything wrong, through the general path (which explains errors).
@@ -391,12 +362,12 @@ class NgramIndex:
     # ------------------------------------------------------------------ probabilities
     def _prob_counts(self, prompt, cont_id, use_suffix: bool) -> tuple[int, int, int]:
         """(prompt count, prompt + cont count, prompt length used) of one validated query."""
-        ids = _packed_id_list(prompt)
-        if ids is not None and type(cont_id) is int and 0 <= cont_id < self.vocab_size:
-            prob = self._prob_direct
+        if type(prompt) is list and type(cont_id) is int and 0 <= cont_id < self.vocab_size \
+                and kernels.LIST_READING:
+            prob = self._prob_list
             if prob is None:
-                prob = self._prob_direct = self._direct_entry(kernels.prob_at, ids, 0, False)
-            counts = prob(self._handle_address, ids, cont_id, use_suffix)
+                prob = self._prob_list = self._direct_entry(kernels.prob_list, id(prompt), 0, False)
+            counts = prob(self._handle_address, id(prompt), cont_id, use_suffix)
             if counts[0] >= 0:
                 return counts
         ids = self._ids(prompt, allow_empty=True, name="prompt")
