@@ -191,6 +191,7 @@ PY_TYPE, PY_SIZE, PY_LIST_ITEMS = 1, 2, 3
 # before Python 3.12 and as 8 since (the digit count shifted left by 3, sign bits 0).
 PY_DIGIT = 6
 PY_ONE_DIGIT = 1 if sys.version_info < (3, 12) else 8
+PREFETCH_ITEMS = 8  # a longer list's items are prefetched first
 LIST_READING = (sys.implementation.name == "cpython" and struct.calcsize("P") == 8
                 and not sysconfig.get_config_var("Py_GIL_DISABLED"))
 
@@ -251,6 +252,10 @@ def _list_keys(address, int_type, tw, vocab_size, separator):
     n = head[PY_SIZE]
     items = numba.carray(_int64_pointer(head[PY_LIST_ITEMS]), n)
     keys = np.empty(n, dtype=np.int64)
+    if n > PREFETCH_ITEMS:
+        # The int objects lie anywhere in the heap: ask for all of them before reading any.
+        for i in range(n):
+            prefetch(numba.carray(_byte_pointer(items[i]), 1), 0)
     for i in range(n):
         item = items[i]
         if numba.carray(_int64_pointer(item), PY_TYPE + 1)[PY_TYPE] != int_type:
