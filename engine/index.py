@@ -203,7 +203,7 @@ class NgramIndex:
             if self._warm:
                 return
             probe = [0]
-            for query in (probe, np.zeros(1, dtype=np.int64)):  # packed lists and arrays
+            for query in (probe, np.zeros(1, dtype=np.int64)):  # lists (read in place) and arrays
                 self.count(query)
                 self.prob(query, 0)
                 self.infgram_prob(query, 0)
