@@ -261,10 +261,16 @@ def _list_keys(address, int_type, tw, vocab_size, separator):
         if numba.carray(_int64_pointer(item), PY_TYPE + 1)[PY_TYPE] != int_type:
             return keys[:0]
         t = _int_value(item)
-        if t < 0 or t >= vocab_size or t == separator:
+        if not _is_token_id(t, vocab_size, separator):
             return keys[:0]
         keys[i] = _swap_key(t, tw)
     return keys
+
+
+@njit(inline="always")
+def _is_token_id(t, vocab_size, separator):
+    """Whether ``t`` may appear in a query: inside the vocabulary and not the separator."""
+    return 0 <= t < vocab_size and t != separator
 
 
 @njit(nogil=True, cache=True)
@@ -272,8 +278,7 @@ def ids_ok(ids, vocab_size, separator):
     """True when every id is in 0..vocab_size-1 and none is the separator: the fast path of
     validation (the Python layer works out the error message only when this says False)."""
     for i in range(ids.shape[0]):
-        t = ids[i]
-        if t < 0 or t >= vocab_size or t == separator:
+        if not _is_token_id(ids[i], vocab_size, separator):
             return False
     return True
 
@@ -786,7 +791,7 @@ def prob_at(handle, ids, cont, use_suffix):
     """_prob_counts for one query of int64 token ids on the index at ``handle``. All -1 when an id
     is out of range or the separator, for the caller to work out the error."""
     st, tw, vocab_size, separator, _ = _open_handle(handle)
-    if not ids_ok(ids, vocab_size, separator) or cont < 0 or cont >= vocab_size or cont == separator:
+    if not ids_ok(ids, vocab_size, separator) or not _is_token_id(cont, vocab_size, separator):
         return np.int64(-1), np.int64(-1), np.int64(-1)
     return _prob_counts(st, tw, ids_to_keys(ids, tw), cont, use_suffix)
 
@@ -798,7 +803,7 @@ def prob_list(handle, list_address, cont, use_suffix):
     the general path."""
     st, tw, vocab_size, separator, int_type = _open_handle(handle)
     keys = _list_keys(list_address, int_type, tw, vocab_size, separator)
-    if keys.shape[0] == 0 or cont < 0 or cont >= vocab_size or cont == separator:
+    if keys.shape[0] == 0 or not _is_token_id(cont, vocab_size, separator):
         return np.int64(-1), np.int64(-1), np.int64(-1)
     gil = _release_gil()
     counts = _prob_counts(st, tw, keys, cont, use_suffix)
