@@ -1,19 +1,22 @@
-# Every target creates and uses the project's own virtual environment in .venv.
+# Every target creates and uses the project's own virtual environment in .venv, installed with the
+# exact versions in requirements.lock (the project itself goes in editable, without resolving again).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+LOCK := requirements.lock
+PIP_VERSION := 26.3
 
-.PHONY: install demo test bench clean-venv
+.PHONY: install demo test bench lock clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet pip==$(PIP_VERSION)
 
-# torch is pinned first: the CPU wheel of this version is what the machines here provide.
-$(STAMP): $(PY) pyproject.toml
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev,torch,ray]'
+$(STAMP): $(PY) pyproject.toml $(LOCK)
+	$(PY) -m pip install --quiet -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -21,10 +24,27 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/ngram demo
 
+# The real SmolLM2-135M is fetched (once, into ~/.cache/ngram-engine) so its tests run, not skip.
 test: install
-	$(PY) -m pytest -q -x --timeout=900 tests || [ $$? -eq 5 ]
+	$(VENV)/bin/ngram fetch smollm2
+	NGRAM_REQUIRE_SMOLLM=1 $(PY) -m pytest -q -x --timeout=900 tests || [ $$? -eq 5 ]
 
 # Quick side-by-side run; see bench/README.md for the full-size benchmarks of each issue.
 bench: install
 	$(PY) bench/bench_engine.py --size smoke
 	$(PY) bench/bench_grpc.py
+
+# Re-resolve every dependency (all extras) in a scratch venv and write the exact versions to
+# requirements.lock. torch is the CPU build these machines carry; the rest resolves from pyproject.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet pip==$(PIP_VERSION)
+	.lock-venv/bin/python -m pip install --quiet torch==2.13.0
+	.lock-venv/bin/python -m pip install --quiet '.[dev,torch,ray]'
+	( echo "# Exact versions of every dependency (all extras). Refresh with: make lock"; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -iv '^ngram-engine' ) > $(LOCK)
+	rm -rf .lock-venv
+
+clean-venv:
+	rm -rf $(VENV)

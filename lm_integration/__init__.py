@@ -6,7 +6,7 @@ generate_with_drafter, SconeEmbedding and friends.
 """
 
 from lm_integration.drafter import ConstantDrafter, HybridDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter
-from lm_integration.errors import FgramVocabError, LMIntegrationError, TokenizerMismatchError
+from lm_integration.errors import FgramVocabError, LMIntegrationError, TokenizerMismatchError, UnsupportedTransformersError
 from lm_integration.fgram import CausalFgramMatcher, FgramVocab, load_fgram_vocab
 from lm_integration.infgram import InfgramCache, InfgramEstimate, InfgramTracker, estimate_from_ntd
 from lm_integration.source import NgramSource
@@ -34,7 +34,7 @@ def __getattr__(name):
 
 __all__ = [
     "NgramSource", "check_tokenizer_compat", "tokenizer_fingerprint", "TokenizerMismatchError",
-    "LMIntegrationError", "FgramVocabError", "InfgramCache", "InfgramEstimate", "InfgramTracker", "estimate_from_ntd",
+    "LMIntegrationError", "FgramVocabError", "UnsupportedTransformersError", "InfgramCache", "InfgramEstimate", "InfgramTracker", "estimate_from_ntd",
     "InfgramDrafter", "HybridDrafter", "PromptLookupDrafter", "NullDrafter", "ConstantDrafter",
     "CausalFgramMatcher", "FgramVocab", "load_fgram_vocab", *_LAZY,
 ]

@@ -11,3 +11,7 @@ class TokenizerMismatchError(LMIntegrationError, ValueError):
 
 class FgramVocabError(LMIntegrationError, ValueError):
     """An f-gram vocabulary file or list is malformed."""
+
+
+class UnsupportedTransformersError(LMIntegrationError, RuntimeError):
+    """The installed transformers is outside the range a hook into its non-public internals was tested on."""

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from lm_integration.errors import UnsupportedTransformersError
+
 
 @dataclass
 class SpecStats:
@@ -141,10 +143,9 @@ def speculative_generate(
     pos = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     cache = _new_cache(model)
     t0 = time.perf_counter()
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos,
-                past_key_values=cache, use_cache=True)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, cache=cache, use_cache=True)
     stats.model_seconds += time.perf_counter() - t0
-    cache = out.past_key_values
+    cache = out.cache
     first = out.logits[:, -1, :].argmax(-1).tolist()
     stats.steps = 1
     stats.row_steps = B
@@ -184,10 +185,9 @@ def speculative_generate(
         pos = (next_pos.unsqueeze(1) + torch.arange(1 + K, device=device).unsqueeze(0))
         full_mask = torch.cat([kv_mask, bmask], dim=1)
         t0 = time.perf_counter()
-        out = model(input_ids=block, attention_mask=full_mask, position_ids=pos,
-                    past_key_values=cache, use_cache=True)
+        out = model(input_ids=block, attention_mask=full_mask, position_ids=pos, cache=cache, use_cache=True)
         stats.model_seconds += time.perf_counter() - t0
-        cache = out.past_key_values
+        cache = out.cache
         greedy = out.logits.argmax(-1).cpu().numpy()  # (B, 1+K)
         stats.steps += 1
         stats.row_steps += len(active)
@@ -229,14 +229,41 @@ def speculative_generate(
     return (out_ids, stats) if return_stats else out_ids
 
 
+# generate_with_drafter replaces GenerationMixin._get_candidate_generator, which is not public API and
+# changes between releases (5.25 added num_drafting_tokens to the generator's contract). It is tested on
+# these releases only; speculative_generate needs nothing private and works on any transformers 5.
+HF_HOOK_SUPPORTED = (">=5.25", "<5.26")
+
+
+def _check_hf_hook_version(version: str) -> None:
+    from packaging.version import Version
+
+    low, high = (Version(b.lstrip("<>=")) for b in HF_HOOK_SUPPORTED)
+    if not low <= Version(version) < high:
+        raise UnsupportedTransformersError(
+            f"generate_with_drafter hooks into transformers' assisted generation, which is not public API; it "
+            f"supports transformers {','.join(HF_HOOK_SUPPORTED)} and this is {version}. Install a supported "
+            "release (requirements.lock pins one) or use speculative_generate, which works on any transformers 5"
+        )
+
+
 def generate_with_drafter(model, drafter, input_ids: torch.Tensor, *, num_draft: int = 8, **generate_kwargs):
     """Hugging Face ``model.generate`` (greedy, batch size 1) with ``drafter`` supplying candidates
-    through the library's assisted-generation loop. Extra kwargs go to ``generate``."""
+    through the library's assisted-generation loop. Extra kwargs go to ``generate``.
+
+    Raises UnsupportedTransformersError outside the transformers releases in HF_HOOK_SUPPORTED."""
+    import transformers
     from transformers.generation.candidate_generator import CandidateGenerator
+
+    _check_hf_hook_version(transformers.__version__)
 
     class _DrafterCandidates(CandidateGenerator):
         def __init__(self):
             self.seconds = 0.0
+
+        @property
+        def num_drafting_tokens(self):  # how many tokens a step may draft (asked for by transformers 5.25)
+            return num_draft
 
         def get_candidates(self, input_ids, **kwargs):
             t0 = time.perf_counter()
@@ -286,9 +313,9 @@ def speculative_generate_tree(model, drafter, input_ids: torch.Tensor, max_new_t
         return (input_ids, stats) if return_stats else input_ids
     cache = _new_cache(model)
     t0 = time.perf_counter()
-    out = model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+    out = model(input_ids=input_ids, cache=cache, use_cache=True)
     stats.model_seconds += time.perf_counter() - t0
-    cache = out.past_key_values
+    cache = out.cache
     generated = [int(out.logits[0, -1].argmax())]
     stats.steps = stats.row_steps = 1
     ctx = input_ids[0].tolist()
@@ -313,10 +340,9 @@ def speculative_generate_tree(model, drafter, input_ids: torch.Tensor, max_new_t
         mask = torch.cat([torch.ones((W, L), dtype=torch.long), bmask], dim=1).to(device)
         pos = (L + torch.arange(1 + K)).unsqueeze(0).expand(W, -1).to(device)
         t0 = time.perf_counter()
-        out = model(input_ids=block.to(device), attention_mask=mask, position_ids=pos, past_key_values=cache,
-                    use_cache=True)
+        out = model(input_ids=block.to(device), attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
         stats.model_seconds += time.perf_counter() - t0
-        cache = out.past_key_values
+        cache = out.cache
         greedy = out.logits.argmax(-1).cpu().numpy()
         best_w, best_m = 0, -1
         for w, c in enumerate(chains):

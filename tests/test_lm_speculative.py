@@ -102,6 +102,17 @@ def test_hf_generate_hook(model):
         generate_with_drafter(model, NullDrafter(), ids, max_new_tokens=2)
 
 
+def test_hf_hook_refuses_untested_transformers():
+    from lm_integration.errors import UnsupportedTransformersError
+    from lm_integration.speculative import _check_hf_hook_version
+
+    _check_hf_hook_version("5.25.0")  # the locked release
+    for version in ("4.57.1", "5.24.9", "5.26.0", "6.0.0"):
+        with pytest.raises(UnsupportedTransformersError, match="supports transformers >=5.25,<5.26") as err:
+            _check_hf_hook_version(version)
+        assert version in str(err.value) and "speculative_generate" in str(err.value)
+
+
 @pytest.mark.smollm
 def test_smollm_speculative_equals_greedy():
     model, tok = smollm_or_skip()
