@@ -389,6 +389,12 @@ class HuggingFaceTokenizer(Tokenizer):
             obj = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise TokenizerError(f"{self.path}: cannot read the tokenizer file for its fingerprint ({exc})") from exc
+        # Padding and truncation are call-time settings (a tokenizer saved after `padding=True` keeps
+        # them), not part of what ids text gets: nulled so they never change the fingerprint.
+        # lm_integration.tokenizer_compat.content_fingerprint does the same.
+        for setting in ("padding", "truncation"):
+            if setting in obj:
+                obj[setting] = None
         canon = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return [canon, json.dumps({"parse_special": self.parse_special}).encode()]
 

@@ -109,10 +109,9 @@ class InfgramDrafter:
     def __init__(self, source, *, min_suffix_len: int = 1, min_prob: float = 0.0, min_count: int = 1,
                  max_support: int | None = None, max_query_len: int | None = None, cache_size: int = 65536,
                  cache: InfgramCache | None = None, lookahead: int = 8, tokenizer=None, model=None):
-        if tokenizer is not None or model is not None:
-            from lm_integration.tokenizer_compat import check_tokenizer_compat
+        from lm_integration.tokenizer_compat import check_tokenizer_compat
 
-            check_tokenizer_compat(source, tokenizer, model=model)
+        check_tokenizer_compat(source, tokenizer, model=model)  # warns when given neither
         self.source = source
         self.min_suffix_len = int(min_suffix_len)
         self.min_prob = float(min_prob)

@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True,
                    help="index directory (engine.NgramIndex), or grpc://HOST:PORT for a server")
     p.add_argument("--model", default="smollm2",
-                   help="'smollm2' (fetched by scripts/fetch_smollm2.py) or a local transformers model dir")
+                   help="'smollm2' (`ngram fetch smollm2` once) or a local transformers model dir")
     p.add_argument("--text", nargs="*", help="held-out text files (one document each, or see --line-per-doc)")
     p.add_argument("--line-per-doc", action="store_true", help="every non-empty line of --text is a document")
     p.add_argument("--jsonl", nargs="*", help="held-out JSONL files")

