@@ -103,6 +103,9 @@ def read_manifest(directory: Path) -> dict | None:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise IndexFormatError(f"{path} is not valid JSON ({exc}); rebuild the index or remove the file") from exc
+    from engine.integrity import check_manifest  # here: engine.integrity imports this module
+
+    check_manifest(manifest, path)
     if manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{path} is not an {FORMAT_NAME} manifest")
     if manifest.get("format_version", 0) > FORMAT_VERSION:

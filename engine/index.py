@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from engine import kernels
+from engine import integrity, kernels
 from engine.errors import IndexFormatError, InvalidQueryError, TokenizerError, TokenizerMismatchError
 from engine.format import (
     MANIFEST_NAME,
@@ -64,7 +64,8 @@ class NgramIndex:
         self._ds = tuple(s.tokenized for s in shards)
         self._sa = tuple(s.table for s in shards)
         self._ps = np.array([s.ptr_size for s in shards], dtype=np.int64)
-        self._dirs = tuple(kernels.build_directory(s.tokenized, s.table, s.ptr_size, token_width) for s in shards)
+        self._dirs = tuple(kernels.build_directory(s.tokenized, s.table, s.ptr_size, token_width,
+                                                   str(s.directory / f"table.{s.number}")) for s in shards)
         # The leading arguments of every kernel over the whole index: the shard table holds the
         # addresses of the arrays above, which this object keeps alive.
         self._search = (kernels.shard_table(list(zip(self._ds, self._sa, self._ps, self._dirs))), token_width)
@@ -131,6 +132,7 @@ class NgramIndex:
             widths.add(width)
             for n in numbers:
                 shard = open_shard(path, n, width, load)
+                integrity.check_shard(shard)
                 if manifest is not None:
                     _check_against_manifest(shard, manifest["shards"][n], path)
                 shards.append(shard)
@@ -145,6 +147,7 @@ class NgramIndex:
             if len(known) > 1:
                 raise IndexFormatError(f"the directories disagree on vocab_size {sorted(known)}")
             vocab_size = known.pop() if known else separator_id(width)
+        integrity.check_vocab_size(vocab_size, width, "NgramIndex.open", InvalidQueryError)
         if eos_token_id is None and len(eoses - {None}) == 1:
             eos_token_id = (eoses - {None}).pop()
         return cls(shards, token_width=width, vocab_size=vocab_size, eos_token_id=eos_token_id, tokenizer=tok,
@@ -435,6 +438,10 @@ class NgramIndex:
         prompt_count, tokens, counts, end_count, used = kernels.next_tokens_ids(
             *self._search, ids, use_suffix,
             self._max_distinct, self.separator_id)
+        if prompt_count < 0:
+            raise IndexFormatError(
+                f"{', '.join(map(str, self.paths))}: a shard has more distinct tokens after this prompt than the "
+                "vocabulary allows (unsorted table or tokens past vocab_size); run `ngram verify` and rebuild it")
         return int(prompt_count), tokens, counts, int(end_count), False, int(used)
 
     def _split_ends(self, keys: np.ndarray, counts: np.ndarray):
@@ -557,6 +564,11 @@ class NgramIndex:
         shard = self._shards[s]
         start = int(shard.offsets[local_doc]) + self.token_width
         end = int(shard.offsets[local_doc + 1]) if local_doc + 1 < shard.num_docs else len(shard.tokenized)
+        if not start <= end <= len(shard.tokenized) or start % self.token_width or end % self.token_width:
+            # Only a damaged offset file gets here (a built one increases, inside the data, aligned).
+            raise IndexFormatError(
+                f"{shard.directory / f'offset.{shard.number}'}: document {local_doc} spans bytes {start - self.token_width}"
+                f"..{end}, not a run of whole tokens inside the data; run `ngram verify` and rebuild the index")
         return start, end
 
     def _tokens(self, s: int, start: int, end: int) -> np.ndarray:

@@ -303,13 +303,19 @@ def ids_to_keys(ids, token_width):
     return out
 
 
+# Pointers are read masked to 62 bits: 8-byte pointers (allowed, see tests) of a damaged table
+# could otherwise be negative, and a pointer plus any offset a kernel adds must stay non-negative
+# for the end-of-data checks (_key, _compare_at, _sample_word) to keep reads inside the data.
+_PTR_MASK = (np.int64(1) << 62) - 1
+
+
 @njit(inline="always")
 def _ptr(sa, ps, rank):
     base = rank * ps
     value = np.int64(0)
     for k in range(ps):
         value |= np.int64(sa[base + k]) << (8 * k)
-    return value
+    return value & _PTR_MASK
 
 
 @njit(inline="always")
@@ -450,16 +456,27 @@ def _sample_word(ds, pos):
 
 
 @njit(nogil=True, cache=True)
-def fill_samples(ds, sa, ps, shift, out):
-    """The sample key of the suffix at rank i << shift, for every i, into out[2i], out[2i + 1]."""
+def fill_samples(ds, sa, ps, tw, shift, out):
+    """The sample key of the suffix at rank i << shift, for every i, into out[2i], out[2i + 1].
+    Returns -1, or the first sampled rank whose pointer is past the data or not token-aligned
+    (a corrupt table: the caller must not use the samples)."""
+    n = ds.shape[0]
     for i in range(out.shape[0] // SAMPLE_WORDS):
-        pos = _ptr(sa, ps, np.int64(i) << shift)
+        rank = np.int64(i) << shift
+        pos = _ptr(sa, ps, rank)
+        if pos % tw or pos + tw > n:
+            return rank
         out[2 * i] = _sample_word(ds, pos)
         out[2 * i + 1] = _sample_word(ds, pos + WORD_BYTES)
+    return np.int64(-1)
 
 
-def build_directory(ds: np.ndarray, sa: np.ndarray, ps: int, tw: int) -> np.ndarray:
-    """One shard's search directory (read-only int64 array; layout above)."""
+def build_directory(ds: np.ndarray, sa: np.ndarray, ps: int, tw: int, name: str = "the suffix array") -> np.ndarray:
+    """One shard's search directory (read-only int64 array; layout above).
+
+    The pointers it reads (every run start and every sample) are checked on the way: a table
+    whose pointers leave the data, are misaligned or out of order raises IndexFormatError naming
+    ``name`` (its file), instead of producing a directory that would send searches astray."""
     n_pos = sa.shape[0] // ps
     shift = sample_shift(n_pos)
     n_first = 1 << (8 * tw) if tw < 4 else 0
@@ -469,9 +486,17 @@ def build_directory(ds: np.ndarray, sa: np.ndarray, ps: int, tw: int) -> np.ndar
     top = samples + SAMPLE_WORDS * n_samples
     out = np.zeros(top + SAMPLE_WORDS * n_top, dtype=np.int64)
     out[[D_SHIFT, D_FIRST, D_NFIRST, D_SAMPLES, D_NSAMPLES, D_TOP]] = shift, HEADER, n_first, samples, n_samples, top
-    if n_first:
-        first_key_table(ds, sa, ps, tw, out[HEADER:samples])
-    fill_samples(ds, sa, ps, shift, out[samples:top])
+    bad = first_key_table(ds, sa, ps, tw, out[HEADER:samples]) if n_first else -1
+    if bad < 0:
+        bad = fill_samples(ds, sa, ps, tw, shift, out[samples:top])
+    if bad >= 0:
+        from engine.errors import IndexFormatError
+
+        ptr = int.from_bytes(bytes(sa[bad * ps:(bad + 1) * ps]), "little")
+        raise IndexFormatError(
+            f"{name} is corrupt: the pointer at rank {bad} is {ptr} (tokenized has {ds.shape[0]} bytes, "
+            f"tokens of {tw}), or the suffixes around it are out of order; run `ngram verify` and rebuild the index"
+        )
     pairs = out[samples:top].reshape(n_samples, SAMPLE_WORDS)
     out[top:] = pairs[::TOP_STRIDE].ravel()
     out.flags.writeable = False
@@ -859,9 +884,15 @@ def _run_end(ds, sa, ps, tw, i, hi, depth, key):
 
 @njit(cache=True)
 def _runs_in_range(ds, sa, ps, tw, lo, hi, depth, out_keys, out_counts, n):
-    """Append (key, run length) of each distinct key at ``depth`` in [lo, hi), jumping over runs."""
+    """Append (key, run length) of each distinct key at ``depth`` in [lo, hi), jumping over runs.
+    Returns the new length, or -1 when the outputs fill up first: a sorted range has at most as
+    many runs as distinct keys, so only a corrupt index (unsorted, or tokens past the
+    vocabulary) gets there, and it must not write past the outputs."""
+    cap = out_keys.shape[0]
     i = lo
     while i < hi:
+        if n >= cap:
+            return -1
         key = _key_at_rank(ds, sa, ps, tw, i, depth)
         j = _run_end(ds, sa, ps, tw, i, hi, depth, key)
         out_keys[n] = key
@@ -877,12 +908,14 @@ def next_token_runs(st, tw, lo_a, hi_a, depth, out_keys, out_counts):
 
     Writes keys sorted ascending with their total counts; returns how many. Key -1 (end of data)
     and the separator key mean "the document ends here". The outputs must hold the sum over
-    shards of min(hi - lo, distinct keys possible).
+    shards of min(hi - lo, distinct keys possible); -1 when they do not (a corrupt index).
     """
     n = 0
     for s in range(st.shape[0]):
         ds, sa, ps, _ = _shard(st, s)
         n = _runs_in_range(ds, sa, ps, tw, lo_a[s], hi_a[s], depth, out_keys, out_counts, n)
+        if n < 0:
+            return -1
     if st.shape[0] == 1:
         return n
     order = np.argsort(out_keys[:n], kind="mergesort")
@@ -904,7 +937,8 @@ def next_tokens_ids(st, tw, ids, use_suffix, max_distinct, separator):
     """The exact next-token distribution of one validated prompt of token ids (with ``use_suffix``,
     of its longest occurring suffix), in one call: (prompt count, token ids ascending, their counts,
     how many occurrences end a document, prompt length used). ``max_distinct`` bounds the distinct
-    keys one shard can hold (vocabulary + 2)."""
+    keys one shard can hold (vocabulary + 2); a prompt count of -1 means a shard holds more (it is
+    corrupt)."""
     keys = ids_to_keys(ids, tw)
     n = keys.shape[0]
     start = 0
@@ -925,6 +959,9 @@ def next_tokens_ids(st, tw, ids, use_suffix, max_distinct, separator):
     run_keys = np.empty(capacity, dtype=np.int64)
     run_counts = np.empty(capacity, dtype=np.int64)
     m = next_token_runs(st, tw, lo, hi, (n - start) * tw, run_keys, run_counts)
+    if m < 0:  # more distinct next tokens than the vocabulary has: a corrupt index
+        empty = np.empty(0, dtype=np.int64)
+        return np.int64(-1), empty, empty, np.int64(0), n - start
     tokens = np.empty(m, dtype=np.int64)
     counts = np.empty(m, dtype=np.int64)
     k = 0
@@ -1008,24 +1045,37 @@ def approx_next_keys(st, tw, lo_a, hi_a, depth, unit, out_keys, out_weights):
 @njit(nogil=True, cache=True)
 def first_key_table(ds, sa, ps, tw, table):
     """Each first key's rank range in one shard (lo at table[2k], hi at table[2k + 1]), from one
-    jumping pass over the whole suffix array."""
+    jumping pass over the whole suffix array. Returns -1, or the first rank found whose pointer
+    is past the data or misaligned, or whose key does not follow the previous run's: the table is
+    corrupt, and this one is left incomplete (every write stays inside it whatever the bytes)."""
     n_pos = sa.shape[0] // ps
     n_keys = table.shape[0] // 2
-    keys = np.empty(n_keys + 1, dtype=np.int64)
-    counts = np.empty(n_keys + 1, dtype=np.int64)
-    n = _runs_in_range(ds, sa, ps, tw, 0, n_pos, 0, keys, counts, 0)
-    start = np.int64(0)
-    # Absent keys get an empty range at their insertion point.
-    next_run = 0
-    for key in range(n_keys):
-        while next_run < n and keys[next_run] < key:
-            start += counts[next_run]
-            next_run += 1
-        table[2 * key] = start
-        if next_run < n and keys[next_run] == key:
-            table[2 * key + 1] = start + counts[next_run]
-        else:
-            table[2 * key + 1] = start
+    n = ds.shape[0]
+    done = 0  # keys whose entries are written
+    prev = np.int64(-1)
+    i = np.int64(0)
+    while i < n_pos:
+        p = _ptr(sa, ps, i)
+        if p % tw or p + tw > n:
+            return i
+        key = _key(ds, tw, p)
+        if key <= prev or key >= n_keys:
+            return i
+        j = _run_end(ds, sa, ps, tw, i, n_pos, 0, key)
+        while done < key:  # absent keys get an empty range at their insertion point
+            table[2 * done] = i
+            table[2 * done + 1] = i
+            done += 1
+        table[2 * key] = i
+        table[2 * key + 1] = j
+        done = key + 1
+        prev = key
+        i = j
+    while done < n_keys:
+        table[2 * done] = n_pos
+        table[2 * done + 1] = n_pos
+        done += 1
+    return np.int64(-1)
 
 
 @njit(nogil=True, cache=True)

@@ -159,8 +159,10 @@ def docs_containing(ds, tw, offsets, docs, term_keys, term_offsets, out_ptr):
     n_terms = term_offsets.shape[0] - 1
     for i in range(docs.shape[0]):
         d = docs[i]
-        start = np.int64(offsets[d]) + tw
+        # Clamped to the data: offsets come from a file that may be damaged.
+        start = min(max(np.int64(offsets[d]), np.int64(0)), np.int64(ds.shape[0])) + tw
         end = np.int64(offsets[d + 1]) if d + 1 < n_docs else np.int64(ds.shape[0])
+        end = min(max(end, np.int64(0)), np.int64(ds.shape[0]))
         found = np.int64(-1)
         p = start
         while p < end and found < 0:

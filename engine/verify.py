@@ -1,4 +1,5 @@
-"""Check an index against its manifest: file sizes, checksums and suffix-array order."""
+"""Check an index against its manifest: file sizes, checksums, suffix-array order and the structure
+of every shard file (engine.integrity); report problems, never crash."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from numba import njit
 from tqdm import tqdm
 
 from engine import kernel_cache, kernels  # noqa: F401  (kernel_cache: before the cached kernel below)
-from engine.format import file_sha256, read_manifest, shard_path
+from engine import integrity
+from engine.errors import IndexFormatError, NgramError
+from engine.format import discover_shards, file_sha256, infer_token_width, read_manifest, separator_id, shard_path
 from engine.index import NgramIndex
 
 
@@ -44,15 +47,16 @@ def _first_disorder(ds, sa, ps, tw, ranks):
 
 def verify_index(path: str | Path, *, full: bool = False, samples: int = 100_000, checksums: bool = True,
                  progress: bool = False) -> VerifyReport:
-    """Re-check sizes, checksums and suffix order (``samples`` random adjacent pairs, or all with ``full``)."""
+    """Re-check sizes, checksums, suffix order (``samples`` random adjacent pairs, or all with ``full``,
+    which also checks that the table is a permutation), document and metadata offsets and token
+    values. Never raises on a damaged index: every finding is a line of ``problems``."""
     path = Path(path)
     report = VerifyReport(path)
-    manifest = read_manifest(path)
     try:
-        index = NgramIndex.open(path)
-    except Exception as exc:  # every open failure is a finding, reported with its message
-        report.problems.append(f"cannot open: {exc}")
-        return report
+        manifest = read_manifest(path)
+    except IndexFormatError as exc:
+        report.problems.append(str(exc))
+        manifest = None
     if manifest is not None and checksums:
         entries = [(s["shard"], name, meta) for s in manifest["shards"] for name, meta in s["files"].items()]
         for shard_no, name, meta in tqdm(entries, desc="checksums", disable=not progress):
@@ -64,19 +68,36 @@ def verify_index(path: str | Path, *, full: bool = False, samples: int = 100_000
             elif file_sha256(file) != meta["sha256"]:
                 report.problems.append(f"{name} checksum differs from the manifest")
         report.checked.append(f"sizes and sha256 of {len(entries)} files")
+    try:
+        numbers = discover_shards(path)
+        width = manifest["token_width"] if manifest is not None else infer_token_width(path)
+    except IndexFormatError as exc:
+        report.problems.append(str(exc))
+        return report
+    vocab_size = manifest["vocab_size"] if manifest is not None else separator_id(width)
     rng = np.random.default_rng(0)
-    for shard in tqdm(index.shards, desc="suffix order", disable=not progress):
-        n = shard.num_positions
-        if n < 2:
+    for number in tqdm(numbers, desc="shards", disable=not progress):
+        shard, found = integrity.shard_problems(path, number, width)
+        report.problems.extend(found)
+        if shard is None:
             continue
-        ranks = np.arange(n - 1, dtype=np.int64) if full or n - 1 <= samples else \
-            np.sort(rng.choice(n - 1, size=samples, replace=False)).astype(np.int64)
-        bad = _first_disorder(shard.tokenized, shard.table, shard.ptr_size, shard.token_width, ranks)
-        if bad >= 0:
-            report.problems.append(f"{shard_path(path, 'table', shard.number).name}: suffixes at ranks {bad} and "
-                                   f"{bad + 1} are out of order (or invalid pointers); rebuild this shard")
-        report.checked.append(f"shard {shard.number}: order of {len(ranks)} adjacent suffix pairs")
-        offsets = np.asarray(shard.offsets)
-        if len(offsets) and (offsets[0] != 0 or np.any(np.diff(offsets.astype(np.int64)) <= 0)):
-            report.problems.append(f"offset.{shard.number} is not strictly increasing from 0")
+        n = shard.num_positions
+        if n >= 2:
+            ranks = np.arange(n - 1, dtype=np.int64) if full or n - 1 <= samples else \
+                np.sort(rng.choice(n - 1, size=samples, replace=False)).astype(np.int64)
+            bad = _first_disorder(shard.tokenized, shard.table, shard.ptr_size, shard.token_width, ranks)
+            if bad >= 0:
+                report.problems.append(f"{shard_path(path, 'table', number).name}: suffixes at ranks {bad} and "
+                                       f"{bad + 1} are out of order (or invalid pointers); rebuild this shard")
+            report.checked.append(f"shard {number}: order of {len(ranks)} adjacent suffix pairs")
+        if full:
+            report.problems.extend(integrity.pointer_problems(shard))
+        report.problems.extend(integrity.offsets_problems(shard))
+        report.problems.extend(integrity.metaoff_problems(shard))
+        report.problems.extend(integrity.vocab_problems(shard, vocab_size, full=full, samples=samples, rng=rng))
+        report.checked.append(f"shard {number}: offsets, metadata offsets and token values")
+    try:  # what opening checks besides (the pointers the search directory reads, the manifest's counts)
+        NgramIndex.open(path)
+    except NgramError as exc:
+        report.problems.append(f"cannot open: {exc}")
     return report
