@@ -1,19 +1,35 @@
-"""`ngram demo` and `ngram build-recipe`: build a named index from indexes/recipes.json, then use it."""
+"""`ngram demo` and `ngram build-recipe`: build a named index from the recipes shipped in the package
+(engine/recipes.json), then use it."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+from importlib import resources
 from pathlib import Path
 
 from engine.errors import BuildError
 
-REPO_INDEXES = Path(__file__).resolve().parents[1] / "indexes"
 EXAMPLE_QUERIES = ["To be, or not to be", " the Lord", "And God said"]
 
 
 def load_recipes() -> dict:
-    return json.loads((REPO_INDEXES / "recipes.json").read_text())
+    return json.loads(resources.files("engine").joinpath("recipes.json").read_text(encoding="utf-8"))
+
+
+def default_indexes_dir() -> Path:
+    """Where named indexes are built by default: the checkout's indexes/ folder when the package runs
+    from a source checkout, else ``$NGRAM_INDEXES`` or ``$XDG_DATA_HOME/ngram-engine/indexes``
+    (``~/.local/share/ngram-engine/indexes``), never inside site-packages."""
+    env = os.environ.get("NGRAM_INDEXES")
+    if env:
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "indexes").is_dir():
+        return checkout / "indexes"
+    data_home = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(data_home).expanduser() / "ngram-engine" / "indexes"
 
 
 def build_recipe(name: str, output: Path | None = None, *, progress: bool = True) -> Path:
@@ -25,7 +41,7 @@ def build_recipe(name: str, output: Path | None = None, *, progress: bool = True
     if name not in recipes:
         raise BuildError(f"no recipe {name!r}; choose one of {', '.join(sorted(recipes))}")
     recipe = recipes[name]
-    output = Path(output) if output else REPO_INDEXES / name
+    output = Path(output) if output else default_indexes_dir() / name
     if (output / "manifest.json").exists():
         return output
     inputs = [fetch(corpus) for corpus in recipe["corpora"]]
@@ -84,17 +100,20 @@ def serve_with_example(index, host: str, port: int) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("build-recipe", help="fetch and build a named index from indexes/recipes.json",
+    where = ("indexes/ in a source checkout, else $NGRAM_INDEXES or ~/.local/share/ngram-engine/indexes")
+    names = ", ".join(sorted(load_recipes()))
+    p = sub.add_parser("build-recipe", help="fetch and build a named index from the shipped recipes",
                        description="Fetch a recipe's corpora and tokenizer into the cache and build its index "
-                                   "under indexes/NAME (skipped when already built).")
-    p.add_argument("name", help="recipe name (see indexes/recipes.json)")
-    p.add_argument("-o", "--output", type=Path, help="index directory (default indexes/NAME)")
+                                   f"under NAME in {where} (skipped when already built). Recipes: {names}.")
+    p.add_argument("name", help=f"recipe name ({names})")
+    p.add_argument("-o", "--output", type=Path, help="index directory (default NAME under the folder above)")
     p.set_defaults(func=_cmd_build_recipe)
     p = sub.add_parser("demo", help="build the default index, show example queries and serve it over gRPC",
-                       description="The main job out of the box: build indexes/demo (Shakespeare + KJV, GPT-2 "
-                                   "tokens) if missing, answer example queries, then serve it over gRPC.")
-    p.add_argument("--recipe", default="demo", help="which recipe to build and serve (default: demo)")
-    p.add_argument("-o", "--output", type=Path, help="index directory (default indexes/RECIPE)")
+                       description="The main job out of the box: build the demo index (Shakespeare + KJV, GPT-2 "
+                                   f"tokens; under {where}) if missing, answer example queries, then serve it "
+                                   "over gRPC.")
+    p.add_argument("--recipe", default="demo", help=f"which recipe to build and serve (default: demo; {names})")
+    p.add_argument("-o", "--output", type=Path, help="index directory (default RECIPE under the folder above)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="port to listen on (default 50051)")
     p.add_argument("--no-serve", action="store_true", help="stop after the example queries")

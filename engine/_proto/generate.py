@@ -1,4 +1,5 @@
-"""Regenerate the checked-in gRPC Python code from proto/ngram/v1/*.proto.
+"""Regenerate the checked-in gRPC Python code from proto/ngram/v1/*.proto, and copy the .proto files
+next to it so an installed wheel carries its own contract (package data).
 
     python -m engine._proto.generate            # rewrite engine/_proto/ngram/v1/
     python -m engine._proto.generate --check    # exit 1 if the checked-in code is stale
@@ -55,6 +56,10 @@ def generate(out_root: Path) -> list[Path]:
         if fixed != text:
             path.write_text(fixed)
         written.append(path)
+    for proto in proto_files():
+        copy = out_root / PACKAGE_DIR / proto.name
+        copy.write_bytes(proto.read_bytes())
+        written.append(copy)
     for pkg in (out_root / "ngram", out_root / PACKAGE_DIR):
         init = pkg / "__init__.py"
         if not init.exists():
@@ -65,7 +70,8 @@ def generate(out_root: Path) -> list[Path]:
 def compare(generated_root: Path, checked_in_root: Path = OUT_ROOT) -> list[str]:
     """Names of generated files that differ from (or are missing in) checked_in_root."""
     stale = []
-    for path in sorted((Path(generated_root) / PACKAGE_DIR).glob("*_pb2*.py*")):
+    generated = Path(generated_root) / PACKAGE_DIR
+    for path in sorted([*generated.glob("*_pb2*.py*"), *generated.glob("*.proto")]):
         other = Path(checked_in_root) / PACKAGE_DIR / path.name
         if not other.exists() or other.read_bytes() != path.read_bytes():
             stale.append(str(PACKAGE_DIR / path.name))
