@@ -4,7 +4,8 @@ A build runs in three resumable phases, each leaving a durable marker:
 1. tokenize: every shard's ``tokenized``/``offset``/``metadata`` files, then ``.build/tokenized.json``;
 2. sort: ``table.s`` for each shard that lacks one (each written atomically, so a present table is
    a finished table);
-3. manifest: checksums, then ``manifest.json`` (atomic), then the build-state folder is removed.
+3. directories and manifest: each shard's search directory (``directory.s``, atomic; engine.directory),
+   checksums, then ``manifest.json`` (atomic), then the build-state folder is removed.
 Rerunning the same command after a kill resumes at the first unfinished step; an index directory
 whose ``.build`` folder still exists is refused by NgramIndex.open as incomplete.
 
@@ -285,13 +286,13 @@ def _table_complete(out: Path, shard: dict, token_width: int) -> bool:
 
 def _manifest_phase(out: Path, options: BuildOptions, shards: list[dict], tokenizer_spec: dict | None,
                     tokenizer_fingerprint: str | None, eos_token_id: int | None, started: float,
-                    how: dict | None = None) -> dict:
+                    how: dict | None = None, directory_budget: int | None = None) -> dict:
     """Phase 3: checksum every file and write manifest.json last."""
     shard_entries = []
     for s in shards:
         n = s["shard"]
         files = {}
-        for kind in ("tokenized", "table", "offset", "metadata", "metaoff"):
+        for kind in ("tokenized", "table", "offset", "metadata", "metaoff", "directory"):
             path = shard_path(out, kind, n)
             if path.exists():
                 files[path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
@@ -322,6 +323,7 @@ def _manifest_phase(out: Path, options: BuildOptions, shards: list[dict], tokeni
             "inputs": list(options.inputs),
             "shard_bytes": options.shard_bytes,
             "metadata": options.metadata,
+            "directory_budget": directory_budget,
             "seconds": round(time.time() - started, 3),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(how or {}),
@@ -350,6 +352,7 @@ def build_index(
     executor: str | Executor = "local",
     ray_address: str | None = None,
     serve_targets: Iterable[str] | None = None,
+    directory_budget: int | None = None,
 ) -> Path:
     """Build (or resume building) an index in ``output_dir``; return its path.
 
@@ -364,6 +367,10 @@ def build_index(
     cluster at ``ray_address``) or an engine.executors.Executor instance. Every executor writes
     the same bytes. ``serve_targets`` (shard-server addresses) also writes, once the index is
     complete, per-server views and the router's ``shardmap.json`` (engine.shardmap).
+
+    Each shard's search directory is written as ``directory.N`` (engine.directory), its samples
+    fitting ``directory_budget`` bytes (default engine.directory.DEFAULT_BUDGET), so that opening
+    the index reads nothing proportional to it.
     """
     started = time.time()
     out = Path(output_dir)
@@ -415,8 +422,12 @@ def build_index(
         if runner is not executor:  # made here: ours to close (an Executor passed in is the caller's)
             runner.close()
     _remove_stale_temporaries(out)
+    from engine.directory import DEFAULT_BUDGET, write_directories
+
+    directory_budget = directory_budget or DEFAULT_BUDGET
+    write_directories(out, [s["shard"] for s in shards], token_width, directory_budget, progress=progress)
     _manifest_phase(out, options, shards, tokenizer_spec, tok.fingerprint() if tok else None, eos_token_id, started,
-                    how)
+                    how, directory_budget)
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)
     return _write_shard_map(out, serve_targets)
 

@@ -17,7 +17,7 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 
 # Subcommands that live in their own modules, each exposing add_parsers(subparsers) or add_parser(subparsers).
 _PLUGIN_MODULES = ("engine.cli_serve", "engine.cli_ngrams", "engine.fetch", "engine.demo", "engine.shardmap",
-                  "engine.pagecache")
+                  "engine.pagecache", "engine.directory")
 
 
 def parse_size(text: str) -> int:
@@ -61,6 +61,7 @@ def _cmd_build(args) -> int:
         progress=not args.quiet,
         serve_targets=args.serve_targets,
         **({"executor": args.executor, "ray_address": args.ray_address} if args.executor != "local" else {}),
+        directory_budget=args.directory_budget,
     )
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     print(f"index ready at {path}: {manifest['num_tokens']:,} tokens, {manifest['num_docs']:,} documents, "
@@ -69,6 +70,12 @@ def _cmd_build(args) -> int:
 
 
 def _add_build(sub) -> None:
+def _directory_budget(text: str) -> int:
+    from engine.directory import parse_budget
+
+    return parse_budget(text)
+
+
     p = sub.add_parser("build", help="build an index from text, JSONL, Parquet or pre-tokenized files",
                        description="Tokenize documents and write a sharded suffix-array index. Rerunning the same "
                                    "command after an interruption resumes where it stopped.")
@@ -85,6 +92,9 @@ def _add_build(sub) -> None:
     p.add_argument("--workers", type=int, help="tokenizer processes and parallel sorts (default: CPU count)")
     p.add_argument("--no-metadata", action="store_true", help="do not store per-document metadata")
     p.add_argument("--overwrite", action="store_true", help="replace a different index already in --output")
+    p.add_argument("--directory-budget", type=_directory_budget, metavar="BYTES",
+                   help="most bytes of sampled suffixes in each shard's search directory (directory.N), e.g. 64M "
+                        "(default 64 MiB; the directory also holds 1 MiB of first-token ranges for u16 tokens)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="run shard tasks in this process pool (local) or on Ray")
     p.add_argument("--ray-address", help="Ray cluster address (default: start Ray embedded)")
@@ -103,13 +113,23 @@ def _open(args):
 
 def _cmd_info(args) -> int:
     index = _open(args)
+    from engine.directory import describe
+
     info = index.info()
     if args.json:
-        _print_json({**info, "manifest": index.manifest})
+    directories = describe(index)
+        _print_json({**info, "search_directories": directories, "manifest": index.manifest})
         return 0
     for key, value in info.items():
         print(f"{key:>22}: {value}")
     manifest = index.manifest
+    in_memory = sum(d["source"] == "memory" for d in directories)
+    budget = (index.manifest or {}).get("build", {}).get("directory_budget")
+    print(f"{'search directories':>22}: {sum(d['bytes'] for d in directories):,} bytes"
+          + (f" (budget {budget:,} bytes of samples per shard)" if budget else "") + ", sample stride "
+          f"{'/'.join(sorted({str(d['sample_stride']) for d in directories}))}, "
+          + (f"{in_memory} of {len(directories)} built in memory at open (run `ngram index-directory`)" if in_memory
+             else "memory-mapped from directory.N files"))
     if manifest:
         disk = sum(f["bytes"] for s in manifest["shards"] for f in s["files"].values())
         print(f"{'bytes on disk':>22}: {disk:,} ({disk / max(1, manifest['num_tokens']):.2f} per token)")

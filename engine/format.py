@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import math
+import mmap
 import os
 import re
 from dataclasses import dataclass
@@ -152,13 +153,63 @@ class Shard:
             return {"raw": raw.decode("utf-8", errors="replace")}
 
 
+def advise(buffer: mmap.mmap, advice: str, start: int = 0, length: int | None = None) -> None:
+    """madvise ``buffer`` (or its bytes [start, start + length), widened to whole pages) with
+    mmap.MADV_<advice>; a no-op where the platform lacks it."""
+    option = getattr(mmap, f"MADV_{advice}", None)
+    if option is None or not hasattr(buffer, "madvise"):
+        return
+    end = len(buffer) if length is None else min(len(buffer), start + length)
+    start -= start % mmap.PAGESIZE
+    if end <= start:
+        return
+    try:
+        buffer.madvise(option, start, end - start)
+    except OSError:
+        pass
+
+
+def map_file(path: Path, advice: str = "RANDOM") -> mmap.mmap:
+    """A read-only mapping of ``path`` advised MADV_RANDOM: a page fault on it reads that page, not
+    the readahead window (megabytes on some disks). Queries jump around an index, so on a cold
+    index the default readahead reads mostly bytes no query looks at."""
+    with open(path, "rb") as fh:
+        buffer = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    advise(buffer, advice)
+    return buffer
+
+
+def mapping_of(arr: np.ndarray) -> mmap.mmap | None:
+    """The mmap an array made by _load_array views, or None (RAM, or not ours)."""
+    base = arr
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):  # np.frombuffer's
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
+
+
+@contextlib.contextmanager
+def read_in_full(*arrays: np.ndarray) -> Iterator[None]:
+    """Give mapped arrays the default readahead (MADV_NORMAL) for a pass that touches most of their
+    pages (building a search directory), then MADV_RANDOM again."""
+    buffers = [b for b in map(mapping_of, arrays) if b is not None]
+    for buffer in buffers:
+        advise(buffer, "NORMAL")
+    try:
+        yield
+    finally:
+        for buffer in buffers:
+            advise(buffer, "RANDOM")
+
+
 def _load_array(path: Path, dtype, load: str) -> np.ndarray:
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=dtype)
     if load == "ram":
         arr = np.fromfile(path, dtype=dtype)
     else:
-        arr = np.memmap(path, dtype=dtype, mode="r")
+        arr = np.frombuffer(map_file(path), dtype=dtype)  # read-only: the mapping is
     # A plain ndarray view (not the memmap subclass) makes numba dispatch several times faster.
     arr = np.asarray(arr)
     arr.flags.writeable = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -23,6 +24,7 @@ from engine.format import (
     infer_token_width,
     open_shard,
     read_manifest,
+    read_in_full,
     separator_id,
 )
 from engine.build import STATE_DIR
@@ -51,7 +53,7 @@ class NgramIndex:
 
     def __init__(self, shards: list[Shard], *, token_width: int, vocab_size: int, eos_token_id: int | None,
                  tokenizer=None, manifests: list[dict | None] | None = None, paths: list[Path] | None = None,
-                 load: str = "mmap"):
+                 load: str = "mmap", directories: list[tuple[np.ndarray, str] | None] | None = None):
         self._shards = shards
         self.token_width = token_width
         self.vocab_size = vocab_size
@@ -64,8 +66,7 @@ class NgramIndex:
         self._ds = tuple(s.tokenized for s in shards)
         self._sa = tuple(s.table for s in shards)
         self._ps = np.array([s.ptr_size for s in shards], dtype=np.int64)
-        self._dirs = tuple(kernels.build_directory(s.tokenized, s.table, s.ptr_size, token_width,
-                                                   str(s.directory / f"table.{s.number}")) for s in shards)
+        self._dirs, self.directory_sources = self._directories(shards, directories or [None] * len(shards))
         # The leading arguments of every kernel over the whole index: the shard table holds the
         # addresses of the arrays above, which this object keeps alive.
         self._search = (kernels.shard_table(list(zip(self._ds, self._sa, self._ps, self._dirs))), token_width)
@@ -81,17 +82,40 @@ class NgramIndex:
         self._warm = False
         self._warm_lock = threading.Lock()
 
+    def _directories(self, shards: list[Shard], loaded) -> tuple[tuple[np.ndarray, ...], list[str]]:
+        """Each shard's search directory: ``loaded`` (array, where it came from) where given, else
+        built in memory now (reading every sampled suffix), with a one-line hint to store them."""
+        from engine import directory
+
+        dirs, sources, started = [], [], time.perf_counter()
+        for s, found in zip(shards, loaded):
+            if found is None:
+                with read_in_full(s.tokenized, s.table):
+                    found = (kernels.build_directory(s.tokenized, s.table, s.ptr_size, s.token_width,
+                                                     str(s.directory / f"table.{s.number}")), "memory")
+            dirs.append(found[0])
+            sources.append(found[1])
+        built = [s for s, src in zip(shards, sources) if src == "memory"]
+        if built:
+            directory.hint(sorted({str(s.directory) for s in built}), max(s.num_positions for s in built),
+                           time.perf_counter() - started)
+        return tuple(dirs), sources
+
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, paths: str | os.PathLike | Iterable[str | os.PathLike], load: str = "mmap", *,
              tokenizer=None, token_width: int | None = None, vocab_size: int | None = None,
-             eos_token_id: int | None = None) -> "NgramIndex":
+             eos_token_id: int | None = None, directory_budget: int | None = None) -> "NgramIndex":
         """Open one or more index directories.
 
         Everything an index's manifest records is read from it. A directory built by infini-gram
         (no manifest) opens too: the token width is inferred from file sizes unless given, and
         ``vocab_size`` defaults to the largest id the width allows. ``load`` is "mmap" (default:
         pages come from the OS cache on demand) or "ram" (read everything into memory now).
+
+        Each shard's search directory is read from its file (``directory.N``, written by ``ngram
+        build`` or ``ngram index-directory``); where there is none it is built in memory, with
+        samples fitting ``directory_budget`` bytes per shard (default: engine.directory.DEFAULT_BUDGET).
         """
         if load not in ("mmap", "ram"):
             raise InvalidQueryError(f"load must be 'mmap' or 'ram', not {load!r}")
@@ -100,7 +124,10 @@ class NgramIndex:
         paths = [Path(p) for p in paths]
         if not paths:
             raise InvalidQueryError("give at least one index directory")
+        from engine import directory
+
         shards: list[Shard] = []
+        dirs: list[tuple[np.ndarray, str] | None] = []
         manifests: list[dict | None] = []
         widths, vocabs, eoses, fingerprints = set(), set(), set(), set()
         tok = tokenizer
@@ -122,9 +149,7 @@ class NgramIndex:
                 eoses.add(manifest.get("eos_token_id"))
                 fingerprints.add(manifest.get("tokenizer_fingerprint"))
                 if tok is None and manifest.get("tokenizer"):
-                    from engine.tokenize import load_tokenizer
-
-                    tok = load_tokenizer(manifest["tokenizer"], base_dir=path / "tokenizer")
+                    tok = _DeferredTokenizer(manifest["tokenizer"], path / "tokenizer")
             else:
                 width = token_width or infer_token_width(path)
             if token_width is not None and token_width != width:
@@ -136,6 +161,7 @@ class NgramIndex:
                 if manifest is not None:
                     _check_against_manifest(shard, manifest["shards"][n], path)
                 shards.append(shard)
+            dirs.extend(directory.open_directories(path, shards[len(dirs):], load, directory_budget))
             manifests.append(manifest)
         if len(widths) != 1:
             raise IndexFormatError(f"the directories have different token widths {sorted(widths)}; open them apart")
@@ -151,7 +177,7 @@ class NgramIndex:
         if eos_token_id is None and len(eoses - {None}) == 1:
             eos_token_id = (eoses - {None}).pop()
         return cls(shards, token_width=width, vocab_size=vocab_size, eos_token_id=eos_token_id, tokenizer=tok,
-                   manifests=manifests, paths=paths, load=load)
+                   manifests=manifests, paths=paths, load=load, directories=dirs)
 
     def first_token_ranges(self) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi): each shard's suffix-array range of every first token, as [shard, key] arrays
@@ -160,6 +186,19 @@ class NgramIndex:
         return np.stack([lo for lo, _ in tables]), np.stack([hi for _, hi in tables])
 
     # ------------------------------------------------------------------ facts
+    @property
+    def tokenizer(self):
+        """The index's tokenizer (loaded from the manifest's spec on first use: a tenth of a second
+        for a large vocabulary, which an open that only counts token ids need not spend), or None."""
+        tok = self._tokenizer
+        if isinstance(tok, _DeferredTokenizer):
+            tok = self._tokenizer = tok.load()
+        return tok
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self._tokenizer = value
+
     @property
     def num_shards(self) -> int:
         return len(self._shards)
@@ -667,6 +706,18 @@ def _pack_id_lists(queries) -> PackedQueries | None:
     bulk case of every *_batch call), else None. Validation is left to the caller."""
     if not len(queries):
         return None
+class _DeferredTokenizer:
+    """A manifest's tokenizer spec, loaded when NgramIndex.tokenizer is first read."""
+
+    def __init__(self, spec: dict, base_dir: Path):
+        self.spec, self.base_dir = spec, base_dir
+
+    def load(self):
+        from engine.tokenize import load_tokenizer
+
+        return load_tokenizer(self.spec, base_dir=self.base_dir)
+
+
     if all(type(q) is list for q in queries):
         flat = np.array(list(itertools.chain.from_iterable(queries)))
         if flat.size and flat.dtype != _INT64:

@@ -83,7 +83,8 @@ def index_files(directory: Path) -> list[Path]:
     """The shard files of an index directory, largest first (the ones queries jump around in)."""
     directory = Path(directory)
     numbers = discover_shards(directory)  # raises a clear error for a missing or empty directory
-    files = [shard_path(directory, kind, n) for n in numbers for kind in SHARD_FILES + OPTIONAL_SHARD_FILES]
+    kinds = SHARD_FILES + OPTIONAL_SHARD_FILES + ("directory",)
+    files = [shard_path(directory, kind, n) for n in numbers for kind in kinds]
     return sorted((p for p in files if p.exists()), key=lambda p: -p.stat().st_size)
 
 

@@ -35,7 +35,7 @@ __all__ = ["SERVERS_DIR", "SHARD_MAP_NAME", "plan_server_groups", "write_server_
 
 SERVERS_DIR = "servers"
 SHARD_MAP_NAME = "shardmap.json"
-_KINDS = ("tokenized", "table", "offset", "metadata", "metaoff")
+_KINDS = ("tokenized", "table", "offset", "metadata", "metaoff", "directory")
 
 
 def _manifest(index: Path) -> dict:

@@ -96,6 +96,14 @@ def verify_index(path: str | Path, *, full: bool = False, samples: int = 100_000
         report.problems.extend(integrity.metaoff_problems(shard))
         report.problems.extend(integrity.vocab_problems(shard, vocab_size, full=full, samples=samples, rng=rng))
         report.checked.append(f"shard {number}: offsets, metadata offsets and token values")
+        from engine.directory import verify_problems
+
+        try:
+            found, what = verify_problems(path, shard, full=full, samples=samples, rng=rng)
+        except IndexFormatError as exc:
+            found, what = [str(exc)], f"shard {number}: search directory"
+        report.problems.extend(found)
+        report.checked.append(what)
     try:  # what opening checks besides (the pointers the search directory reads, the manifest's counts)
         NgramIndex.open(path)
     except NgramError as exc:

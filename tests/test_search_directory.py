@@ -80,12 +80,12 @@ def test_counts_match_brute_force(case):
     assert sum(expected) > 0 and expected.count(0) > 0  # both present and absent queries ran
 
 
-def test_sparse_samples_give_the_same_counts(case, monkeypatch):
+def test_sparse_samples_give_the_same_counts(case):
     """A shard too big for every 16th sample gets sparser ones (wider windows, searched in wide
-    steps); reopened with a tiny sample cap the same index must count the same."""
+    steps); reopened with a tiny sample budget the same index must count the same."""
     docs, index = case
-    monkeypatch.setattr(kernels, "MAX_SAMPLES_PER_SHARD", 32)
-    sparse = type(index).open(index.paths)
+    sparse = type(index).open(index.paths, directory_budget=32 * 16)  # 32 samples of 16 bytes
+    assert sparse.directory_sources == ["memory"]
     assert sparse._dirs[0][kernels.D_SHIFT] > 10  # windows of over a thousand ranks
     queries = _queries(docs, seed=5)
     assert [sparse.count(q) for q in queries] == [_brute_count(docs, q) for q in queries]
