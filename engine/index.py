@@ -621,6 +621,11 @@ class NgramIndex:
 
     def _doc_at_ptr(self, s: int, ptr: int, max_disp_len: int, needle_len: int) -> Document:
         shard = self._shards[s]
+        if not 0 <= ptr < len(shard.tokenized) or ptr % self.token_width:
+            # get_doc_by_ptr checks its argument, so this pointer came from a damaged table.
+            raise IndexFormatError(
+                f"{shard.directory / f'table.{shard.number}'} holds pointer {ptr}, outside tokenized.{shard.number} "
+                f"or between tokens; run `ngram verify` and rebuild the index")
         local = int(np.searchsorted(shard.offsets, ptr, side="right") - 1)
         start, end = self._doc_bounds(s, local)
         # infini-gram's window: up to max_disp_len // 2 tokens before the pointer and
