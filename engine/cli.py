@@ -60,8 +60,8 @@ def _cmd_build(args) -> int:
         overwrite=args.overwrite,
         progress=not args.quiet,
         serve_targets=args.serve_targets,
-        **({"executor": args.executor, "ray_address": args.ray_address} if args.executor != "local" else {}),
         directory_budget=args.directory_budget,
+        **({"executor": args.executor, "ray_address": args.ray_address} if args.executor != "local" else {}),
     )
     manifest = json.loads((Path(path) / "manifest.json").read_text())
     print(f"index ready at {path}: {manifest['num_tokens']:,} tokens, {manifest['num_docs']:,} documents, "
@@ -69,13 +69,13 @@ def _cmd_build(args) -> int:
     return 0
 
 
-def _add_build(sub) -> None:
 def _directory_budget(text: str) -> int:
     from engine.directory import parse_budget
 
     return parse_budget(text)
 
 
+def _add_build(sub) -> None:
     p = sub.add_parser("build", help="build an index from text, JSONL, Parquet or pre-tokenized files",
                        description="Tokenize documents and write a sharded suffix-array index. Rerunning the same "
                                    "command after an interruption resumes where it stopped.")
@@ -91,10 +91,10 @@ def _directory_budget(text: str) -> int:
                    help="memory budget for sorting, e.g. 8G (default: 60%% of available memory)")
     p.add_argument("--workers", type=int, help="tokenizer processes and parallel sorts (default: CPU count)")
     p.add_argument("--no-metadata", action="store_true", help="do not store per-document metadata")
-    p.add_argument("--overwrite", action="store_true", help="replace a different index already in --output")
     p.add_argument("--directory-budget", type=_directory_budget, metavar="BYTES",
                    help="most bytes of sampled suffixes in each shard's search directory (directory.N), e.g. 64M "
                         "(default 64 MiB; the directory also holds 1 MiB of first-token ranges for u16 tokens)")
+    p.add_argument("--overwrite", action="store_true", help="replace a different index already in --output")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="run shard tasks in this process pool (local) or on Ray")
     p.add_argument("--ray-address", help="Ray cluster address (default: start Ray embedded)")
@@ -112,17 +112,16 @@ def _open(args):
 
 
 def _cmd_info(args) -> int:
-    index = _open(args)
     from engine.directory import describe
 
+    index = _open(args)
     info = index.info()
-    if args.json:
     directories = describe(index)
+    if args.json:
         _print_json({**info, "search_directories": directories, "manifest": index.manifest})
         return 0
     for key, value in info.items():
         print(f"{key:>22}: {value}")
-    manifest = index.manifest
     in_memory = sum(d["source"] == "memory" for d in directories)
     budget = (index.manifest or {}).get("build", {}).get("directory_budget")
     print(f"{'search directories':>22}: {sum(d['bytes'] for d in directories):,} bytes"
@@ -130,6 +129,7 @@ def _cmd_info(args) -> int:
           f"{'/'.join(sorted({str(d['sample_stride']) for d in directories}))}, "
           + (f"{in_memory} of {len(directories)} built in memory at open (run `ngram index-directory`)" if in_memory
              else "memory-mapped from directory.N files"))
+    manifest = index.manifest
     if manifest:
         disk = sum(f["bytes"] for s in manifest["shards"] for f in s["files"].values())
         print(f"{'bytes on disk':>22}: {disk:,} ({disk / max(1, manifest['num_tokens']):.2f} per token)")

@@ -621,11 +621,6 @@ class NgramIndex:
 
     def _doc_at_ptr(self, s: int, ptr: int, max_disp_len: int, needle_len: int) -> Document:
         shard = self._shards[s]
-        if not 0 <= ptr < len(shard.tokenized) or ptr % self.token_width:
-            # get_doc_by_ptr checks its argument, so this pointer came from a damaged table.
-            raise IndexFormatError(
-                f"{shard.directory / f'table.{shard.number}'} holds pointer {ptr}, outside tokenized.{shard.number} "
-                f"or between tokens; run `ngram verify` and rebuild the index")
         local = int(np.searchsorted(shard.offsets, ptr, side="right") - 1)
         start, end = self._doc_bounds(s, local)
         # infini-gram's window: up to max_disp_len // 2 tokens before the pointer and
@@ -706,11 +701,6 @@ class NgramIndex:
                                DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq, max_disp_len)
 
 
-def _pack_id_lists(queries) -> PackedQueries | None:
-    """The queries packed in two numpy passes when all are lists of ints or all int64 arrays (the
-    bulk case of every *_batch call), else None. Validation is left to the caller."""
-    if not len(queries):
-        return None
 class _DeferredTokenizer:
     """A manifest's tokenizer spec, loaded when NgramIndex.tokenizer is first read."""
 
@@ -723,6 +713,11 @@ class _DeferredTokenizer:
         return load_tokenizer(self.spec, base_dir=self.base_dir)
 
 
+def _pack_id_lists(queries) -> PackedQueries | None:
+    """The queries packed in two numpy passes when all are lists of ints or all int64 arrays (the
+    bulk case of every *_batch call), else None. Validation is left to the caller."""
+    if not len(queries):
+        return None
     if all(type(q) is list for q in queries):
         flat = np.array(list(itertools.chain.from_iterable(queries)))
         if flat.size and flat.dtype != _INT64:
