@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 import dataclasses
@@ -31,7 +32,7 @@ import numpy as np
 import psutil
 from tqdm import tqdm
 
-from engine.errors import BuildError
+from engine.errors import BuildError, IndexFormatError
 from engine.executors import Executor, Task, make_executor
 from engine.format import (
     FORMAT_NAME,
@@ -407,8 +408,14 @@ def build_index(
     )
     if options.shard_bytes > MAX_SHARD_BYTES:
         raise BuildError(f"shard_bytes may be at most {MAX_SHARD_BYTES}")
-    options = _prepare_output(out, options, overwrite)
+    try:
+        options = _prepare_output(out, options, overwrite)
+    except OSError as exc:  # a read-only or missing parent, a file in the way, ...
+        raise BuildError(f"cannot write the index to {out} ({exc.strerror or exc}); choose a directory you can "
+                         "write to") from exc
     if (out / MANIFEST_NAME).exists():
+        # Finished before: a kill between writing the manifest and removing the state leaves the latter.
+        shutil.rmtree(out / STATE_DIR, ignore_errors=True)
         return _write_shard_map(out, serve_targets)
 
     tokenizer_spec = tok.save(out / "tokenizer") if tok is not None else None
@@ -456,25 +463,112 @@ def _write_shard_map(out: Path, serve_targets: Iterable[str] | None) -> Path:
     return out
 
 
+# What an index directory holds (besides manifest.json and the .build state): shard files, their
+# temporaries, the tokenizer copy, per-server views and the router's map. --overwrite removes only these.
+_SHARD_FILE = re.compile(r"^(tokenized|table|offset|metadata|metaoff|directory)\.(\d+)$")
+_INDEX_TEMPORARY = re.compile(r"^\.[\w.-]+\.(tmp-\d+|partial)$")
+_INDEX_EXTRAS = {"tokenizer", "servers", "shardmap.json"}
+
+
+def _index_entries(out: Path) -> tuple[list[Path], list[Path], bool]:
+    """(entries an index build writes, other entries, whether ``out`` is recognisably an index or
+    an index build): our manifest, the .build state, or whole shards numbered from 0."""
+    ours, others, shards = [], [], {}
+    our_manifest = False
+    for entry in sorted(out.iterdir()):
+        name = entry.name
+        match = _SHARD_FILE.match(name)
+        if name == MANIFEST_NAME:
+            try:  # ours, even if damaged otherwise, when it says so
+                our_manifest = json.loads(entry.read_text()).get("format") == FORMAT_NAME
+            except (OSError, ValueError, AttributeError):
+                our_manifest = False
+            (ours if our_manifest else others).append(entry)
+        elif name == STATE_DIR and entry.is_dir():
+            ours.append(entry)
+        elif match and entry.is_file():
+            ours.append(entry)
+            shards.setdefault(int(match.group(2)), set()).add(match.group(1))
+        elif _INDEX_TEMPORARY.match(name) or name in _INDEX_EXTRAS:
+            ours.append(entry)
+        else:
+            others.append(entry)
+    whole_shards = bool(shards) and sorted(shards) == list(range(len(shards))) and \
+        all({"tokenized", "table", "offset"} <= kinds for kinds in shards.values())
+    recognised = our_manifest or (out / STATE_DIR).is_dir() or whole_shards
+    return ours, others, recognised
+
+
+def _not_an_index(out: Path, others: list[Path]) -> BuildError:
+    names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in others[:3])
+    what = f"{len(others)} {'entries' if len(others) > 1 else 'entry'} that {'are' if len(others) > 1 else 'is'} " \
+        f"not index files (e.g. {names})" if others else "index files of no complete index"
+    return BuildError(f"{out} holds {what}; choose an empty or new directory (--overwrite replaces only an index)")
+
+
+def _check_inputs(out: Path, options: BuildOptions) -> None:
+    """Before anything in ``out`` is removed: every input exists, is readable and lies outside it."""
+    if options.inputs == ("<documents>",):
+        return
+    from engine.readers import expand_inputs
+
+    files = expand_inputs(list(options.inputs))
+    inside = [f for f in files if out.resolve() in f.resolve().parents]
+    if inside:
+        raise BuildError(f"input {inside[0]} lies inside the output directory {out}; write the index elsewhere")
+    unreadable = [f for f in files if not os.access(f, os.R_OK)]
+    if unreadable:
+        raise BuildError(f"input {unreadable[0]} cannot be read; check its permissions")
+
+
+def _remove_index(out: Path, entries: list[Path]) -> None:
+    """Remove an index's entries (never ``out`` itself or anything else in it). The state folder is
+    made first, so an index half removed by a kill is still recognised (as a build) by the rerun."""
+    (out / STATE_DIR).mkdir(exist_ok=True)
+    for entry in entries:
+        if entry.name == STATE_DIR:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink(missing_ok=True)
+    for entry in (out / STATE_DIR).iterdir():
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
 def _prepare_output(out: Path, options: BuildOptions, overwrite: bool) -> BuildOptions:
     """Create the output folder, or check that an existing one is this same build (to resume).
 
-    Returns the options to build with: a resumed build keeps the shard size it was planned with."""
+    Returns the options to build with: a resumed build keeps the shard size it was planned with.
+    An existing folder that holds anything but an index is refused; with ``overwrite`` a different
+    index is removed, but only once the inputs have been found."""
+    if out.exists() and not out.is_dir():
+        raise BuildError(f"{out} is a file, not a directory; choose a new or empty directory for the index")
     state_file = out / STATE_DIR / "options.json"
-    manifest = read_manifest(out) if out.exists() else None
+    try:
+        manifest = read_manifest(out) if out.exists() else None
+    except IndexFormatError:
+        manifest = None  # damaged or foreign: not this build (_index_entries tells which)
     same = False
     if manifest is not None:
         same = manifest["build"]["options_fingerprint"] == options.fingerprint()
     elif state_file.exists():
-        same = json.loads(state_file.read_text())["fingerprint"] == options.fingerprint()
+        try:
+            same = json.loads(state_file.read_text())["fingerprint"] == options.fingerprint()
+        except (ValueError, KeyError, TypeError):  # a state file cut short by a kill: not resumable
+            same = False
     existing = out.exists() and any(out.iterdir())
     if existing and not same:
+        ours, others, recognised = _index_entries(out)
+        if others or not recognised:
+            raise _not_an_index(out, others)
         if not overwrite:
             raise BuildError(
                 f"{out} already holds a different index or build; choose another directory or pass overwrite=True "
                 "(--overwrite)"
             )
-        shutil.rmtree(out)
+        _check_inputs(out, options)
+        _remove_index(out, ours)
     if existing and same and state_file.exists():
         recorded = json.loads(state_file.read_text())["options"]["shard_bytes"]
         return dataclasses.replace(options, shard_bytes=recorded)
