@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lm_integration.context import ContextNgramModel
 from lm_integration.infgram import InfgramTracker
 
 DEFAULT_GRID = np.round(np.linspace(0.0, 0.99, 100), 4)
@@ -79,12 +80,41 @@ def infgram_token_probs(source, ids, *, max_support: int | None = None, max_quer
     return p, sparse, has, slen
 
 
-def mixture_nll(logp_lm, p_inf, use, lam) -> np.ndarray:
-    """Per-token -log(λ·P∞ + (1-λ)·P_LM) where ``use``; -log P_LM elsewhere."""
+def context_token_probs(ids, *, max_suffix_len: int = 64):
+    """(p_ctx, has, suffix_len) for t = 1 .. len(ids)-1: the online ∞-gram estimate of ids[t] from the
+    document's own earlier tokens ids[:t] (lm_integration.context), whether there was one, and its
+    matched suffix length."""
+    ids = [int(i) for i in ids]
+    n = max(len(ids) - 1, 0)
+    p = np.zeros(n, dtype=np.float64)
+    has = np.zeros(n, dtype=bool)
+    slen = np.zeros(n, dtype=np.int64)
+    ctx = ContextNgramModel(max_suffix_len=max_suffix_len)
+    for t in range(1, len(ids)):
+        ctx.extend(ids[t - 1 : t])
+        d = ctx.infgram_ntd(ids[max(0, t - max_suffix_len) : t])
+        if d.prompt_count:
+            has[t - 1] = True
+            slen[t - 1] = d.suffix_len
+            i = np.searchsorted(d.tokens, ids[t])
+            if i < len(d.tokens) and d.tokens[i] == ids[t]:
+                p[t - 1] = d.counts[i] / d.prompt_count
+    return p, has, slen
+
+
+def mix_nll(logp_lm, parts) -> np.ndarray:
+    """Per-token -log(Σ w_k·P_k + (1 - Σ w_k)·P_LM) for parts [(P_k, w_k)], weights per token."""
     p_lm = np.exp(logp_lm)
-    mix = np.where(use, lam * p_inf + (1.0 - lam) * p_lm, p_lm)
+    mix = p_lm.copy()
+    for p, w in parts:
+        mix += w * (p - p_lm)
     with np.errstate(divide="ignore"):
         return -np.log(np.maximum(mix, 1e-300))
+
+
+def mixture_nll(logp_lm, p_inf, use, lam) -> np.ndarray:
+    """Per-token -log(λ·P∞ + (1-λ)·P_LM) where ``use``; -log P_LM elsewhere."""
+    return mix_nll(logp_lm, [(p_inf, np.where(use, lam, 0.0))])
 
 
 def tune_lambdas(logp_lm, p_inf, sparse, has, grid=DEFAULT_GRID) -> tuple[float, float]:
@@ -174,6 +204,99 @@ def evaluate(model, source, val_docs, test_docs, *, window=1024, stride=512, max
     return res
 
 
+PRIOR_CONFIGS = ("LM alone", "LM + corpus ∞-gram", "LM + context ∞-gram", "LM + corpus + context")
+
+
+def collect_priors(model, source, docs_ids, decode, *, window, stride, max_suffix_len=64, progress=False) -> dict:
+    """Per-token arrays over whole documents for evaluate_priors: LM log-probs, the corpus ∞-gram
+    (when ``source``), the document's own online ∞-gram, and the UTF-8 bytes the scored tokens cover."""
+    parts = {k: [] for k in ("logp", "p_inf", "sparse", "has", "p_ctx", "has_ctx")}
+    n_bytes = 0
+    for i, ids in enumerate(docs_ids):
+        if len(ids) < 2:
+            continue
+        lp = lm_token_logprobs(model, ids, window=window, stride=stride)
+        if source is not None:
+            p, sp, hs, _ = infgram_token_probs(source, ids)
+        else:
+            p, sp, hs = np.zeros(len(lp)), np.zeros(len(lp), bool), np.zeros(len(lp), bool)
+        pc, hc, _ = context_token_probs(ids, max_suffix_len=max_suffix_len)
+        for k, v in zip(parts, (lp, p, sp, hs, pc, hc)):
+            parts[k].append(v)
+        # the first token has no context and is not scored; every later byte is
+        n_bytes += len(decode(ids).encode("utf-8")) - len(decode(ids[:1]).encode("utf-8"))
+        if progress:
+            print(f"  doc {i + 1}/{len(docs_ids)}: {sum(map(len, parts['logp']))} tokens", file=sys.stderr)
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    for k in ("sparse", "has", "has_ctx"):
+        cat[k] = cat[k].astype(bool)
+    cat["bytes"] = n_bytes
+    return cat
+
+
+def _prior_parts(d: dict, lam_s: float, lam_d: float, lam_c: float) -> list:
+    lam_inf = np.where(d["has"], np.where(d["sparse"], lam_s, lam_d), 0.0)
+    return [(d["p_inf"], lam_inf), (d["p_ctx"], np.where(d["has_ctx"], lam_c, 0.0))]
+
+
+def tune_priors(val: dict, use_corpus: bool, use_context: bool, grid=DEFAULT_GRID, rounds: int = 3):
+    """(λ_sparse, λ_dense, λ_context) minimising validation NLL by coordinate descent over ``grid``;
+    a weight whose source is off stays 0, and corpus + context weights always leave the LM some mass."""
+    lams = [0.0, 0.0, 0.0]
+    free = [i for i, on in ((0, use_corpus), (1, use_corpus), (2, use_context)) if on]
+    for _ in range(rounds):
+        for i in free:
+            best = None
+            for value in grid:
+                trial = list(lams)
+                trial[i] = float(value)
+                if max(trial[0], trial[1]) + trial[2] >= 0.999:
+                    continue
+                nll = mix_nll(val["logp"], _prior_parts(val, *trial)).sum()
+                if best is None or nll < best[0]:
+                    best = (nll, float(value))
+            lams[i] = best[1]
+    return tuple(lams)
+
+
+def evaluate_priors(model, source, val_docs, test_docs, decode, *, window=1024, stride=512, max_suffix_len=64,
+                    grid=DEFAULT_GRID, progress=False) -> dict:
+    """Perplexity and bits per byte on test_docs of the LM alone, with the corpus ∞-gram prior, with
+    the document's own online ∞-gram prior (lm_integration.context), and with both, every mixture
+    weight tuned on val_docs. ``decode`` turns token ids back into text (for the byte count)."""
+    kw = dict(window=window, stride=stride, max_suffix_len=max_suffix_len, progress=progress)
+    val = collect_priors(model, source, val_docs, decode, **kw)
+    test = collect_priors(model, source, test_docs, decode, **kw)
+    out = {"window": window, "stride": stride, "tokens": len(test["logp"]), "bytes": test["bytes"],
+           "context_coverage": float(test["has_ctx"].mean()) if len(test["logp"]) else 0.0,
+           "corpus_coverage": float(test["has"].mean()) if len(test["logp"]) else 0.0, "configs": {}}
+    for name, corpus, context in zip(PRIOR_CONFIGS, (False, True, False, True), (False, False, True, True)):
+        if corpus and source is None:
+            continue
+        lams = tune_priors(val, corpus, context, grid)
+        nll = mix_nll(test["logp"], _prior_parts(test, *lams)).sum()
+        out["configs"][name] = {
+            "lambda_sparse": lams[0], "lambda_dense": lams[1], "lambda_context": lams[2],
+            "ppl": float(np.exp(nll / max(len(test["logp"]), 1))),
+            "bits_per_byte": float(nll / np.log(2) / max(test["bytes"], 1)),
+        }
+    return out
+
+
+def format_priors_table(res: dict) -> str:
+    base = res["configs"]["LM alone"]["bits_per_byte"]
+    rows = ["| model | PPL | bits per byte | vs LM alone | λ corpus (sparse / dense) | λ context |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in res["configs"].items():
+        rows.append(f"| {name} | {r['ppl']:.3f} | {r['bits_per_byte']:.4f} | {100 * (r['bits_per_byte'] / base - 1):+.1f}% "
+                    f"| {r['lambda_sparse']:.2f} / {r['lambda_dense']:.2f} | {r['lambda_context']:.2f} |")
+    rows.append("")
+    rows.append(f"{res['tokens']:,} scored tokens, {res['bytes']:,} bytes; window {res['window']}, stride "
+                f"{res['stride']}; an estimate existed for {100 * res['corpus_coverage']:.0f}% of tokens from the "
+                f"corpus and {100 * res['context_coverage']:.0f}% from the document so far")
+    return "\n".join(rows)
+
+
 def format_table(res: dict) -> str:
     rows = ["| split | tokens | PPL LM | PPL LM+∞-gram | 1 - PPL_mix/PPL_LM | (PPL_LM-PPL_mix)/(PPL_LM-1) |",
             "| --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -221,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(λ_sparse/λ_dense tuned on a validation split, sliding window with stride).",
     )
     p.add_argument("--index", required=True,
-                   help="index directory (engine.NgramIndex), or grpc://HOST:PORT for a server")
+                   help="index directory (engine.NgramIndex), grpc://HOST:PORT for a server, or 'none' with --priors")
     p.add_argument("--model", default="smollm2",
                    help="'smollm2' (`ngram fetch smollm2` once) or a local transformers model dir")
     p.add_argument("--text", nargs="*", help="held-out text files (one document each, or see --line-per-doc)")
@@ -236,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc-tokens", type=int, default=None, help="score at most this many tokens per document")
     p.add_argument("--max-support", type=int, default=None, help="cap ntd scans (approximate, infini-gram style)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--priors", action="store_true",
+                   help="compare LM alone, + corpus ∞-gram, + the document's own online ∞-gram, and both "
+                        "(perplexity and bits per byte, whole documents; --index none for the context only)")
     p.add_argument("--no-check", action="store_true", help="skip the tokenizer compatibility check")
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--progress", action="store_true")
@@ -251,9 +377,9 @@ def main(argv=None) -> int:
     from lm_integration._open import open_source
     from lm_integration.tokenizer_compat import check_tokenizer_compat
 
-    source = open_source(args.index)
+    source = None if args.index == "none" else open_source(args.index)
     model, tok = load_model(args.model, args.device)
-    if not args.no_check:
+    if not args.no_check and source is not None:
         check_tokenizer_compat(source, tok, model=model)
     ids = [tok.encode(d, add_special_tokens=False) for d in docs]
     order = list(range(len(ids)))
@@ -261,6 +387,17 @@ def main(argv=None) -> int:
     n_val = max(1, min(len(ids) - 1, int(round(args.val_frac * len(ids)))))
     val = [ids[i] for i in order[:n_val]]
     test = [ids[i] for i in order[n_val:]]
+    if args.priors:
+        res = evaluate_priors(model, source, val, test, tok.decode, window=args.window, stride=args.stride,
+                              progress=args.progress)
+        res.update(index=args.index, model=args.model, documents=len(docs))
+        print(format_priors_table(res))
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=2))
+        return 0
+    if source is None:
+        print("--index none needs --priors (the corpus comparison needs an index)", file=sys.stderr)
+        return 2
     res = evaluate(model, source, val, test, window=args.window, stride=args.stride, max_tokens=args.max_tokens,
                    max_support=args.max_support, progress=args.progress, doc_tokens=args.doc_tokens)
     res.update(index=args.index, model=args.model, documents=len(docs))

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lm_fakes import FakeSource
 from lm_integration.eval_lm import infgram_token_probs, mixture_nll, score, tune_lambdas
@@ -90,3 +92,60 @@ def test_evaluate_end_to_end():
     assert res["test"]["ppl_mix"] < res["test"]["ppl_lm"]
     assert res["test"]["relative_reduction"] > 0.1
     assert "PPL LM" in format_table(res)
+
+
+def _brute_context(tokens, query, max_len):
+    """Longest suffix of query (<= max_len) with an occurrence in tokens followed by a token; its next counts."""
+    q = list(query)[-max_len:]
+    for L in range(len(q), 0, -1):
+        suf = q[-L:]
+        nxt = [tokens[p + L] for p in range(len(tokens) - L) if tokens[p:p + L] == suf]
+        if nxt:
+            return L, {t: nxt.count(t) for t in set(nxt)}
+    return 0, {}
+
+
+@given(st.lists(st.integers(0, 3), max_size=60), st.lists(st.integers(0, 3), min_size=1, max_size=12),
+       st.integers(1, 8))
+@settings(max_examples=300, deadline=None)
+def test_context_model_matches_brute_force(tokens, query, max_len):
+    from lm_integration.context import ContextNgramModel
+
+    model = ContextNgramModel(max_suffix_len=max_len)
+    model.extend(tokens[: len(tokens) // 2])  # grown in two steps, as in decoding
+    model.extend(tokens[len(tokens) // 2:])
+    d = model.infgram_ntd(query)
+    L, counts = _brute_context(tokens, query, max_len)
+    assert d.suffix_len == L
+    assert dict(zip(d.tokens.tolist(), d.counts.tolist())) == counts
+    assert d.prompt_count == sum(counts.values())
+
+
+def test_context_token_probs_and_priors_end_to_end():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from lm_fakes import tiny_llama
+    from lm_integration.eval_lm import PRIOR_CONFIGS, context_token_probs, evaluate_priors, format_priors_table
+
+    p, has, slen = context_token_probs([5, 6, 7, 5, 6, 7, 5, 6])
+    # after "5 6 7 5" the document has seen "5" followed by "6" once: certain
+    assert has.tolist() == [False, False, False, True, True, True, True]
+    assert p[3:].tolist() == [1.0, 1.0, 1.0, 1.0] and slen[3:].tolist() == [1, 2, 3, 4]
+
+    rng = np.random.default_rng(5)
+    corpus = [rng.integers(2, 20, 40).tolist() for _ in range(6)]
+    src = FakeSource(corpus, vocab_size=24)
+    # held-out documents that repeat their own random phrase: only the context prior can know it
+    docs = []
+    for _ in range(6):
+        phrase = rng.integers(2, 20, 7).tolist()
+        docs.append(phrase * 5)
+    res = evaluate_priors(tiny_llama(vocab_size=24), src, docs[:3], docs[3:], lambda ids: " ".join(map(str, ids)),
+                          window=16, stride=8)
+    assert list(res["configs"]) == list(PRIOR_CONFIGS)
+    bpb = {k: v["bits_per_byte"] for k, v in res["configs"].items()}
+    assert bpb["LM + context ∞-gram"] < 0.5 * bpb["LM alone"]
+    assert bpb["LM + corpus + context"] <= bpb["LM + context ∞-gram"] * 1.05
+    alone = res["configs"]["LM alone"]
+    assert alone["lambda_context"] == alone["lambda_sparse"] == 0.0
+    assert "bits per byte" in format_priors_table(res)
