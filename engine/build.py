@@ -408,6 +408,10 @@ def build_index(
     )
     if options.shard_bytes > MAX_SHARD_BYTES:
         raise BuildError(f"shard_bytes may be at most {MAX_SHARD_BYTES}")
+    if inputs is not None:  # inputs that match nothing fail here, before any folder or progress bar appears
+        from engine.readers import expand_inputs
+
+        expand_inputs(list(options.inputs))
     try:
         options = _prepare_output(out, options, overwrite)
     except OSError as exc:  # a read-only or missing parent, a file in the way, ...
@@ -564,8 +568,8 @@ def _prepare_output(out: Path, options: BuildOptions, overwrite: bool) -> BuildO
             raise _not_an_index(out, others)
         if not overwrite:
             raise BuildError(
-                f"{out} already holds a different index or build; choose another directory or pass overwrite=True "
-                "(--overwrite)"
+                f"{out} already holds a different index or build; choose another directory, or replace it with "
+                "`ngram build --overwrite` (overwrite=True in build_index)"
             )
         _check_inputs(out, options)
         _remove_index(out, ours)

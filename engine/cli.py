@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -171,13 +172,16 @@ def _add_info_verify(sub) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- query
-def _query_ids(index, args, allow_empty=True):
-    if args.ids is not None:
-        return [int(t) for t in args.ids.replace(",", " ").split()]
+def _query_ids(index, args):
+    if args.ids is not None:  # --ids "" is the empty query on purpose: every position (a unigram view)
+        try:
+            return [int(t) for t in args.ids.replace(",", " ").split()]
+        except ValueError:
+            raise NgramError(f"--ids takes integer token ids separated by spaces or commas, not {args.ids!r}") \
+                from None
     if args.text is None:
-        if allow_empty:
-            return []
-        raise NgramError("give the query as text or with --ids")
+        raise NgramError(f"give the query as TEXT (e.g. `ngram query INDEX {args.kind} \" the Lord\"`) or as "
+                         "token ids with --ids '464 3290'")
     return index.tokenize(args.text)
 
 
@@ -204,6 +208,8 @@ def _cmd_query(args) -> int:
         count = index.count(ids)
         if args.json:
             _print_json({"query": ids, "count": count})
+        elif len(ids) == 0:
+            print(f"{count:,} positions in the index (the empty query matches every token and document start)")
         else:
             print(f"{count:,} occurrences of {_show_tokens(index, ids)!r} ({len(ids)} tokens)")
     elif kind in ("prob", "infgram-prob"):
@@ -291,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Exact n-gram and infini-gram queries over sharded suffix-array indexes.",
         epilog="Run `ngram COMMAND --help` for each command's options.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_build(sub)
     _add_info_verify(sub)
@@ -306,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ngram-engine")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -317,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`ngram info IDX | head`): stop quietly, as other Unix tools do. Point
+        # stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -86,3 +86,33 @@ def test_help_explains_every_command():
     for command in ("build", "info", "verify", "query", "serve", "fetch", "demo", "cache"):
         assert command in top
         assert ngram(command, "--help").stdout.startswith("usage: ngram " + command)
+
+
+def test_version_and_empty_query(built):
+    from importlib.metadata import version
+
+    assert ngram("--version").stdout.strip() == f"ngram {version('ngram-engine')}"
+    missing = ngram("query", built, "count", check=False)
+    assert missing.returncode == 2 and "give the query as TEXT" in missing.stderr and "--ids" in missing.stderr
+    assert "occurrences of ''" not in missing.stdout
+    index = NgramIndex.open(built)
+    everything = ngram("query", built, "count", "--ids", "")
+    assert f"{index.num_tokens:,} positions in the index" in everything.stdout
+    bad = ngram("query", built, "count", "--ids", "1 x", check=False)
+    assert bad.returncode == 2 and "integer token ids" in bad.stderr
+
+
+def test_closed_pipe_is_not_a_traceback(built):
+    # `ngram info IDX | head`, with a reader that has gone before the first line is written
+    proc = subprocess.run(f"{sys.executable} -m engine.cli info {built} | true; echo \"${{PIPESTATUS[0]}}\"",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=300)
+    assert proc.stdout.strip() == "141"
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_missing_inputs_fail_before_any_output_or_progress(tmp_path):
+    out = tmp_path / "idx"
+    proc = ngram("build", tmp_path / "no-such-corpus", "-o", out, check=False)
+    assert proc.returncode == 2 and "no input files match" in proc.stderr
+    assert "tokenizing" not in proc.stderr
+    assert not out.exists()
