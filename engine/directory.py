@@ -17,8 +17,8 @@ own layout (so no rank or offset in it can send a kernel outside its arrays) and
 IndexFormatError naming the file when anything disagrees.
 
 At open the small parts every search reads first (header, first-token table, top level: about
-2 MiB per shard) are read in; the samples stay on disk behind a MADV_RANDOM mapping, one page per
-search end.
+2 MiB per shard) are read into memory; the samples stay on disk behind a MADV_RANDOM mapping at
+their place in the same array (one page read per search end on a cold index).
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ import numpy as np
 
 from engine import kernels
 from engine.errors import IndexFormatError
-from engine.format import (advise, atomic_write_path, discover_shards, map_file, read_manifest, read_in_full,
-                           shard_path)
+from engine.format import atomic_write_path, discover_shards, read_in_full, read_manifest, shard_path
 
 log = logging.getLogger("engine.directory")
 
@@ -180,8 +179,7 @@ def read(path: Path, shard, load: str = "mmap") -> np.ndarray:
     if size < HEADER_BYTES or (size - HEADER_BYTES) % 8:
         raise IndexFormatError(f"{path} is not a search directory ({size} bytes); delete it, then rebuild it "
                                "with `ngram index-directory`")
-    with open(path, "rb") as fh:
-        header = np.frombuffer(fh.read(8 * (_H_WORDS + 1)), dtype="<i8")
+    header = np.frombuffer(_pread(path, 0, 8 * (_H_WORDS + 1)), dtype="<i8")
     if int(header[_H_MAGIC]) != MAGIC:
         raise IndexFormatError(f"{path} is not a search directory (bad magic); delete it, then rebuild it with "
                                "`ngram index-directory`")
@@ -196,38 +194,76 @@ def read(path: Path, shard, load: str = "mmap") -> np.ndarray:
             f"{path} does not belong to shard {shard.number} as it is now (token width, positions, pointer size, "
             f"bytes: {found} in the file, {expected} on disk; {size} bytes for {words} words); rebuild it with "
             "`ngram index-directory`")
-    if load == "ram":
-        dr = np.fromfile(path, dtype="<i8", offset=HEADER_BYTES)
-    else:
-        buffer = map_file(path)
-        dr = np.frombuffer(buffer, dtype="<i8", offset=HEADER_BYTES)
-    check(dr, shard.num_positions, shard.token_width, str(path))
+    dr = None
     if load != "ram":
-        lay = _layout_of(dr)
-        _read_in(buffer, HEADER_BYTES, HEADER_BYTES + 8 * lay.samples)
-        _read_in(buffer, HEADER_BYTES + 8 * lay.top, size)
-    dr = np.asarray(dr)
+        shift = int.from_bytes(_pread(path, HEADER_BYTES + 8 * kernels.D_SHIFT, 8), "little", signed=True)
+        if kernels.MIN_SAMPLE_SHIFT <= shift <= 62:
+            lay = layout(shard.num_positions, shard.token_width, shift)
+            if lay.words == words:
+                dr = _map_samples(path, lay)
+    if dr is None:  # RAM asked for, a small directory, no MAP_FIXED here, or a layout check() refuses
+        dr = np.fromfile(path, dtype="<i8", offset=HEADER_BYTES)
+    check(dr, shard.num_positions, shard.token_width, str(path))
     dr.flags.writeable = False
     return dr
+
+
+def _pread(path: Path, offset: int, length: int) -> bytes:
+    """Those bytes of the file only (no readahead: the rest of a directory is read where needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+_PROT_READ, _MAP_SHARED, _MAP_FIXED, _MADV_RANDOM = 1, 1, 0x10, 1
+_MIN_MAPPED_SAMPLES = 1 << 20  # bytes of samples below which the whole directory is read into memory
+
+
+def _map_samples(path: Path, lay: Layout) -> np.ndarray | None:
+    """The directory as one array whose header, first-token table and top level are read into
+    memory now (anonymous pages: every search reads them) and whose samples are the file's pages,
+    mapped at their place in the array with MAP_FIXED and advised MADV_RANDOM (a search reads one
+    page of them per end). None where that cannot be done (not Linux, pages larger than the file
+    header, few samples): the caller reads the file into memory instead."""
+    page = mmap.PAGESIZE
+    first_page = -(-8 * lay.samples // page) * page  # the whole pages of the samples, in array bytes
+    end_page = 8 * lay.top // page * page
+    if not sys.platform.startswith("linux") or HEADER_BYTES % page or end_page - first_page < _MIN_MAPPED_SAMPLES:
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    nbytes = lay.nbytes
+    region = mmap.mmap(-1, -(-nbytes // page) * page)  # private anonymous; unmapped (overlay too) when freed
+    view = memoryview(region)
+    try:
+        with open(path, "rb") as fh:
+            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_RANDOM)  # read these bytes, no readahead
+            fh.seek(HEADER_BYTES)
+            fh.readinto(view[:first_page])
+            fh.seek(HEADER_BYTES + end_page)
+            fh.readinto(view[end_page:nbytes])
+            base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+            got = libc.mmap(base + first_page, end_page - first_page, _PROT_READ, _MAP_SHARED | _MAP_FIXED,
+                            fh.fileno(), HEADER_BYTES + first_page)
+        if got != base + first_page:
+            return None
+        libc.madvise(base + first_page, end_page - first_page, _MADV_RANDOM)
+    finally:
+        view.release()
+    return np.frombuffer(region, dtype="<i8", count=lay.words)
 
 
 def _layout_of(dr: np.ndarray) -> Layout:
     return Layout(int(dr[kernels.D_SHIFT]), int(dr[kernels.D_NFIRST]), int(dr[kernels.D_NSAMPLES]),
                   (int(dr[kernels.D_NSAMPLES]) + kernels.TOP_STRIDE - 1) >> kernels.TOP_SHIFT)
-
-
-def _read_in(buffer: mmap.mmap, start: int, end: int) -> None:
-    """Bring bytes [start, end) of a mapping into memory now, in one readahead rather than a fault
-    per page (the mapping is advised MADV_RANDOM)."""
-    if end <= start:
-        return
-    advise(buffer, "WILLNEED", start, end - start)
-    view = memoryview(buffer)
-    try:
-        for offset in range(start - start % mmap.PAGESIZE, end, mmap.PAGESIZE):
-            view[offset]
-    finally:
-        view.release()
 
 
 def check(dr: np.ndarray, n_positions: int, token_width: int, source: str) -> None:

@@ -205,3 +205,22 @@ def test_mappings_are_advised_random(tmp_path):
             break
     else:
         pytest.fail("table.0 is not mapped")
+
+
+def test_samples_mapped_in_place_answer_the_same(tmp_path, monkeypatch):
+    """Large directories keep their samples on disk, mapped (MAP_FIXED) inside the array whose
+    other parts were read into memory: the array equals the file, and queries are unchanged."""
+    path = tmp_path / "idx"
+    docs = _build(path)
+    ram = NgramIndex.open(path, load="ram")
+    monkeypatch.setattr(directory, "_MIN_MAPPED_SAMPLES", 4096)
+    index = NgramIndex.open(path)
+    assert np.array_equal(index._dirs[0], ram._dirs[0])
+    with open("/proc/self/maps", encoding="utf-8") as fh:
+        mapped = [line for line in fh if line.rstrip().endswith(str((path / "directory.0").resolve()))]
+    if not mapped:
+        pytest.skip("no MAP_FIXED overlay on this platform")
+    assert all(int(line.split()[2], 16) > 0 for line in mapped)  # the samples, not the file from its start
+    queries = _queries(docs, 100)
+    assert [index.count(q) for q in queries] == [ram.count(q) for q in queries]
+    del index
