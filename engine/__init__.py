@@ -6,6 +6,7 @@ The public surface is small: build an index, open it, query it (in-process or ov
 from engine.build import build_index
 from engine.errors import (
     BuildError,
+    ClientClosedError,
     IndexFormatError,
     IndexNotFoundError,
     InvalidQueryError,
@@ -29,10 +30,10 @@ from engine.results import (
 )
 
 __all__ = [
-    "BuildError", "Document", "FindResult", "IndexFormatError", "IndexNotFoundError", "InfgramNtdResult",
-    "InfgramProbResult", "InvalidQueryError", "LimitExceededError", "NextTokenDistribution", "NgramError",
-    "NgramIndex", "PackedQueries", "ProbBatchResult", "ProbResult", "SearchResult", "ShardUnavailableError",
-    "TokenizerError", "TokenizerMismatchError", "build_index",
+    "BuildError", "ClientClosedError", "Document", "FindResult", "IndexFormatError", "IndexNotFoundError",
+    "InfgramNtdResult", "InfgramProbResult", "InvalidQueryError", "LimitExceededError", "NextTokenDistribution",
+    "NgramError", "NgramIndex", "PackedQueries", "ProbBatchResult", "ProbResult", "SearchResult",
+    "ShardUnavailableError", "TokenizerError", "TokenizerMismatchError", "build_index",
 ]
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from engine._proto.ngram.v1 import ngram_pb2 as pb
 from engine._proto.ngram.v1 import ngram_pb2_grpc as pb_grpc
 from engine.errors import (
+    ClientClosedError,
     IndexFormatError,
     InvalidQueryError,
     LimitExceededError,
@@ -129,6 +130,8 @@ def as_ids(query, what: str = "query") -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     if arr.dtype.kind not in "iu" or arr.dtype == np.bool_:
         raise InvalidQueryError(f"{what} must hold integer token ids, got dtype {arr.dtype}")
+    if isinstance(query, (list, tuple)) and any(isinstance(t, (bool, np.bool_)) for t in query):
+        raise InvalidQueryError(f"{what} holds a bool; pass int token ids")  # numpy made it 0 / 1
     if arr.dtype == np.uint64 and int(arr.max()) > np.iinfo(np.int64).max:
         raise InvalidQueryError(f"{what} holds a token id above 2**63-1")
     return arr.astype(np.int64, copy=False)
@@ -142,7 +145,10 @@ def fill_query(msg: pb.Query, query, what: str = "query") -> pb.Query:
     part of a unary call's client-side cost.
     """
     if isinstance(query, str):
-        msg.text = query
+        try:
+            msg.text = query
+        except UnicodeEncodeError:  # lone surrogates, which proto strings refuse
+            msg.text = _wire_text(query)
         return msg
     if type(query) is np.ndarray and query.dtype == np.int64 and query.ndim == 1:
         ids = msg.token_ids  # fast path: already int64 ids
@@ -161,6 +167,14 @@ def fill_query(msg: pb.Query, query, what: str = "query") -> pb.Query:
     msg.token_ids.SetInParent()  # an empty query is still a token-id query
     msg.token_ids.ids.extend(ids)
     return msg
+
+
+def _wire_text(text: str) -> str:
+    """``text`` with lone surrogates replaced as the index's tokenizers replace them in process
+    (U+FFFD), so that over gRPC (whose strings must be valid UTF-8) the answer is the same."""
+    from engine.tokenize import _clean_text
+
+    return _clean_text(text)
 
 
 def encode_query(query, what: str = "query") -> pb.Query:
@@ -399,7 +413,13 @@ class NgramClient:
     def _timeout(self, timeout: float | None) -> float | None:
         return self.timeout if timeout is None else timeout
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClientClosedError(f"this NgramClient ({self.target}) is closed; make a new one to query again")
+
     def _call(self, method: str, request, timeout: float | None = None):
+        if self._closed:
+            self._check_open()
         try:
             return self._unary[method](
                 request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata,
@@ -410,6 +430,7 @@ class NgramClient:
 
     def _blocking(self, method: str, request, timeout: float | None = None):
         """A unary call that raises grpc.RpcError (for callers that map errors themselves)."""
+        self._check_open()
         return self._unary[method](
             request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata,
             wait_for_ready=self._wait_for_ready,
@@ -417,11 +438,13 @@ class NgramClient:
 
     def _future(self, method: str, request, timeout: float | None = None):
         """Start a unary call; ``.result()`` returns the response or raises grpc.RpcError."""
+        self._check_open()
         return self._unary[method].future(
             request, timeout=self._timeout(timeout), metadata=self._metadata, wait_for_ready=self._wait_for_ready
         )
 
     def _stream(self, method: str, request, timeout: float | None = None):
+        self._check_open()
         return getattr(self._stub, method)(
             request, timeout=self._timeout(timeout), metadata=self._metadata, wait_for_ready=self._wait_for_ready
         )
@@ -443,7 +466,11 @@ class NgramClient:
             size = self._batch_size() if n > 1024 else n
             for start in range(0, n, max(1, size)):
                 stop = min(n, start + size)
-                yield pb.QueryBatch(texts=pb.TextBatch(texts=list(queries[start:stop]))), start, stop
+                try:
+                    batch = pb.QueryBatch(texts=pb.TextBatch(texts=list(queries[start:stop])))
+                except UnicodeEncodeError:
+                    batch = pb.QueryBatch(texts=pb.TextBatch(texts=[_wire_text(t) for t in queries[start:stop]]))
+                yield batch, start, stop
             return
         if isinstance(queries, (list, tuple)) and any(isinstance(q, str) for q in queries):
             queries = [self.tokenize(q) if isinstance(q, str) else q for q in queries]
@@ -513,6 +540,7 @@ class NgramClient:
         """The server's health status name (SERVING, NOT_SERVING, ...)."""
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        self._check_open()
         stub = health_pb2_grpc.HealthStub(self._channel)
         try:
             r = stub.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=timeout, metadata=self._metadata)
@@ -550,7 +578,11 @@ class NgramClient:
     def tokenize(self, text: str, *, timeout: float | None = None) -> np.ndarray:
         if not isinstance(text, str):
             raise InvalidQueryError(f"text must be a str, not {type(text).__name__}")
-        r = self._call("Tokenize", pb.TokenizeRequest(text=text), timeout)
+        try:
+            request = pb.TokenizeRequest(text=text)
+        except UnicodeEncodeError:
+            request = pb.TokenizeRequest(text=_wire_text(text))
+        r = self._call("Tokenize", request, timeout)
         return np.array(r.token_ids, dtype=np.int64)
 
     def detokenize(self, ids, *, timeout: float | None = None) -> str:

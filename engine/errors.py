@@ -39,3 +39,7 @@ class BuildError(NgramError):
 
 class ShardUnavailableError(NgramError):
     """A routed query could not reach one of its shard servers."""
+
+
+class ClientClosedError(NgramError, ValueError):
+    """An NgramClient was used after close() (or after its ``with`` block ended)."""

@@ -149,7 +149,7 @@ class Shard:
             return None
         try:
             return json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or absurdly nested: a damaged file
             return {"raw": raw.decode("utf-8", errors="replace")}
 
 
@@ -245,6 +245,8 @@ def open_shard(directory: Path, number: int, token_width: int, load: str = "mmap
     if paths["offset"].stat().st_size % 8:
         raise IndexFormatError(f"{paths['offset']} is not a whole number of u64 offsets")
     has_meta = paths["metadata"].exists() and paths["metaoff"].exists()
+    if has_meta and paths["metaoff"].stat().st_size % 8:
+        raise IndexFormatError(f"{paths['metaoff']} is not a whole number of u64 offsets; rebuild the shard")
     return Shard(
         directory=directory,
         number=number,

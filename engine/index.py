@@ -51,6 +51,8 @@ class NgramIndex:
     (a ``str``, tokenized with the index's own tokenizer). Thread-safe: kernels release the GIL.
     """
 
+    _list_ids = None  # kernels.list_ids' compiled entry point, bound by the first list query (_ids)
+
     def __init__(self, shards: list[Shard], *, token_width: int, vocab_size: int, eos_token_id: int | None,
                  tokenizer=None, manifests: list[dict | None] | None = None, paths: list[Path] | None = None,
                  load: str = "mmap", directories: list[tuple[np.ndarray, str] | None] | None = None):
@@ -283,7 +285,14 @@ class NgramIndex:
         # Fast path for the usual query (a list or int64 array of valid ids): a few attribute checks
         # and one compiled pass; anything else, or anything wrong, takes the general path below.
         kind = type(query)
-        if kind is list or kind is np.ndarray:
+        if kind is list and kernels.LIST_READING:  # read in place: only exact ints (a bool is refused)
+            read = self._list_ids
+            if read is None:
+                read = self._list_ids = self._direct_entry(kernels.list_ids, id(query))
+            ids = read(self._handle_address, id(query))
+            if ids.shape[0]:
+                return ids
+        elif kind is np.ndarray:
             ids = np.asarray(query)
             if ids.dtype is _INT64 and ids.ndim == 1 and ids.shape[0] and \
                     kernels.ids_ok(ids, self.vocab_size, self.separator_id):
@@ -293,6 +302,9 @@ class NgramIndex:
         elif isinstance(query, (bytes, bytearray)):
             raise InvalidQueryError(f"{name} must be token ids or str text, not bytes; decode it first")
         else:
+            if isinstance(query, (list, tuple)) and any(isinstance(t, (bool, np.bool_)) for t in query):
+                # numpy would turn True / False among ints into ids 1 / 0
+                raise InvalidQueryError(f"{name} holds a bool; pass int token ids")
             try:
                 ids = np.asarray(query)
             except (TypeError, ValueError) as exc:
@@ -330,6 +342,9 @@ class NgramIndex:
         if isinstance(token, (bool, np.bool_)) or not isinstance(token, (int, np.integer)):
             raise InvalidQueryError(f"{name} must be one int token id, got {type(token).__name__}")
         if not (0 <= token < self.vocab_size and token != self.separator_id):
+            if not -(1 << 63) <= token < (1 << 63):  # beyond int64: numpy would raise OverflowError
+                raise InvalidQueryError(f"{name} holds token id {token}, outside the vocabulary "
+                                        f"0..{self.vocab_size - 1}")
             self._check_range(np.array([token], dtype=np.int64), name)
         return int(token)
 
@@ -621,6 +636,11 @@ class NgramIndex:
 
     def _doc_at_ptr(self, s: int, ptr: int, max_disp_len: int, needle_len: int) -> Document:
         shard = self._shards[s]
+        if not 0 <= ptr < len(shard.tokenized) or ptr % self.token_width:
+            # get_doc_by_ptr checks its argument, so this pointer came from a damaged table.
+            raise IndexFormatError(
+                f"{shard.directory / f'table.{shard.number}'} holds pointer {ptr}, outside tokenized.{shard.number} "
+                f"or between tokens; run `ngram verify` and rebuild the index")
         local = int(np.searchsorted(shard.offsets, ptr, side="right") - 1)
         start, end = self._doc_bounds(s, local)
         # infini-gram's window: up to max_disp_len // 2 tokens before the pointer and
@@ -718,8 +738,14 @@ def _pack_id_lists(queries) -> PackedQueries | None:
     bulk case of every *_batch call), else None. Validation is left to the caller."""
     if not len(queries):
         return None
+    if type(queries) is list and kernels.LIST_READING:  # a list of lists of exact ints, read in place
+        tokens, offsets = kernels.pack_lists(id(int), id(list), id(queries))
+        return PackedQueries(tokens, offsets) if offsets.shape[0] else None
     if all(type(q) is list for q in queries):
-        flat = np.array(list(itertools.chain.from_iterable(queries)))
+        flat = list(itertools.chain.from_iterable(queries))
+        if bool in map(type, flat):  # numpy would make True / False ids 1 / 0
+            return None
+        flat = np.array(flat)
         if flat.size and flat.dtype != _INT64:
             return None
         lengths = np.fromiter(map(len, queries), dtype=np.int64, count=len(queries))

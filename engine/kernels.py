@@ -761,6 +761,42 @@ def count_at(handle, ids):
     return _count(st, tw, keys, 0, keys.shape[0])
 
 
+@njit(cache=True)  # holds the GIL: reads Python objects
+def list_ids(handle, list_address):
+    """The token ids of the Python list at ``list_address`` (see "Python lists"), validated; empty
+    when it is empty or holds anything but valid ids (a bool, whose type is not int, included), for
+    the caller to take the general path."""
+    _, _, vocab_size, separator, int_type = _open_handle(handle)
+    return _list_keys(list_address, int_type, 1, vocab_size, separator)  # width 1: keys are the ids
+
+
+@njit(cache=True)  # holds the GIL: reads Python objects
+def pack_lists(int_type, list_type, list_address):
+    """(tokens, offsets) of the Python list of lists of ints at ``list_address``, packed; offsets
+    empty when an item is not exactly a list or an inner item not exactly an int (bools are
+    neither), for the caller to take the general path. Ids are not validated here."""
+    head = numba.carray(_int64_pointer(list_address), PY_LIST_ITEMS + 1)
+    nq = head[PY_SIZE]
+    queries = numba.carray(_int64_pointer(head[PY_LIST_ITEMS]), nq)
+    offsets = np.empty(nq + 1, dtype=np.int64)
+    offsets[0] = 0
+    for q in range(nq):
+        inner = numba.carray(_int64_pointer(queries[q]), PY_LIST_ITEMS + 1)
+        if inner[PY_TYPE] != list_type:
+            return offsets[:0], offsets[:0]
+        offsets[q + 1] = offsets[q] + inner[PY_SIZE]
+    tokens = np.empty(offsets[nq], dtype=np.int64)
+    for q in range(nq):
+        inner = numba.carray(_int64_pointer(queries[q]), PY_LIST_ITEMS + 1)
+        items = numba.carray(_int64_pointer(inner[PY_LIST_ITEMS]), offsets[q + 1] - offsets[q])
+        for i in range(items.shape[0]):
+            item = items[i]
+            if numba.carray(_int64_pointer(item), PY_TYPE + 1)[PY_TYPE] != int_type:
+                return offsets[:0], offsets[:0]
+            tokens[offsets[q] + i] = _int_value(item)
+    return tokens, offsets
+
+
 @njit(cache=True)  # holds the GIL to read the list, then releases it itself
 def count_list(handle, list_address):
     """count_at of the Python list of ints at ``list_address`` (see "Python lists"); -1 when it

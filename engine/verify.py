@@ -108,4 +108,6 @@ def verify_index(path: str | Path, *, full: bool = False, samples: int = 100_000
         NgramIndex.open(path)
     except NgramError as exc:
         report.problems.append(f"cannot open: {exc}")
+    except Exception as exc:  # noqa: BLE001 - verify reports whatever a damaged index does to open
+        report.problems.append(f"cannot open ({type(exc).__name__}): {exc}")
     return report

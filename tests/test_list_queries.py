@@ -31,7 +31,7 @@ def u32(tmp_path_factory):
 QUERIES = [
     [0], [1], [2**30 - 1], [2**30], [2**31 + 7], [0, 1], [2**30, 2**31 + 7, 1], [1, 2**30 - 1, 2**30],
     [5, 0, 1, 2**30 - 1], [3], [2**31 + 7, 0], [1, 0],
-    [np.int64(1), 2**30], [Id(2**30), 2**31 + 7], [np.uint32(0), np.int32(1)], [True, 2**30 - 1],
+    [np.int64(1), 2**30], [Id(2**30), 2**31 + 7], [np.uint32(0), np.int32(1)],
 ]
 
 
@@ -60,6 +60,8 @@ def test_counts_of_known_lists(u32):
     ([1, 2.0], "floats"),
     ([1, "a"], "integer token ids"),
     ([1, None], "integer token ids"),
+    ([True, 2**30 - 1], "bool"),  # numpy would make it id 1 (issue 15); [True] alone was already refused
+    ([1, np.False_], "bool"),
 ])
 def test_bad_items_anywhere_in_a_list_raise(u32, query, match):
     with pytest.raises(InvalidQueryError, match=match):
