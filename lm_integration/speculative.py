@@ -294,13 +294,67 @@ def generate_with_drafter(model, drafter, input_ids: torch.Tensor, *, num_draft:
             model._get_candidate_generator = original
 
 
+def draft_trie(chains: list[list[int]]) -> tuple[list[int], list[int]]:
+    """Merge draft chains into one tree: (tokens, parents), a node per distinct prefix, parent -1 for
+    the children of the root (the token before the draft). Depth-first order with chains[0] first, so
+    the first chain's nodes are nodes 0, 1, 2, ... (contiguous, the common case to keep in the cache)."""
+    tokens: list[int] = []
+    parents: list[int] = []
+    children: dict[tuple[int, int], int] = {}
+    for chain in chains:
+        parent = -1
+        for tok in chain:
+            node = children.get((parent, int(tok)))
+            if node is None:
+                node = children[(parent, int(tok))] = len(tokens)
+                tokens.append(int(tok))
+                parents.append(parent)
+            parent = node
+    # depth-first order: insertion order already is, for chains[0]; reorder the rest
+    order: list[int] = []
+    kids: dict[int, list[int]] = {}
+    for j, parent in enumerate(parents):
+        kids.setdefault(parent, []).append(j)
+    stack = list(reversed(kids.get(-1, [])))
+    while stack:
+        j = stack.pop()
+        order.append(j)
+        stack.extend(reversed(kids.get(j, [])))
+    new_index = {old: i for i, old in enumerate(order)}
+    return [tokens[j] for j in order], [new_index[parents[j]] if parents[j] >= 0 else -1 for j in order]
+
+
+def _tree_block(pending: list[int], tokens: list[int], parents: list[int], cached: int, dtype, device):
+    """Input ids, positions and the additive 4D attention mask that verify a draft tree in one pass:
+    every token sees the cache, the pending tokens before it, and (draft nodes) its own ancestors."""
+    P, N = len(pending), len(tokens)
+    depth = [0] * N
+    allowed = torch.zeros((P + N, cached + P + N), dtype=torch.bool)
+    allowed[:, :cached] = True
+    allowed[:P, cached : cached + P] = torch.tril(torch.ones((P, P), dtype=torch.bool))
+    allowed[P:, cached : cached + P] = True
+    for j, parent in enumerate(parents):
+        depth[j] = 1 if parent < 0 else depth[parent] + 1
+        allowed[P + j, cached + P + j] = True
+        while parent >= 0:
+            allowed[P + j, cached + P + parent] = True
+            parent = parents[parent]
+    ids = torch.tensor([pending + tokens], dtype=torch.long, device=device)
+    pos = torch.tensor([[cached + i for i in range(P)] + [cached + P - 1 + d for d in depth]], device=device)
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return ids, pos, mask[None, None].to(device)
+
+
 @torch.no_grad()
 def speculative_generate_tree(model, drafter, input_ids: torch.Tensor, max_new_tokens: int, *, width: int = 2,
                               num_draft: int = 8, eos_token_id=None, return_stats: bool = False):
-    """Batch-1 speculative decoding over a small draft tree: ``drafter.propose_tree(context, k,
-    width)`` gives up to ``width`` chains (the top first tokens, each continued greedily); all are
-    verified in one forward pass (the KV cache is repeated across the branches), the branch with
-    the longest accepted prefix is kept and the cache narrowed back to it. Same tokens as greedy."""
+    """Batch-1 speculative decoding over a draft tree: ``drafter.propose_tree(context, k, width)`` gives
+    chains, merged into a tree (draft_trie) and verified in one forward pass with a tree attention mask
+    (each node attends to its ancestors only) and per-node positions. The longest path the model
+    agrees with is accepted, plus the model's own next token. Same tokens as greedy.
+
+    The cache keeps what it can: the first chain's accepted nodes stay (they are contiguous); accepted
+    nodes of another branch are cropped and fed again, as pending tokens, at the front of the next pass."""
     t_start = time.perf_counter()
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
@@ -316,52 +370,49 @@ def speculative_generate_tree(model, drafter, input_ids: torch.Tensor, max_new_t
     out = model(input_ids=input_ids, cache=cache, use_cache=True)
     stats.model_seconds += time.perf_counter() - t0
     cache = out.cache
+    dtype = out.logits.dtype
     generated = [int(out.logits[0, -1].argmax())]
     stats.steps = stats.row_steps = 1
     ctx = input_ids[0].tolist()
-    L = input_ids.shape[1]  # cache length; the pending token generated[-1] is not in it yet
+    cached = input_ids.shape[1]  # tokens in the cache
+    pending = [generated[0]]  # generated tokens not in the cache yet (the last one always)
     done = generated[0] in eos or max_new_tokens <= 1
     while not done:
         budget = min(num_draft, max_new_tokens - len(generated) - 1)
         t0 = time.perf_counter()
         chains = drafter.propose_tree(ctx + generated, budget, width=width, key=0) if budget > 0 else []
-        chains = [[int(x) for x in c[:budget]] for c in chains if c] or [[]]
-        stats.drafter_seconds += time.perf_counter() - t0
-        W = len(chains)
-        K = max(len(c) for c in chains)
-        block = torch.full((W, 1 + K), generated[-1], dtype=torch.long)
-        bmask = torch.zeros((W, 1 + K), dtype=torch.long)
-        for w, c in enumerate(chains):
-            bmask[w, : 1 + len(c)] = 1
-            if c:
-                block[w, 1 : 1 + len(c)] = torch.tensor(c)
-        if W > 1:
-            cache.batch_repeat_interleave(W)
-        mask = torch.cat([torch.ones((W, L), dtype=torch.long), bmask], dim=1).to(device)
-        pos = (L + torch.arange(1 + K)).unsqueeze(0).expand(W, -1).to(device)
+        tokens, parents = draft_trie([[int(x) for x in c[:budget]] for c in chains if c])
+        dt = time.perf_counter() - t0
+        stats.drafter_seconds += dt
+        stats.drafter_step_seconds.append(dt)
+        ids, pos, mask = _tree_block(pending, tokens, parents, cached, dtype, device)
         t0 = time.perf_counter()
-        out = model(input_ids=block.to(device), attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
         stats.model_seconds += time.perf_counter() - t0
         cache = out.cache
-        greedy = out.logits.argmax(-1).cpu().numpy()
-        best_w, best_m = 0, -1
-        for w, c in enumerate(chains):
-            m = 0
-            while m < len(c) and c[m] == greedy[w, m]:
-                m += 1
-            if m > best_m:
-                best_w, best_m = w, m
+        greedy = out.logits[0].argmax(-1).tolist()
+        P = len(pending)
+        children = {(parent, tok): j for j, (tok, parent) in enumerate(zip(tokens, parents))}
+        accepted: list[int] = []
+        node, row = -1, P - 1  # row: the block position whose logits predict the next token
+        while (node, greedy[row]) in children:
+            node = children[(node, greedy[row])]
+            accepted.append(node)
+            row = P + node
+        new = [tokens[j] for j in accepted] + [greedy[row]]
         stats.steps += 1
         stats.row_steps += 1
-        stats.drafted += len(chains[best_w])
-        stats.accepted += best_m
-        if W > 1:
-            cache.batch_select_indices(torch.tensor([best_w], device=device))
-        keep = L + 1 + best_m
-        if cache.get_seq_length() > keep:
-            cache.crop(keep - cache.get_seq_length())
-        L = keep
-        for tok in chains[best_w][:best_m] + [int(greedy[best_w, best_m])]:
+        stats.drafted += len(tokens)
+        stats.accepted += len(accepted)
+        kept = 0  # accepted nodes that are the first chain's, hence already in the right cache slots
+        while kept < len(accepted) and accepted[kept] == kept:
+            kept += 1
+        extra = len(tokens) - kept  # draft slots past what stays: crop takes a negative count to remove
+        cached += P + kept
+        if extra:
+            cache.crop(-extra)
+        pending = [tokens[j] for j in accepted[kept:]] + [greedy[row]]
+        for tok in new:
             generated.append(tok)
             if tok in eos or len(generated) >= max_new_tokens:
                 done = True

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -145,3 +146,47 @@ def test_tree_equals_greedy(model):
     assert st.tokens_per_step > 1.0
     out = speculative_generate_tree(model, InfgramDrafter(FakeSource([[1, 2]], vocab_size=V)), x, 25, width=2)
     assert torch.equal(out, ref)
+
+
+def test_draft_trie_merges_prefixes_depth_first():
+    from lm_integration.speculative import draft_trie
+
+    tokens, parents = draft_trie([[5, 6, 7], [5, 8], [9], [5, 6, 4]])
+    # 5 -> 6 -> (7, 4); 5 -> 8; 9 : depth first with the first chain at nodes 0, 1, 2
+    assert tokens == [5, 6, 7, 4, 8, 9]
+    assert parents == [-1, 0, 1, 1, 0, -1]
+    assert draft_trie([]) == ([], [])
+
+
+class _BranchyOracle:
+    """Test double: knows greedy's continuation and proposes it inside a tree of decoys, in a shuffled
+    branch position, sometimes cut short, so the verifier must find a path that is not the first chain."""
+
+    def __init__(self, prompt_len, truth, vocab, seed):
+        self.prompt_len, self.truth, self.vocab = prompt_len, truth, vocab
+        self.rng = np.random.default_rng(seed)
+
+    def propose_tree(self, context, k, width=2, key=0):
+        done = len(context) - self.prompt_len
+        true = self.truth[done:done + int(self.rng.integers(0, k + 1))]
+        chains = [true]
+        for _ in range(width - 1):
+            cut = int(self.rng.integers(0, len(true) + 1))
+            decoy = list(true[:cut]) + [int(t) for t in self.rng.integers(2, self.vocab, k - cut)]
+            chains.append(decoy)
+        self.rng.shuffle(chains)
+        return [c for c in chains if c]
+
+
+def test_tree_verification_keeps_greedy_on_any_branch(model):
+    from lm_integration.speculative import speculative_generate_tree
+
+    ids, _ = batch(3)
+    x = ids[:1]
+    ref = model.generate(x, max_new_tokens=30, do_sample=False)
+    truth = ref[0, x.shape[1]:].tolist()
+    for seed in range(6):
+        drafter = _BranchyOracle(x.shape[1], truth, V, seed)
+        out, st = speculative_generate_tree(model, drafter, x, 30, width=3, num_draft=6, return_stats=True)
+        assert torch.equal(out, ref), seed
+        assert st.tokens_per_step > 1.5 and st.accepted > 0
