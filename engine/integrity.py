@@ -98,8 +98,9 @@ def check_shard(shard) -> None:
     tw = shard.token_width
     ds_bytes = len(shard.tokenized)
     expected = pointer_size(ds_bytes)
-    if shard.ptr_size != expected:
-        # Wider pointers than the format's could exceed the data (and 8-byte ones go negative).
+    if not expected <= shard.ptr_size <= 8:
+        # Narrower pointers cannot reach the data: the sizes of table and tokenized disagree. (Wider
+        # ones are allowed, as a huge shard would have; kernels read pointers masked non-negative.)
         raise IndexFormatError(
             f"{_name(shard, 'table')} holds {shard.ptr_size}-byte pointers, but {ds_bytes} bytes of tokens need "
             f"{expected}-byte ones; the table or tokenized file is truncated or corrupt: rebuild the shard"
