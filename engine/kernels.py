@@ -558,7 +558,7 @@ def _bisect_above(dr, base, a, b, key1, key2, inclusive):
     return a
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _first_sample_above(dr, a, b, key1, key2, inclusive):
     """First sample index in [a, b) whose key is > (key1, key2) (>= when ``inclusive``); b if none.
     The top level picks the block of TOP_STRIDE samples that holds the answer."""
@@ -595,7 +595,26 @@ def _fetch_pivots(ds, sa, ps, tw, a, step, skip):
         prefetch(ds, _ptr(sa, ps, a + i * step) + skip * tw)
 
 
+# The searches below are compiled once each, called (not inlined at the numba level): inlining
+# them into every caller made the first count compile for about 40 s on 2 cores (type inference
+# over the copies), and each constant argument (0, True, False) would compile a variant of its
+# own, so callers pass these instead.
 @njit(inline="always")
+def _ZERO():
+    return np.int64(0)
+
+
+@njit(inline="always")
+def _TRUE():
+    return np.bool_(True)
+
+
+@njit(inline="always")
+def _FALSE():
+    return np.bool_(False)
+
+
+@njit(cache=True)
 def _first_at_least(ds, sa, ps, tw, a, b, keys, start, stop, skip, strict):
     """First rank in [a, b) whose suffix sorts after keys[start:stop] (``strict``) or does not sort
     before it; b if none. A wide range is cut to an eighth per step by WIDE_PIVOTS suffixes fetched
@@ -630,8 +649,8 @@ def _first_at_least(ds, sa, ps, tw, a, b, keys, start, stop, skip, strict):
 @njit(inline="always")
 def _ends_around(ds, sa, ps, tw, lo, first_match, last_match, hi, keys, start, stop, skip):
     """The range of matches in [lo, hi), given matches at ranks first_match..last_match."""
-    first = _first_at_least(ds, sa, ps, tw, lo, first_match, keys, start, stop, skip, False)
-    end = _first_at_least(ds, sa, ps, tw, last_match + 1, hi, keys, start, stop, skip, True)
+    first = _first_at_least(ds, sa, ps, tw, lo, first_match, keys, start, stop, skip, _FALSE())
+    end = _first_at_least(ds, sa, ps, tw, last_match + 1, hi, keys, start, stop, skip, _TRUE())
     return first, end
 
 
@@ -663,8 +682,8 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     i0 = (lo + mask) >> shift  # the samples inside [lo, hi)
     i1 = (hi + mask) >> shift
     low1, low2, high1, high2, exact = _query_sample_range(keys, start, stop, tw)
-    first_in = _first_sample_above(dr, i0, i1, low1, low2, True)
-    first_after = _first_sample_above(dr, first_in, i1, high1, high2, False)
+    first_in = _first_sample_above(dr, i0, i1, low1, low2, _TRUE())
+    first_after = _first_sample_above(dr, first_in, i1, high1, high2, _FALSE())
     # Samples before first_in sort before every match and samples from first_after on after them.
     if first_in > i0:
         lo = ((first_in - 1) << shift) + 1
@@ -678,8 +697,8 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
         prefetch(sa, w1 * ps)
         _prefetch_window(ds, sa, ps, tw, lo, first_in << shift, skip)
         _prefetch_window(ds, sa, ps, tw, w1, hi, skip)
-        first = _first_at_least(ds, sa, ps, tw, lo, first_in << shift, keys, start, stop, skip, False)
-        end = _first_at_least(ds, sa, ps, tw, ((first_after - 1) << shift) + 1, hi, keys, start, stop, skip, True)
+        first = _first_at_least(ds, sa, ps, tw, lo, first_in << shift, keys, start, stop, skip, _FALSE())
+        end = _first_at_least(ds, sa, ps, tw, ((first_after - 1) << shift) + 1, hi, keys, start, stop, skip, _TRUE())
         return first, end
     # Both ends are searched together until a match splits them (a range of one match costs
     # one search, not two); a wide range in steps of WIDE_PIVOTS suffixes fetched together.
@@ -758,7 +777,7 @@ def count_at(handle, ids):
     if not ids_ok(ids, vocab_size, separator):
         return np.int64(-1)
     keys = ids_to_keys(ids, tw)
-    return _count(st, tw, keys, 0, keys.shape[0])
+    return _count(st, tw, keys, _ZERO(), keys.shape[0])
 
 
 @njit(cache=True)  # holds the GIL: reads Python objects
@@ -806,7 +825,7 @@ def count_list(handle, list_address):
     if keys.shape[0] == 0:
         return np.int64(-1)
     gil = _release_gil()
-    total = _count(st, tw, keys, 0, keys.shape[0])
+    total = _count(st, tw, keys, _ZERO(), keys.shape[0])
     _reacquire_gil(gil)
     return total
 
@@ -896,7 +915,7 @@ def _prompt_and_cont(st, tw, keys, start, stop, cont_key):
             for j in range(start, stop):  # a loop: parfors reject this slice copy inside prange
                 scratch[j - start] = keys[j]
             scratch[stop - start] = cont_key
-        clo, chi = _find_in_shard(ds, sa, ps, tw, dr, scratch, 0, scratch.shape[0])
+        clo, chi = _find_in_shard(ds, sa, ps, tw, dr, scratch, _ZERO(), scratch.shape[0])
         cont_count += chi - clo
     return prompt_count, cont_count
 

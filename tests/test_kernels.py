@@ -178,6 +178,7 @@ def test_every_pointer_width_gives_the_same_answers(case, ptr_size):
     wide = ptrs.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :ptr_size]
     del built, shard
     (directory / "manifest.json").unlink()  # the manifest records the original pointer size
+    (directory / "directory.0").unlink()  # and so does the search directory's file
     (directory / "table.0").write_bytes(wide.tobytes())
     index = NgramIndex.open(directory, token_width=width, vocab_size=max(alphabet) + 1)
     assert index.shards[0].ptr_size == ptr_size
