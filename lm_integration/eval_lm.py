@@ -205,95 +205,131 @@ def evaluate(model, source, val_docs, test_docs, *, window=1024, stride=512, max
 
 
 PRIOR_CONFIGS = ("LM alone", "LM + corpus ∞-gram", "LM + context ∞-gram", "LM + corpus + context")
+# A prior's weight depends on how long a suffix it matched: a long match is nearly always right, a
+# one-token match says little. Buckets of matched length: 1, 2, 3-4, 5-8, 9-16, 17+.
+SUFFIX_BUCKETS = np.array([1, 2, 3, 5, 9, 17])
+
+
+def _buckets(suffix_len: np.ndarray) -> np.ndarray:
+    return np.searchsorted(SUFFIX_BUCKETS, np.maximum(suffix_len, 1), side="right") - 1
 
 
 def collect_priors(model, source, docs_ids, decode, *, window, stride, max_suffix_len=64, progress=False) -> dict:
     """Per-token arrays over whole documents for evaluate_priors: LM log-probs, the corpus ∞-gram
-    (when ``source``), the document's own online ∞-gram, and the UTF-8 bytes the scored tokens cover."""
-    parts = {k: [] for k in ("logp", "p_inf", "sparse", "has", "p_ctx", "has_ctx")}
-    n_bytes = 0
+    (when ``source``), the document's own online ∞-gram, and the UTF-8 bytes up to each token."""
+    parts = {k: [] for k in ("logp", "p_inf", "sparse", "has", "slen", "p_ctx", "has_ctx", "slen_ctx", "bytes")}
     for i, ids in enumerate(docs_ids):
         if len(ids) < 2:
             continue
         lp = lm_token_logprobs(model, ids, window=window, stride=stride)
         if source is not None:
-            p, sp, hs, _ = infgram_token_probs(source, ids)
+            p, sp, hs, sl = infgram_token_probs(source, ids)
         else:
-            p, sp, hs = np.zeros(len(lp)), np.zeros(len(lp), bool), np.zeros(len(lp), bool)
-        pc, hc, _ = context_token_probs(ids, max_suffix_len=max_suffix_len)
-        for k, v in zip(parts, (lp, p, sp, hs, pc, hc)):
+            p, sp, hs, sl = np.zeros(len(lp)), np.zeros(len(lp), bool), np.zeros(len(lp), bool), np.zeros(len(lp), int)
+        pc, hc, slc = context_token_probs(ids, max_suffix_len=max_suffix_len)
+        # bytes each scored token adds (the first token has no context and is not scored)
+        ends = np.array([len(decode(ids[: t + 1]).encode("utf-8")) for t in range(len(ids))])
+        for k, v in zip(parts, (lp, p, sp, hs, sl, pc, hc, slc, np.diff(ends))):
             parts[k].append(v)
-        # the first token has no context and is not scored; every later byte is
-        n_bytes += len(decode(ids).encode("utf-8")) - len(decode(ids[:1]).encode("utf-8"))
         if progress:
             print(f"  doc {i + 1}/{len(docs_ids)}: {sum(map(len, parts['logp']))} tokens", file=sys.stderr)
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     for k in ("sparse", "has", "has_ctx"):
         cat[k] = cat[k].astype(bool)
-    cat["bytes"] = n_bytes
     return cat
 
 
-def _prior_parts(d: dict, lam_s: float, lam_d: float, lam_c: float) -> list:
-    lam_inf = np.where(d["has"], np.where(d["sparse"], lam_s, lam_d), 0.0)
-    return [(d["p_inf"], lam_inf), (d["p_ctx"], np.where(d["has_ctx"], lam_c, 0.0))]
+def _prior_parts(d: dict, lams: np.ndarray) -> list:
+    """Mixture parts for weights ``lams``: corpus weights per (sparse, bucket), then context per bucket."""
+    nb = len(SUFFIX_BUCKETS)
+    lam_inf = lams[:2 * nb].reshape(2, nb)[d["sparse"].astype(int), _buckets(d["slen"])]
+    lam_ctx = lams[2 * nb:][_buckets(d["slen_ctx"])]
+    return [(d["p_inf"], np.where(d["has"], lam_inf, 0.0)), (d["p_ctx"], np.where(d["has_ctx"], lam_ctx, 0.0))]
 
 
-def tune_priors(val: dict, use_corpus: bool, use_context: bool, grid=DEFAULT_GRID, rounds: int = 3):
-    """(λ_sparse, λ_dense, λ_context) minimising validation NLL by coordinate descent over ``grid``;
-    a weight whose source is off stays 0, and corpus + context weights always leave the LM some mass."""
-    lams = [0.0, 0.0, 0.0]
-    free = [i for i, on in ((0, use_corpus), (1, use_corpus), (2, use_context)) if on]
+def tune_priors(val: dict, use_corpus: bool, use_context: bool, grid=DEFAULT_GRID, rounds: int = 3) -> np.ndarray:
+    """Mixture weights (corpus per sparse/dense and suffix bucket, context per suffix bucket) minimising
+    validation NLL by coordinate descent over ``grid``; a source that is off keeps weight 0, and the
+    weights never leave the LM less than 1% of the mass."""
+    nb = len(SUFFIX_BUCKETS)
+    lams = np.zeros(3 * nb)
+    free = ([*range(2 * nb)] if use_corpus else []) + ([*range(2 * nb, 3 * nb)] if use_context else [])
     for _ in range(rounds):
         for i in free:
             best = None
             for value in grid:
-                trial = list(lams)
-                trial[i] = float(value)
-                if max(trial[0], trial[1]) + trial[2] >= 0.999:
+                trial = lams.copy()
+                trial[i] = value
+                if trial[:2 * nb].max() + trial[2 * nb:].max() > 0.99:
                     continue
-                nll = mix_nll(val["logp"], _prior_parts(val, *trial)).sum()
+                nll = mix_nll(val["logp"], _prior_parts(val, trial)).sum()
                 if best is None or nll < best[0]:
                     best = (nll, float(value))
             lams[i] = best[1]
-    return tuple(lams)
+    return lams
+
+
+def score_priors(val: dict, test: dict, source_present: bool = True, grid=DEFAULT_GRID) -> dict:
+    """{config: weights, NLL sum, tokens, bytes} on ``test`` with weights tuned on ``val``."""
+    out = {}
+    for name, corpus, context in zip(PRIOR_CONFIGS, (False, True, False, True), (False, False, True, True)):
+        if corpus and not source_present:
+            continue
+        lams = tune_priors(val, corpus, context, grid)
+        out[name] = {"lambdas": lams.tolist(), "nll": float(mix_nll(test["logp"], _prior_parts(test, lams)).sum()),
+                     "tokens": len(test["logp"]), "bytes": int(test["bytes"].sum())}
+    return out
+
+
+def _split(d: dict, lo: int, hi: int) -> dict:
+    return {k: v[lo:hi] for k, v in d.items()}
+
+
+def priors_report(test: dict, val: dict | None, source_present: bool = True, grid=DEFAULT_GRID) -> dict:
+    """Perplexity and bits per byte of each configuration on ``test``: weights tuned on ``val``, or,
+    without one, two-fold cross-fitting on ``test`` (tuned on one half, scored on the other, both ways)."""
+    if val is not None:
+        runs = [score_priors(val, test, source_present, grid)]
+    else:
+        mid = len(test["logp"]) // 2
+        first, second = _split(test, 0, mid), _split(test, mid, len(test["logp"]))
+        runs = [score_priors(first, second, source_present, grid), score_priors(second, first, source_present, grid)]
+    n = len(test["logp"])
+    out = {"tokens": n, "bytes": int(test["bytes"].sum()), "tuning": "validation" if val is not None else
+           "two-fold cross-fitting", "context_coverage": float(test["has_ctx"].mean()) if n else 0.0,
+           "corpus_coverage": float(test["has"].mean()) if n else 0.0, "configs": {}}
+    for name in runs[0]:
+        nll = sum(r[name]["nll"] for r in runs)
+        out["configs"][name] = {"ppl": float(np.exp(nll / max(n, 1))),
+                                "bits_per_byte": float(nll / np.log(2) / max(out["bytes"], 1)),
+                                "lambdas": [r[name]["lambdas"] for r in runs]}
+    return out
 
 
 def evaluate_priors(model, source, val_docs, test_docs, decode, *, window=1024, stride=512, max_suffix_len=64,
                     grid=DEFAULT_GRID, progress=False) -> dict:
     """Perplexity and bits per byte on test_docs of the LM alone, with the corpus ∞-gram prior, with
     the document's own online ∞-gram prior (lm_integration.context), and with both, every mixture
-    weight tuned on val_docs. ``decode`` turns token ids back into text (for the byte count)."""
+    weight tuned on val_docs (or cross-fitted on test_docs when val_docs is empty). ``decode`` turns
+    token ids back into text (for the byte count)."""
     kw = dict(window=window, stride=stride, max_suffix_len=max_suffix_len, progress=progress)
-    val = collect_priors(model, source, val_docs, decode, **kw)
     test = collect_priors(model, source, test_docs, decode, **kw)
-    out = {"window": window, "stride": stride, "tokens": len(test["logp"]), "bytes": test["bytes"],
-           "context_coverage": float(test["has_ctx"].mean()) if len(test["logp"]) else 0.0,
-           "corpus_coverage": float(test["has"].mean()) if len(test["logp"]) else 0.0, "configs": {}}
-    for name, corpus, context in zip(PRIOR_CONFIGS, (False, True, False, True), (False, False, True, True)):
-        if corpus and source is None:
-            continue
-        lams = tune_priors(val, corpus, context, grid)
-        nll = mix_nll(test["logp"], _prior_parts(test, *lams)).sum()
-        out["configs"][name] = {
-            "lambda_sparse": lams[0], "lambda_dense": lams[1], "lambda_context": lams[2],
-            "ppl": float(np.exp(nll / max(len(test["logp"]), 1))),
-            "bits_per_byte": float(nll / np.log(2) / max(test["bytes"], 1)),
-        }
-    return out
+    val = collect_priors(model, source, val_docs, decode, **kw) if val_docs else None
+    res = priors_report(test, val, source is not None, grid)
+    res.update(window=window, stride=stride)
+    return res
 
 
 def format_priors_table(res: dict) -> str:
     base = res["configs"]["LM alone"]["bits_per_byte"]
-    rows = ["| model | PPL | bits per byte | vs LM alone | λ corpus (sparse / dense) | λ context |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    rows = ["| model | PPL | bits per byte | vs LM alone |", "| --- | ---: | ---: | ---: |"]
     for name, r in res["configs"].items():
-        rows.append(f"| {name} | {r['ppl']:.3f} | {r['bits_per_byte']:.4f} | {100 * (r['bits_per_byte'] / base - 1):+.1f}% "
-                    f"| {r['lambda_sparse']:.2f} / {r['lambda_dense']:.2f} | {r['lambda_context']:.2f} |")
+        rows.append(f"| {name} | {r['ppl']:.3f} | {r['bits_per_byte']:.4f} | {100 * (r['bits_per_byte'] / base - 1):+.1f}% |")
     rows.append("")
-    rows.append(f"{res['tokens']:,} scored tokens, {res['bytes']:,} bytes; window {res['window']}, stride "
-                f"{res['stride']}; an estimate existed for {100 * res['corpus_coverage']:.0f}% of tokens from the "
-                f"corpus and {100 * res['context_coverage']:.0f}% from the document so far")
+    rows.append(f"{res['tokens']:,} scored tokens, {res['bytes']:,} bytes; weights by matched suffix length, "
+                f"tuning: {res['tuning']}; window {res.get('window')}, stride {res.get('stride')}; an estimate "
+                f"existed for {100 * res['corpus_coverage']:.0f}% of tokens from the corpus and "
+                f"{100 * res['context_coverage']:.0f}% from the document so far")
     return "\n".join(rows)
 
 

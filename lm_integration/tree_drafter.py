@@ -1,0 +1,233 @@
+"""Probability-guided draft trees from the corpus, the context and earlier outputs (no torch).
+
+Every candidate continuation gets an estimated probability that the model will accept it, and each
+step's draft is the tree that maximises the expected number of accepted tokens: nodes are added best
+first, by the probability that the whole path to them is accepted, while that probability is at least
+``min_path_prob`` (a node less likely than that costs more verification than it is expected to save)
+and the tree has fewer than ``max_nodes`` nodes. Where every source is unsure the draft is empty and
+the step is a plain greedy step, so drafting never makes decoding much slower than greedy.
+
+Three sources, each an exact ∞-gram distribution (the longest suffix of the text that occurred, and the
+counts of what followed it):
+
+* the corpus: an n-gram engine (``engine.NgramIndex`` or ``engine.NgramClient``; optional);
+* the context: the prompt and what has been generated so far (lm_integration.context), which knows
+  the document's own names and phrases (what prompt lookup exploits);
+* the history: outputs of earlier sequences decoded by this drafter (SuffixDecoding's global tree).
+
+A source's empirical frequency is not the model's acceptance probability, so each source is calibrated
+online: for every matched-suffix length bucket, the drafter keeps how often the source's most frequent
+token was the token the model actually produced, against how often the source said it would be, and
+scales that source's probabilities by the ratio. A token's estimate is the largest calibrated estimate
+any source gives it.
+
+``propose_tree(context, k, width, key)`` returns root-to-leaf chains, the most probable first (what
+``speculative_generate_tree`` verifies in one pass); ``propose(context, k, key)`` returns that first
+chain alone (for chain verifiers such as ``speculative_generate``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from typing import Sequence
+
+import numpy as np
+
+from lm_integration.context import ContextNgramModel
+from lm_integration.infgram import InfgramCache, estimate_from_ntd
+
+_LEN_BUCKETS = (0, 1, 2, 3, 5, 9, 17)  # matched-suffix lengths: 0, 1, 2, 3-4, 5-8, 9-16, 17+
+
+
+def _bucket(suffix_len: int) -> int:
+    return int(np.searchsorted(_LEN_BUCKETS, suffix_len, side="right")) - 1
+
+
+class _Calibration:
+    """Per (source, suffix-length bucket): observed hits of the source's top token over the hits its
+    own probabilities predicted, with a pseudo-count prior of ``prior`` observations at ratio 1."""
+
+    def __init__(self, prior: float = 4.0):
+        self.prior = prior
+        self.hits: dict[tuple[str, int], float] = {}
+        self.expected: dict[tuple[str, int], float] = {}
+
+    def scale(self, source: str, suffix_len: int) -> float:
+        key = (source, _bucket(suffix_len))
+        return (self.hits.get(key, 0.0) + self.prior) / (self.expected.get(key, 0.0) + self.prior)
+
+    def observe(self, source: str, suffix_len: int, predicted_prob: float, hit: bool) -> None:
+        key = (source, _bucket(suffix_len))
+        self.hits[key] = self.hits.get(key, 0.0) + float(hit)
+        self.expected[key] = self.expected.get(key, 0.0) + predicted_prob
+
+
+class _Sequence:
+    """One sequence's context model and how much of the context it holds."""
+
+    def __init__(self, context: list[int], max_suffix_len: int):
+        self.model = ContextNgramModel(context, max_suffix_len=max_suffix_len)
+        self.start = len(context)  # where generation began (what history receives)
+        self.last_tree: dict[tuple, dict] = {}  # path -> {source: (top token, its prob, suffix_len)}
+        self.last_len = len(context)
+
+
+class TreeDrafter:
+    """Draft trees that maximise expected accepted tokens (see module docstring).
+
+    ``source``: an NgramSource for the corpus, or None for context and history alone. ``max_nodes``:
+    draft tokens per step (the tree's size; on a CPU a pass over 16 more tokens costs little more than
+    over one, on a GPU more can pay). ``min_path_prob``: the least acceptance probability of a path worth
+    verifying. ``max_support`` caps the corpus scans (drafts only need the top continuations).
+    ``history``: also draft from earlier outputs. Pass ``tokenizer``/``model`` to refuse an index built
+    with another tokenizer.
+    """
+
+    def __init__(self, source=None, *, max_nodes: int = 16, min_path_prob: float = 0.15, max_depth: int = 16,
+                 branch: int = 3, max_suffix_len: int = 32, max_support: int | None = 2000, history: bool = True,
+                 cache: InfgramCache | None = None, tokenizer=None, model=None):
+        if source is not None:
+            from lm_integration.tokenizer_compat import check_tokenizer_compat
+
+            check_tokenizer_compat(source, tokenizer, model=model)
+        if max_nodes < 0 or not 0.0 < min_path_prob <= 1.0:
+            raise ValueError("need max_nodes >= 0 and 0 < min_path_prob <= 1")
+        self.source = source
+        self.max_nodes, self.min_path_prob, self.max_depth = int(max_nodes), float(min_path_prob), int(max_depth)
+        self.branch, self.max_suffix_len, self.max_support = int(branch), int(max_suffix_len), max_support
+        self.cache = cache if cache is not None else InfgramCache(max_entries=65536)
+        self.history = ContextNgramModel(max_suffix_len=max_suffix_len) if history else None
+        self.calibration = _Calibration()
+        self._seqs: dict[int, _Sequence] = {}
+        self.seconds = 0.0
+        self.queries = 0  # corpus queries (cache misses)
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget every sequence (their outputs stay in the history)."""
+        for seq in self._seqs.values():
+            self._retire(seq)
+        self._seqs.clear()
+
+    def _retire(self, seq: _Sequence) -> None:
+        if self.history is not None and len(seq.model) > seq.start:
+            self.history.extend(seq.model.tokens[seq.start:].tolist())
+
+    def _sync(self, context: list[int], key: int) -> _Sequence:
+        """The sequence state for ``context``: extended by the tokens added since the last call (and the
+        calibration taught by them), or started afresh when ``context`` is a new sequence."""
+        seq = self._seqs.get(key)
+        held = len(seq.model) if seq is not None else 0
+        tail = 8
+        if seq is None or len(context) < held or \
+                seq.model.tokens[max(0, held - tail):held].tolist() != context[max(0, held - tail):held]:
+            if seq is not None:
+                self._retire(seq)
+            seq = self._seqs[key] = _Sequence(context, self.max_suffix_len)
+            return seq
+        new = context[held:]
+        self._learn(seq, new)
+        seq.model.extend(new)
+        return seq
+
+    def _learn(self, seq: _Sequence, new: list[int]) -> None:
+        """Score the last tree's predictions along the path the model actually took."""
+        path: tuple = ()
+        for tok in new:
+            preds = seq.last_tree.get(path)
+            if preds is None:
+                break
+            for name, (top, prob, suffix_len) in preds.items():
+                self.calibration.observe(name, suffix_len, prob, top == tok)
+            path = path + (tok,)
+        seq.last_tree = {}
+
+    # ------------------------------------------------------------------ estimates
+    def _corpus(self, text: list[int]):
+        q = text[-self.max_suffix_len:]
+        key = (self.max_support, "inf", *q)
+        est = self.cache.get(key)
+        if est is None:
+            self.queries += 1
+            est = estimate_from_ntd(self.source.infgram_ntd(q, max_support=self.max_support))
+            self.cache.put(key, est)
+        return est.suffix_len, est.tokens, est.counts
+
+    def _estimates(self, seq: _Sequence, text: list[int]) -> tuple[dict[int, float], dict]:
+        """({token: calibrated acceptance estimate}, {source: (top, its prob, suffix_len)}) after ``text``."""
+        found = []
+        d = seq.model.infgram_ntd(text[-self.max_suffix_len:])
+        if d.prompt_count:
+            found.append(("context", d.suffix_len, d.tokens, d.counts))
+        if self.history is not None and len(self.history) > 1:
+            d = self.history.infgram_ntd(text[-self.max_suffix_len:])
+            if d.prompt_count:
+                found.append(("history", d.suffix_len, d.tokens, d.counts))
+        if self.source is not None:
+            suffix_len, tokens, counts = self._corpus(text)
+            if len(tokens):
+                found.append(("corpus", suffix_len, tokens, counts))
+        probs: dict[int, float] = {}
+        preds: dict = {}
+        for name, suffix_len, tokens, counts in found:
+            total = float(counts.sum())
+            order = np.argsort(-counts, kind="stable")[: self.branch]
+            scale = self.calibration.scale(name, suffix_len)
+            top = int(tokens[order[0]])
+            preds[name] = (top, float(counts[order[0]]) / total, suffix_len)
+            for i in order:
+                p = min(0.98, scale * float(counts[i]) / total)
+                tok = int(tokens[i])
+                if p > probs.get(tok, 0.0):
+                    probs[tok] = p
+        return probs, preds
+
+    # ------------------------------------------------------------------ drafting
+    def propose_tree(self, context: Sequence[int], k: int, width: int = 3, key: int = 0) -> list[list[int]]:
+        """Root-to-leaf chains of this step's draft tree (at most ``k`` deep, at most ``width``
+        children per node), the most probable path first; [] when nothing is likely enough."""
+        t0 = time.perf_counter()
+        context = [int(t) for t in context]
+        seq = self._sync(context, key)
+        depth_cap = min(int(k), self.max_depth)
+        chains: list[list[int]] = []
+        if depth_cap > 0 and self.max_nodes > 0:
+            chains = self._grow(seq, context, depth_cap, max(1, int(width)))
+        self.seconds += time.perf_counter() - t0
+        return chains
+
+    def _grow(self, seq: _Sequence, context: list[int], depth_cap: int, width: int) -> list[list[int]]:
+        probs, preds = self._estimates(seq, context)
+        seq.last_tree = {(): preds}
+        heap: list[tuple[float, int, tuple]] = []  # (-path prob, tie-break, path)
+        tick = 0
+        for tok, p in sorted(probs.items(), key=lambda kv: -kv[1])[:width]:
+            heapq.heappush(heap, (-p, tick, (tok,)))
+            tick += 1
+        nodes: dict[tuple, float] = {}
+        while heap and len(nodes) < self.max_nodes:
+            neg, _, path = heapq.heappop(heap)
+            if -neg < self.min_path_prob:
+                break
+            nodes[path] = -neg
+            if len(path) >= depth_cap:
+                continue
+            probs, preds = self._estimates(seq, context + list(path))
+            seq.last_tree[path] = preds
+            for tok, p in sorted(probs.items(), key=lambda kv: -kv[1])[:width]:
+                heapq.heappush(heap, (neg * p, tick, path + (tok,)))
+                tick += 1
+        leaves = [p for p in nodes if not any(len(q) == len(p) + 1 and q[:-1] == p for q in nodes)]
+        best_first = sorted(leaves, key=lambda p: (-self._chain_value(p, nodes), p))
+        return [list(p) for p in best_first]
+
+    @staticmethod
+    def _chain_value(path: tuple, nodes: dict) -> float:
+        """Expected accepted tokens along one chain: the sum of its prefixes' path probabilities."""
+        return sum(nodes[path[:i]] for i in range(1, len(path) + 1))
+
+    def propose(self, context: Sequence[int], k: int, key: int = 0) -> list[int]:
+        """The most probable chain of the draft tree (for verifiers of one chain)."""
+        chains = self.propose_tree(context, k, width=self.branch, key=key)
+        return chains[0] if chains else []
