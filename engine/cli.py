@@ -204,6 +204,7 @@ def _cmd_query(args) -> int:
         doc = index.get_doc_by_ix(int(args.text if args.text is not None else args.ids), args.max_disp_len)
         return _show_documents(index, args, {"count": 1}, [doc])
     ids = _query_ids(index, args)
+    _say_if_compiling(kind, ids, args.max_support)
     if kind == "count":
         count = index.count(ids)
         if args.json:
@@ -244,6 +245,26 @@ def _cmd_query(args) -> int:
         result = index.search_docs(ids, max_docs=args.top, max_disp_len=args.max_disp_len)
         return _show_documents(index, args, {"count": result.count}, result.documents)
     return 0
+
+
+def _say_if_compiling(kind: str, ids, max_support) -> None:
+    """One line on stderr when the kernels this query runs are not in numba's cache yet (a fresh
+    install, or new sources): compiling them takes seconds, once per machine."""
+    from engine import kernels
+    from engine.kernel_cache import COMPILE_SECONDS, compile_notice
+
+    as_list = type(ids) is list
+    base = {"infgram-prob": "prob", "infgram-ntd": "ntd"}.get(kind, kind)
+    needed = {
+        "count": [kernels.count_list] if as_list else [kernels.ids_ok, kernels.count_at],
+        "prob": [kernels.prob_list] if as_list else [kernels.ids_ok, kernels.prob_at],
+        "ntd": [kernels.ids_ok, kernels.next_tokens_ids]
+        + ([kernels.find_ranges, kernels.approx_next_keys] if max_support else []),
+        "search": [kernels.ids_ok, kernels.find_ranges, kernels.pointers_at],
+    }[base]
+    line = compile_notice(needed, "query kernels", COMPILE_SECONDS[base])
+    if line:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _show_documents(index, args, header, docs) -> int:
@@ -291,7 +312,12 @@ def _cmd_query_entry(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
+_CORE_COMMANDS = ("build", "info", "verify", "query")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; for one of _CORE_COMMANDS, just that command's (the plugin modules' imports,
+    gRPC among them, are a tenth of a second of every `ngram query`)."""
     parser = argparse.ArgumentParser(
         prog="ngram",
         description="Exact n-gram and infini-gram queries over sharded suffix-array indexes.",
@@ -302,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_build(sub)
     _add_info_verify(sub)
     _add_query(sub)
-    for name in _PLUGIN_MODULES:
+    for name in _PLUGIN_MODULES if command not in _CORE_COMMANDS else ():
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
@@ -323,7 +349,8 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -73,3 +73,41 @@ def install() -> None:
 
 
 install()
+
+
+# ------------------------------------------------------------------------------------- first use
+# Compile times of the entry kernels on a 2-core machine with an empty cache (seconds, rounded up;
+# measured with `NUMBA_CACHE_DIR=$(mktemp -d) ngram query ...`): what the notice below announces.
+COMPILE_SECONDS = {"count": 10, "prob": 15, "ntd": 15, "search": 10, "warmup": 45}
+
+
+def is_cached(dispatcher) -> bool:
+    """Whether ``dispatcher`` is compiled in this process or numba's on-disk cache holds it compiled
+    for this machine and these sources (any signature). Reads one small index file; True when unsure."""
+    if dispatcher.overloads:
+        return True
+    try:
+        from numba.core.caching import FunctionCache
+
+        index = FunctionCache(dispatcher.py_func)._cache_file._load_index()
+        magic = dispatcher.targetctx.codegen().magic_tuple()
+        return any(key[1] == magic for key in index)
+    except Exception:  # noqa: BLE001 - a numba internal changed: say nothing rather than fail
+        return True
+
+
+def compile_notice(dispatchers, what: str, seconds: int) -> str | None:
+    """A line to show before running code that will compile the uncached ``dispatchers`` first, or None."""
+    if all(is_cached(d) for d in dispatchers):
+        return None
+    return (f"compiling {what} (once per machine: later runs load them from numba's cache), "
+            f"about {seconds} s on 2 cores...")
+
+
+def query_kernels() -> list:
+    """The entry kernels NgramIndex.warmup compiles (the rest compile as their callees)."""
+    from engine import kernels
+
+    return [kernels.count_list, kernels.count_at, kernels.prob_list, kernels.prob_at, kernels.next_tokens_ids,
+            kernels.find_ranges, kernels.count_batch_keys, kernels.prob_batch_keys, kernels.approx_next_keys]
+

@@ -112,9 +112,9 @@ def shard_table(shards: list[tuple[np.ndarray, np.ndarray, int, np.ndarray]]) ->
                 raise ValueError("shard tables need contiguous arrays")
         rows.append([ds.ctypes.data, ds.shape[0], sa.ctypes.data, sa.shape[0], ps,
                      directory.ctypes.data, directory.shape[0]])
-    table = np.array(rows, dtype=np.int64).reshape(len(rows), ST_DIR_LEN + 1)
-    table.flags.writeable = False
-    return table
+    # Left writable (kernels never write it): the tables that index handles rebuild from an address
+    # are, and one array type keeps every kernel that takes a table to one compiled variant.
+    return np.array(rows, dtype=np.int64).reshape(len(rows), ST_DIR_LEN + 1)
 
 
 def _pointer_cast(element_type):
@@ -965,7 +965,7 @@ def next_token_runs(st, tw, lo_a, hi_a, depth, out_keys, out_counts):
     and the separator key mean "the document ends here". The outputs must hold the sum over
     shards of min(hi - lo, distinct keys possible); -1 when they do not (a corrupt index).
     """
-    n = 0
+    n = _ZERO()
     for s in range(st.shape[0]):
         ds, sa, ps, _ = _shard(st, s)
         n = _runs_in_range(ds, sa, ps, tw, lo_a[s], hi_a[s], depth, out_keys, out_counts, n)

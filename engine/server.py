@@ -226,6 +226,11 @@ def create_server(
     server.start()
     if warmup:
         t0 = time.perf_counter()
+        if getattr(backend, "warmup_ngrams", None) is not None:  # an index (a router has nothing to compile)
+            from engine.kernel_cache import COMPILE_SECONDS, compile_notice, query_kernels
+
+            log.info("warming up: %s", compile_notice(query_kernels(), "the query kernels",
+                                                      COMPILE_SECONDS["warmup"]) or "loading the compiled kernels")
         try:
             backend.warmup()
             # Longest matches, attribution and CNF too (an index has them; a router has nothing to compile).

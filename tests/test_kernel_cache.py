@@ -32,3 +32,36 @@ def test_stamp_follows_the_content_of_any_module(tmp_path):
     before = stamp()
     a.write_text("x = 3\n")  # same size, new content
     assert stamp() != before
+
+
+_PROBE = """
+import sys
+from numba import njit
+from engine.kernel_cache import compile_notice, is_cached
+
+@njit(cache=True)
+def twice(x):
+    return 2 * x
+
+print(is_cached(twice), compile_notice([twice], "probe kernels", 1) is not None)
+twice(3)
+print(is_cached(twice))
+"""
+
+
+def test_a_cold_cache_is_seen_and_announced(tmp_path):
+    """is_cached reads numba's index: False (and a notice) before the first compile with an empty
+    cache, True after it and in every later process."""
+    import os
+    import subprocess
+    import sys
+
+    module = tmp_path / "probe.py"
+    module.write_text(_PROBE)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([str(kernel_cache.ENGINE_DIR.parent), os.environ.get("PYTHONPATH", "")]))
+    run = [sys.executable, str(module)]
+    first = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert first == ["False", "True", "True"]
+    second = subprocess.run(run, env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert second == ["True", "False", "True"]
