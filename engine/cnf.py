@@ -23,6 +23,7 @@ document matches here when it contains every clause anywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -31,6 +32,10 @@ from engine.errors import InvalidQueryError
 from engine.results import Document
 
 DEFAULT_MAX_CLAUSE_FREQ = 1_000_000
+# Units of work between two calls of check_alive: occurrences turned into documents, and tokens
+# of candidate documents scanned (each a few ms).
+_CHECK_OCCURRENCES = 1 << 16
+_CHECK_SCAN_TOKENS = 1 << 21
 MAX_CLAUSES = 64
 MAX_TERMS_PER_CLAUSE = 256
 
@@ -83,21 +88,23 @@ def _check_cap(value, name: str) -> int:
     return int(value)
 
 
-def _clause_docs(index, clause, ranges, step: int):
-    """(global doc numbers, pointers, shards, term lengths) of every step-th occurrence of a clause."""
+def _clause_docs(index, clause, ranges, step: int, check_alive: Callable[[], None] = lambda: None):
+    """(global doc numbers, pointers, shards, term lengths) of every step-th occurrence of a clause,
+    in pieces of _CHECK_OCCURRENCES occurrences with ``check_alive()`` between them."""
     parts = []
+    piece = _CHECK_OCCURRENCES * step  # ranks per piece, a multiple of step: the same occurrences as one call
     for term, (lo, hi) in zip(clause, ranges):
         for s in range(index.num_shards):
-            width = int(hi[s] - lo[s])
-            if width <= 0:
-                continue
-            n_out = (width + step - 1) // step
-            d = np.empty(n_out, dtype=np.int64)
-            p = np.empty(n_out, dtype=np.int64)
             shard = index.shards[s]
-            n = kernels_match.range_docs(shard.table, shard.ptr_size, shard.offsets, int(lo[s]), int(hi[s]), step, d, p)
-            parts.append((d[:n] + index._doc_starts[s], p[:n], np.full(n, s, dtype=np.int64),
-                          np.full(n, len(term), dtype=np.int64)))
+            for a in range(int(lo[s]), int(hi[s]), piece):
+                check_alive()
+                b = min(int(hi[s]), a + piece)
+                n_out = (b - a + step - 1) // step
+                d = np.empty(n_out, dtype=np.int64)
+                p = np.empty(n_out, dtype=np.int64)
+                n = kernels_match.range_docs(shard.table, shard.ptr_size, shard.offsets, a, b, step, d, p)
+                parts.append((d[:n] + index._doc_starts[s], p[:n], np.full(n, s, dtype=np.int64),
+                              np.full(n, len(term), dtype=np.int64)))
     if not parts:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty, empty
@@ -112,8 +119,9 @@ def _first_per_doc(docs, ptrs, shards, lens):
     return docs[first], ptrs[first], shards[first], lens[first]
 
 
-def _scan(index, clause, doc_ixs: np.ndarray) -> np.ndarray:
-    """Mask of the documents (global numbers, ascending) that contain a term of ``clause``."""
+def _scan(index, clause, doc_ixs: np.ndarray, check_alive: Callable[[], None] = lambda: None) -> np.ndarray:
+    """Mask of the documents (global numbers, ascending) that contain a term of ``clause``, scanned
+    in groups of about _CHECK_SCAN_TOKENS tokens with ``check_alive()`` between them."""
     keys = [index._keys(t) for t in clause]
     term_keys = np.concatenate(keys)
     term_offsets = np.concatenate([[0], np.cumsum([len(k) for k in keys])]).astype(np.int64)
@@ -124,8 +132,20 @@ def _scan(index, clause, doc_ixs: np.ndarray) -> np.ndarray:
         local = (doc_ixs[sel] - index._doc_starts[s]).astype(np.int64)
         shard = index.shards[int(s)]
         found = np.empty(len(local), dtype=np.int64)
-        kernels_match.docs_containing(shard.tokenized, index.token_width, shard.offsets, local, term_keys,
-                                      term_offsets, found)
+        # Group boundaries by the documents' sizes (from the offsets, in bytes: a bound on tokens).
+        offsets = shard.offsets
+        last = len(offsets) - 1
+        ends = np.where(local < last, np.asarray(offsets[np.minimum(local + 1, last)], dtype=np.int64),
+                        len(shard.tokenized))
+        sizes = np.cumsum(np.maximum(ends - np.asarray(offsets[local], dtype=np.int64), 0) // index.token_width)
+        a = 0
+        while a < len(local):
+            check_alive()
+            b = max(a + 1, int(np.searchsorted(sizes, (sizes[a - 1] if a else 0) + _CHECK_SCAN_TOKENS, "right")))
+            b = min(b, len(local))
+            kernels_match.docs_containing(shard.tokenized, index.token_width, shard.offsets, local[a:b],
+                                          term_keys, term_offsets, found[a:b])
+            a = b
         mask[sel] = found >= 0
     return mask
 
@@ -141,7 +161,11 @@ class _Evaluation:
     lens: np.ndarray  # length of the n-gram at that occurrence
 
 
-def _evaluate(index, cnf, max_clause_freq) -> _Evaluation:
+def _evaluate(index, cnf, max_clause_freq, check_alive=None, admit=None) -> _Evaluation:
+    """The matching documents. ``admit(occurrences=N)`` is called once the clauses' counts are
+    known and before any is enumerated, with the number of occurrences that will be turned into
+    documents (memory grows with it); ``check_alive()`` between pieces of work."""
+    check = check_alive if check_alive is not None else (lambda: None)
     clauses = _parse(index, cnf)
     max_clause_freq = _check_cap(max_clause_freq, "max_clause_freq")
     ranges, counts = [], []
@@ -167,38 +191,51 @@ def _evaluate(index, cnf, max_clause_freq) -> _Evaluation:
     else:
         enumerated = small
         step = 1
+    if admit is not None:
+        admit(occurrences=-(-counts[enumerated[0]] // step) + sum(counts[i] for i in enumerated[1:]))
     anchor = enumerated[0]
-    docs, ptrs, shards, lens = _first_per_doc(*_clause_docs(index, clauses[anchor], ranges[anchor], step))
+    docs, ptrs, shards, lens = _first_per_doc(*_clause_docs(index, clauses[anchor], ranges[anchor], step, check))
     for i in enumerated[1:]:
-        other = np.unique(_clause_docs(index, clauses[i], ranges[i], 1)[0])
+        check()
+        other = np.unique(_clause_docs(index, clauses[i], ranges[i], 1, check)[0])
         keep = np.isin(docs, other, assume_unique=True)
         docs, ptrs, shards, lens = docs[keep], ptrs[keep], shards[keep], lens[keep]
     scanned = tuple(i for i in range(len(clauses)) if i not in enumerated)
     for i in sorted(scanned, key=lambda i: counts[i]):
         if len(docs) == 0:
             break
-        keep = _scan(index, clauses[i], docs)
+        keep = _scan(index, clauses[i], docs, check)
         docs, ptrs, shards, lens = docs[keep], ptrs[keep], shards[keep], lens[keep]
     return _Evaluation(counts_t, scanned, approx, docs, ptrs, shards, lens)
 
 
-def count_cnf(index, cnf, max_clause_freq: int = DEFAULT_MAX_CLAUSE_FREQ) -> CnfResult:
-    """How many documents contain, for every clause, at least one of its n-grams."""
-    ev = _evaluate(index, cnf, max_clause_freq)
+def count_cnf(index, cnf, max_clause_freq: int = DEFAULT_MAX_CLAUSE_FREQ, *,
+              check_alive: Callable[[], None] | None = None, admit: Callable[..., None] | None = None) -> CnfResult:
+    """How many documents contain, for every clause, at least one of its n-grams.
+
+    ``check_alive()`` is called between pieces of work (an exception it raises stops the call);
+    ``admit(occurrences=N)`` before the clauses are enumerated (see _evaluate)."""
+    ev = _evaluate(index, cnf, max_clause_freq, check_alive, admit)
     return CnfResult(len(ev.docs), ev.approx, ev.counts, ev.scanned, ev.docs)
 
 
 def search_docs_cnf(index, cnf, max_docs: int = 10, max_clause_freq: int = DEFAULT_MAX_CLAUSE_FREQ,
-                    max_disp_len: int = 1000) -> CnfResult:
+                    max_disp_len: int = 1000, *, check_alive: Callable[[], None] | None = None,
+                    admit: Callable[..., None] | None = None) -> CnfResult:
     """The matching documents with the lowest numbers (at most ``max_docs``), each a window of
-    ``max_disp_len`` tokens around an occurrence of the rarest enumerated clause."""
+    ``max_disp_len`` tokens around an occurrence of the rarest enumerated clause (``check_alive``
+    and ``admit`` as in count_cnf)."""
     if isinstance(max_docs, bool) or not isinstance(max_docs, (int, np.integer)) or max_docs < 0:
         raise InvalidQueryError("max_docs must be a non-negative int")
     max_disp_len = index._check_disp_len(max_disp_len)
-    ev = _evaluate(index, cnf, max_clause_freq)
+    ev = _evaluate(index, cnf, max_clause_freq, check_alive, admit)
     take = min(int(max_docs), len(ev.docs))
-    documents = [index._doc_at_ptr(int(ev.shards[i]), int(ev.ptrs[i]), max_disp_len, needle_len=int(ev.lens[i]))
-                 for i in range(take)]
+    documents = []
+    for i in range(take):
+        if check_alive is not None:
+            check_alive()
+        documents.append(index._doc_at_ptr(int(ev.shards[i]), int(ev.ptrs[i]), max_disp_len,
+                                           needle_len=int(ev.lens[i])))
     return CnfResult(len(ev.docs), ev.approx, ev.counts, ev.scanned, ev.docs[:take].copy(), documents)
 
 

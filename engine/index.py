@@ -698,11 +698,12 @@ class NgramIndex:
 
         return creativity(self, text, n, max_len)
 
-    def count_cnf(self, cnf, max_clause_freq: int | None = None):
-        """Documents containing, for every clause (an OR of n-grams), one of its n-grams (engine.cnf)."""
+    def count_cnf(self, cnf, max_clause_freq: int | None = None, **kwargs):
+        """Documents containing, for every clause (an OR of n-grams), one of its n-grams (engine.cnf;
+        ``check_alive`` / ``admit`` callbacks as engine.cnf.count_cnf takes them)."""
         from engine.cnf import DEFAULT_MAX_CLAUSE_FREQ, count_cnf
 
-        return count_cnf(self, cnf, DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq)
+        return count_cnf(self, cnf, DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq, **kwargs)
 
     def warmup_ngrams(self) -> None:
         """Compile (or load from numba's cache) the kernels of the block above; a server may call it
@@ -713,12 +714,13 @@ class NgramIndex:
         self.search_docs_cnf([[probe], [probe]], max_docs=1, max_clause_freq=1)
 
     def search_docs_cnf(self, cnf, max_docs: int = 10, max_clause_freq: int | None = None,
-                        max_disp_len: int = DEFAULT_MAX_DISP_LEN):
+                        max_disp_len: int = DEFAULT_MAX_DISP_LEN, **kwargs):
         """The first max_docs documents matching a CNF query, with the exact count (engine.cnf)."""
         from engine.cnf import DEFAULT_MAX_CLAUSE_FREQ, search_docs_cnf
 
         return search_docs_cnf(self, cnf, max_docs,
-                               DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq, max_disp_len)
+                               DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq, max_disp_len,
+                               **kwargs)
 
 
 class _DeferredTokenizer:

@@ -13,6 +13,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -190,13 +191,21 @@ def maximal_spans(lengths: np.ndarray) -> np.ndarray:
 
 def attribute(index, text, min_len: int = 8, max_count: int | None = None, *,
               max_docs: int = DEFAULT_MAX_DOCS_PER_SPAN, max_disp_len: int = 100, creativity_n: int | None = None,
-              max_len: int | None = None) -> Attribution:
+              max_len: int | None = None, check_alive: Callable[[], None] | None = None,
+              admit: Callable[..., None] | None = None) -> Attribution:
     """Trace a text back to the index, the way OLMoTrace does: the maximal spans of at least
     ``min_len`` tokens that occur in the index (a span is maximal when it cannot be extended on
     either side and still occur), optionally only those with at most ``max_count`` occurrences
     (long, rare spans are the telling ones), each with up to ``max_docs`` distinct source documents
     (windows of ``max_disp_len`` tokens around an occurrence), plus the creativity score at
-    ``creativity_n`` (default ``min_len``)."""
+    ``creativity_n`` (default ``min_len``).
+
+    The longest-match pass is bounded by the text's length; fetching documents is the long part
+    (up to ``max_docs`` per span). Before it, ``admit(documents=D, tokens=T)`` is called with upper
+    bounds of the documents and document tokens the answer will hold (a server refuses there what
+    it cannot afford, by raising); ``check_alive()`` is called before every document fetched, and
+    an exception it raises stops the call.
+    """
     ids = index._ids(text, allow_empty=False, name="text")
     min_len = _positive(min_len, "min_len")
     if max_count is not None:
@@ -207,13 +216,22 @@ def attribute(index, text, min_len: int = 8, max_count: int | None = None, *,
     creativity_n = min_len if creativity_n is None else _positive(creativity_n, "creativity_n")
     res = _pass(index, ids, _check_max_len(max_len))
     lengths, counts = res["lengths"], res["counts"]
+    ends = maximal_spans(lengths)
+    keep = lengths[ends] >= min_len
+    if max_count is not None:
+        keep &= counts[ends] <= max_count
+    ends = ends[keep]
+    if admit is not None:
+        # A span brings at most max_docs documents, at most as many as it has occurrences or as
+        # the index has documents; each is a window of at most max_disp_len tokens.
+        per_span = np.minimum(np.minimum(counts[ends], max_docs), index.num_docs)
+        documents = int(per_span.sum())
+        admit(documents=documents, tokens=documents * min(max_disp_len, max(index.num_tokens, 1)))
     spans = []
-    for j in maximal_spans(lengths):
+    for j in ends:
         length = int(lengths[j])
         count = int(counts[j])
-        if length < min_len or (max_count is not None and count > max_count):
-            continue
-        docs = _span_documents(index, res["lo"][j], res["hi"][j], length, max_docs, max_disp_len)
+        docs = _span_documents(index, res["lo"][j], res["hi"][j], length, max_docs, max_disp_len, check_alive)
         start = int(j) - length + 1
         spans.append(AttributedSpan(start, int(j) + 1, count, ids[start:int(j) + 1].copy(), docs))
     matches = LongestMatches(ids, lengths, counts)
@@ -227,7 +245,7 @@ def _positive(value, name: str) -> int:
 
 
 def _span_documents(index, lo: np.ndarray, hi: np.ndarray, length: int, max_docs: int,
-                    max_disp_len: int) -> list[Document]:
+                    max_disp_len: int, check_alive: Callable[[], None] | None = None) -> list[Document]:
     """Up to max_docs distinct documents holding the occurrences in the ranges, in rank order
     (looking at no more than 8 * max_docs occurrences)."""
     docs: list[Document] = []
@@ -238,6 +256,8 @@ def _span_documents(index, lo: np.ndarray, hi: np.ndarray, length: int, max_docs
             if len(docs) >= max_docs or budget <= 0:
                 return docs
             budget -= 1
+            if check_alive is not None:
+                check_alive()
             doc = index._doc_at_rank(s, rank, max_disp_len, needle_len=length)
             if doc.doc_ix not in seen:
                 seen.add(doc.doc_ix)

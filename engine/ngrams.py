@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -162,8 +163,9 @@ class _PassAborted(Exception):
 
 
 def _run_pass(index, n_min: int, n_max: int, threshold: int, sink: _RowSink, chunk_rows: int,
-              progress: bool, desc: str) -> None:
-    """Walk every n-gram with count >= threshold into ``sink``; raise _PassAborted when it is full."""
+              progress: bool, desc: str, check_alive: Callable[[], None] | None = None) -> None:
+    """Walk every n-gram with count >= threshold into ``sink``; raise _PassAborted when it is full.
+    ``check_alive`` is called after every chunk of rows (one kernel call)."""
     tw = index.token_width
     sep_key = index.separator_id
     out_paths = np.empty((chunk_rows, n_max), dtype=np.int64)
@@ -184,6 +186,8 @@ def _run_pass(index, n_min: int, n_max: int, threshold: int, sink: _RowSink, chu
                 *index._search, sep_key, paths, depths, batch["lo"], batch["hi"],
                 batch["counts"], i, n_min, n_max, threshold, out_paths, out_counts, False)
             sink.add(out_paths[:rows], out_counts[:rows])
+            if check_alive is not None:
+                check_alive()
             if sink.full:
                 raise _PassAborted()
             if top_level:
@@ -212,7 +216,8 @@ def _run_pass(index, n_min: int, n_max: int, threshold: int, sink: _RowSink, chu
 
 
 # ---------------------------------------------------------------------------------------- ordering
-def _final_order(sink: _RowSink, threshold: int, keep: int, directory: Path, chunk_rows: int) -> np.ndarray:
+def _final_order(sink: _RowSink, threshold: int, keep: int, directory: Path, chunk_rows: int,
+                 check_alive: Callable[[], None] | None = None) -> np.ndarray:
     """Permutation (memory-mapped) of the first ``keep`` rows in (count desc, file order) order,
     over rows with count >= threshold: a stable counting sort by count."""
     values = sink.hist_values[sink.hist_values >= threshold][::-1]  # descending
@@ -223,6 +228,8 @@ def _final_order(sink: _RowSink, threshold: int, keep: int, directory: Path, chu
     counts_mm = np.memmap(sink.counts_path, dtype=np.int64, mode="r") if sink.rows else np.zeros(0, np.int64)
     neg_values = -values  # ascending, for searchsorted
     for a in range(0, sink.rows, chunk_rows):
+        if check_alive is not None:
+            check_alive()
         c = np.asarray(counts_mm[a:a + chunk_rows])
         idx = np.flatnonzero(c >= threshold)
         if len(idx) == 0:
@@ -241,21 +248,26 @@ def _final_order(sink: _RowSink, threshold: int, keep: int, directory: Path, chu
     return order
 
 
-def _write_table(sink: _RowSink, order: np.ndarray, out: Path, meta: dict, chunk_rows: int) -> None:
+def _write_table(sink: _RowSink, order: np.ndarray, out: Path, meta: dict, chunk_rows: int,
+                 check_alive: Callable[[], None] | None = None) -> None:
     keep = len(order)
+    check = check_alive if check_alive is not None else (lambda: None)
     rows_mm = (np.memmap(sink.rows_path, dtype=np.uint32, mode="r").reshape(-1, sink.n_max)
                if sink.rows else np.zeros((0, sink.n_max), np.uint32))
     counts_mm = np.memmap(sink.counts_path, dtype=np.int64, mode="r") if sink.rows else np.zeros(0, np.int64)
     with NgramTableWriter(out, keep, meta) as w:
         w.write_counts(np.zeros(0, dtype=np.int64))
         for a in range(0, keep, chunk_rows):
+            check()
             w.write_counts(counts_mm[np.asarray(order[a:a + chunk_rows])])
         w.write_lengths(np.zeros(0, dtype=np.int64))
         for a in range(0, keep, chunk_rows):
+            check()
             rows = rows_mm[np.asarray(order[a:a + chunk_rows])]
             w.write_lengths((rows != PAD).sum(axis=1))
         w.write_tokens(np.zeros(0, dtype=np.uint32))
         for a in range(0, keep, chunk_rows):
+            check()
             rows = rows_mm[np.asarray(order[a:a + chunk_rows])]
             w.write_tokens(rows[rows != PAD])
 
@@ -264,7 +276,7 @@ def _write_table(sink: _RowSink, order: np.ndarray, out: Path, meta: dict, chunk
 def frequent_ngrams(index, n_min: int = 1, n_max: int | None = None, *, min_count: int | None = None,
                     top_k: int | None = None, out: str | os.PathLike | None = None, progress: bool = False,
                     chunk_rows: int = DEFAULT_CHUNK_ROWS, tmp_dir: str | os.PathLike | None = None,
-                    kind: str = "frequent_ngrams") -> NgramTable:
+                    kind: str = "frequent_ngrams", check_alive: Callable[[], None] | None = None) -> NgramTable:
     """Every n-gram (n_min <= n <= n_max) with count >= ``min_count``, or the ``top_k`` most frequent
     (among those with count >= ``min_count``, default 1), exact over all shards.
 
@@ -273,6 +285,11 @@ def frequent_ngrams(index, n_min: int = 1, n_max: int | None = None, *, min_coun
     there (see engine.ngram_table for the format) and returned memory-mapped; without it the
     table is returned in memory. Memory stays bounded by ``chunk_rows`` rows plus the walk's stack;
     temporary files go to ``tmp_dir`` (default: next to ``out``, else the system temp dir).
+
+    ``check_alive``: called between chunks of work (every ``chunk_rows`` rows walked, sorted or
+    written); an exception it raises stops the computation (temporary files are removed) and
+    propagates. A server passes one that raises at the call's deadline, when the client leaves or
+    at shutdown, so that smaller ``chunk_rows`` means a prompter stop.
     """
     n_min, n_max = _check_n(n_min, n_min if n_max is None else n_max)
     if min_count is None and top_k is None:
@@ -292,7 +309,8 @@ def frequent_ngrams(index, n_min: int = 1, n_max: int | None = None, *, min_coun
         if top_k is None:
             sink = _RowSink(work, n_max, index.token_width, True, None)
             try:
-                _run_pass(index, n_min, n_max, floor, sink, chunk_rows, progress, f"n-grams >= {floor}")
+                _run_pass(index, n_min, n_max, floor, sink, chunk_rows, progress, f"n-grams >= {floor}",
+                          check_alive)
             finally:
                 sink.close()
             threshold = floor
@@ -300,7 +318,7 @@ def frequent_ngrams(index, n_min: int = 1, n_max: int | None = None, *, min_coun
             passes.append({"threshold": floor, "rows": sink.rows})
         else:
             sink, threshold, keep = _top_k_passes(index, n_min, n_max, floor, top_k, work, chunk_rows, progress,
-                                                  passes)
+                                                  passes, check_alive)
         meta = {
             "kind": kind, "n_min": n_min, "n_max": n_max, "min_count": floor, "threshold": threshold,
             "top_k": top_k, "num_tokens": index.num_tokens, "num_docs": index.num_docs,
@@ -308,10 +326,10 @@ def frequent_ngrams(index, n_min: int = 1, n_max: int | None = None, *, min_coun
             "index_paths": [str(p) for p in index.paths], "order": "count desc, then token ids",
             "passes": passes,
         }
-        order = _final_order(sink, threshold, keep, work, chunk_rows)
+        order = _final_order(sink, threshold, keep, work, chunk_rows, check_alive)
         target = out_path if out_path is not None else work / "result.npz"
         meta["seconds"] = round(time.time() - started, 3)
-        _write_table(sink, order, target, meta, chunk_rows)
+        _write_table(sink, order, target, meta, chunk_rows, check_alive)
         del order
         if out_path is not None:
             return NgramTable.open(target, mmap=True)
@@ -320,7 +338,7 @@ def frequent_ngrams(index, n_min: int = 1, n_max: int | None = None, *, min_coun
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _top_k_passes(index, n_min, n_max, floor, top_k, work, chunk_rows, progress, passes):
+def _top_k_passes(index, n_min, n_max, floor, top_k, work, chunk_rows, progress, passes, check_alive=None):
     """Find C* (the top_k-th largest count, at least ``floor``) and keep the rows of a pass at or
     below it. Returns (sink, C*, rows to keep)."""
     max_rows = max(4 * top_k, top_k + 4 * chunk_rows)
@@ -331,7 +349,8 @@ def _top_k_passes(index, n_min, n_max, floor, top_k, work, chunk_rows, progress,
         sink = _RowSink(work, n_max, index.token_width, True, max_rows)
         aborted = False
         try:
-            _run_pass(index, n_min, n_max, guess, sink, chunk_rows, progress, f"top {top_k}: n-grams >= {guess}")
+            _run_pass(index, n_min, n_max, guess, sink, chunk_rows, progress, f"top {top_k}: n-grams >= {guess}",
+                      check_alive)
         except _PassAborted:
             aborted = True
         finally:
