@@ -109,7 +109,8 @@ def _add_build(sub) -> None:
 def _open(args):
     from engine.index import NgramIndex
 
-    return NgramIndex.open(args.index, load=getattr(args, "load", "mmap"))
+    opened = getattr(args, "opened", None)
+    return opened if opened is not None else NgramIndex.open(args.index, load=getattr(args, "load", "mmap"))
 
 
 def _cmd_info(args) -> int:
@@ -302,9 +303,8 @@ def _add_query(sub) -> None:
 
 def _cmd_query_entry(args) -> int:
     if args.cont_text is not None:
-        from engine.index import NgramIndex
-
-        ids = NgramIndex.open(args.index).tokenize(args.cont_text)
+        args.opened = _open(args)  # _cmd_query uses it too (one open, one tokenizer load)
+        ids = args.opened.tokenize(args.cont_text)
         if len(ids) == 0:
             raise NgramError("--cont-text tokenizes to nothing")
         args.cont = int(ids[0])
