@@ -4,7 +4,8 @@
     ngram serve --shard-map shards.json [--port 50051]              # a router, holds no index
     ngram route shards.json [--port 50051]                          # the same router
     limits:  --max-message-bytes --max-query-tokens --max-text-bytes --max-batch-size
-             --max-results-per-stream --max-support --max-disp-len
+             --max-results-per-stream --max-support --max-disp-len --max-distinct-tokens ...
+    load:    --max-memory 8G --heavy-workers N
     secure:  --tls-cert cert.pem --tls-key key.pem   --auth-token-file token.txt
 
 engine/cli.py registers it with ``add_parsers(subparsers)``; ``python -m engine.cli_serve`` runs
@@ -32,7 +33,9 @@ _LIMIT_HELP = {
     "max_text_bytes": "most bytes of text in one query",
     "max_batch_size": "most queries in one batch request",
     "max_results_per_stream": "most documents one SearchDocuments call may return",
-    "max_support": "largest max_support a request may ask for, and the cap on 'exact' distributions (0 = none)",
+    "max_support": "largest max_support a request may ask for (0 = no cap); without one a distribution is exact",
+    "max_distinct_tokens": "most (token, count) entries in one response's distributions, bounded before the work by "
+                           "min(prompt count, vocabulary) per prompt; over it a request must ask for max_support",
     "max_disp_len": "largest max_disp_len (tokens per returned document)",
 }
 
@@ -62,7 +65,15 @@ def _configure(p: argparse.ArgumentParser, route: bool = False) -> None:
     srv = p.add_argument_group("server")
     srv.add_argument("--workers", type=int, default=None, help="RPC worker threads (default: 4 per core)")
     srv.add_argument("--max-concurrent-rpcs", type=int, default=None, help="refuse calls beyond this many in flight")
-    srv.add_argument("--grace", type=float, default=10.0, help="seconds in-flight calls get after SIGTERM (default 10)")
+    srv.add_argument("--grace", type=float, default=10.0,
+                     help="seconds in-flight calls get after SIGTERM; running work then stops, and the process "
+                          "exits within grace + 1 s (default 10)")
+    srv.add_argument("--max-memory", metavar="BYTES", default=None,
+                     help="private memory budget (e.g. 8G): calls whose estimated memory would take the server over "
+                          "it get RESOURCE_EXHAUSTED (default: no budget beyond the per-call limits)")
+    srv.add_argument("--heavy-workers", type=int, default=None,
+                     help="expensive calls (attribution, CNF, frequent n-grams, big batches) running at once; "
+                          "others wait or are refused, so cheap calls keep flowing (default: half the cores)")
     srv.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
     srv.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     srv.add_argument("--auth-token-file", metavar="FILE", help="require 'authorization: Bearer <token in FILE>'")
@@ -121,6 +132,18 @@ def run_serve(args) -> int:
         limits = ServerLimits(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServerLimits)})
     except ValueError as exc:
         return _error(args, str(exc))
+    max_memory = None
+    if args.max_memory is not None:
+        from engine.admission import parse_bytes
+
+        try:
+            max_memory = parse_bytes(args.max_memory)
+        except ValueError as exc:
+            return _error(args, f"--max-memory: {exc}")
+        if max_memory <= 0:
+            return _error(args, "--max-memory must be positive")
+    if args.heavy_workers is not None and args.heavy_workers < 1:
+        return _error(args, "--heavy-workers must be at least 1")
     token = None
     if args.auth_token_file:
         token = Path(args.auth_token_file).read_text().strip()
@@ -149,6 +172,9 @@ def run_serve(args) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             auth_token=token,
+            max_memory=max_memory,
+            heavy_workers=args.heavy_workers,
+            force_exit=True,
         )
     except (NgramError, OSError) as exc:
         print(f"ngram serve: error: {exc}", file=sys.stderr)

@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine.admission import Admission, default_heavy_slots
 from engine.service import SERVICE_NAME, NgramServicer, ServerLimits, add_to_server
 
 __all__ = ["create_server", "NgramServer", "serve", "default_max_workers", "BearerTokenInterceptor"]
@@ -137,10 +138,23 @@ class NgramServer:
             self._watcher.start()
 
     def shutdown(self, grace: float | None = 10.0) -> None:
-        """Health goes NOT_SERVING, new calls are refused, in-flight calls get ``grace`` seconds."""
+        """Health goes NOT_SERVING, new calls are refused, in-flight calls get ``grace`` seconds;
+        then gRPC cancels what is left and the admission's shutdown flag stops long work at its next
+        check (a few milliseconds), whether or not its client is still there."""
         self._stop_watch.set()
         self.health.enter_graceful_shutdown()
+        admission = getattr(self.servicer, "admission", None)
+        if admission is not None and grace is not None:
+            # gRPC cancels the calls at the end of the grace period; the flag goes up at the same time
+            # (work that is between two checks sees it at its next one).
+            timer = threading.Timer(max(0.0, grace), admission.shutdown.set)
+            timer.daemon = True
+            timer.start()
+        elif admission is not None:
+            admission.shutdown.set()
         self.grpc_server.stop(grace).wait()
+        if admission is not None:
+            admission.shutdown.set()
         close = getattr(self.backend, "close", None)
         if callable(close):
             try:
@@ -172,6 +186,8 @@ def create_server(
     warmup: bool = True,
     health_interval: float = 1.0,
     options: Sequence[tuple[str, Any]] = (),
+    max_memory: int | None = None,
+    heavy_workers: int | None = None,
 ) -> tuple[NgramServer, int]:
     """Build, bind and start a server for ``backend``; return (server, bound port).
 
@@ -179,6 +195,11 @@ def create_server(
     ``backend.warmup()`` (kernel compilation) has returned, then SERVING. With ``tls_cert`` and
     ``tls_key`` (PEM bytes or paths) the port serves TLS; with ``auth_token`` every call but the
     health checks needs ``authorization: Bearer <token>``.
+
+    Admission (engine.admission): ``heavy_workers`` expensive calls run at once (default: half the
+    cores), and a few more may wait, never more than leaves two worker threads for cheap calls;
+    ``max_memory`` (bytes of private memory) is a budget the server stays under, refusing calls
+    that would exceed it with RESOURCE_EXHAUSTED.
     """
     limits = limits or ServerLimits()
     if (tls_cert is None) != (tls_key is None):
@@ -191,6 +212,9 @@ def create_server(
         *options,
     ]
     workers = max_workers or default_max_workers()
+    heavy = max(1, min(heavy_workers or default_heavy_slots(), workers - 1)) if workers > 1 else 1
+    # Expensive calls, running or waiting for a slot, hold worker threads: keep two for cheap calls.
+    admission = Admission(max_memory=max_memory, heavy_slots=heavy, max_waiting=max(0, workers - 2 - heavy))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ngram-rpc"),
         interceptors=interceptors,
@@ -201,6 +225,7 @@ def create_server(
     # as they came instead of decoding and re-encoding them).
     make_servicer = getattr(backend, "make_servicer", None)
     servicer = make_servicer(limits) if callable(make_servicer) else NgramServicer(backend, limits)
+    servicer.admission = admission
     add_to_server(servicer, server)
 
     health_servicer = health.HealthServicer(
@@ -241,9 +266,33 @@ def create_server(
             server.stop(0)  # a server that cannot warm up must not linger (and keep the process alive)
             raise
         log.info("warmed up in %.2fs", time.perf_counter() - t0)
+    try:
+        admission.set_baseline()  # what the server uses at rest, warmed up: the rest is the calls' budget
+    except ValueError as exc:
+        server.stop(0)
+        raise OSError(str(exc)) from None
     ngram_server.set_serving(True)
     ngram_server.start_health_watch(health_interval)
     return ngram_server, port
+
+
+def _exit_after(seconds: float) -> None:
+    """A daemon timer that ends the process (status 0) after ``seconds``, unless it ended before.
+    The worker threads of gRPC's pool are not daemons: without this, interpreter exit would wait
+    for a call that no check has stopped yet."""
+
+    def fire():
+        log.warning("exiting although calls are still running %.1fs after the signal", seconds)
+        for h in logging.getLogger().handlers:
+            try:
+                h.flush()
+            except Exception:  # pragma: no cover
+                pass
+        os._exit(0)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
 
 
 def serve(
@@ -253,9 +302,14 @@ def serve(
     *,
     grace: float = 10.0,
     ready_message: bool = True,
+    force_exit: bool = False,
     **server_kwargs,
 ) -> int:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully; return the exit status (0)."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; return the exit status (0).
+
+    With ``force_exit`` (``ngram serve``: the process is the server) the process ends at most
+    ``grace`` + 0.9 s after the signal even if a call is stuck inside one uninterruptible step:
+    long work stops at its next check once the grace period is over, and this is the backstop."""
     stop = threading.Event()
     received: list[int] = []
 
@@ -276,6 +330,8 @@ def serve(
             pass
         name = signal.Signals(received[0]).name if received else "signal"
         log.info("%s received: NOT_SERVING, finishing in-flight calls (grace %.1fs)", name, grace)
+        if force_exit:
+            _exit_after(grace + 0.9)
         server.shutdown(grace)
         log.info("stopped")
         return 0

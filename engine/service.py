@@ -10,7 +10,15 @@ wire rather than the index:
 - mapping engine errors to status codes (``status_for``); a user error is never INTERNAL;
 - deadlines and cancellation: the remaining time is published to the backend through
   ``time_left()`` (the router forwards it to its shard servers), and batches run in chunks so
-  that an expired or cancelled call stops working between chunks;
+  that an expired or cancelled call stops working between chunks; the long operations (frequent
+  n-grams, attribution, CNF) take a stop check (``check_alive``) that they call between pieces
+  of work, which raises at the deadline, when the client leaves or when the server shuts down;
+- admission (engine.admission): every call's response size and working memory are bounded
+  before the work, from what the engine knows cheaply (suffix-array range sizes, the
+  vocabulary, the request's own caps); a call over a limit is RESOURCE_EXHAUSTED naming it and
+  saying how to ask for less. Expensive calls share a bounded pool of slots so that cheap ones
+  keep flowing; a memory budget (``--max-memory``) refuses calls that would go over it.
+- distributions are exact unless the request asks for ``max_support``;
 - one access-log line per call (logger ``engine.access``): method, status, latency, peer.
 
 RPC methods are registered from the service descriptor (``add_to_server``), with a request
@@ -24,10 +32,8 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
-import inspect
 import json
 import logging
-import threading
 import time
 from typing import Any, Callable, Iterator
 
@@ -36,6 +42,7 @@ import numpy as np
 
 from engine._proto.ngram.v1 import ngram_pb2 as pb
 from engine._proto.ngram.v1 import ngram_pb2_grpc as pb_grpc
+from engine.admission import Admission, Ticket
 from engine.errors import (
     IndexFormatError,
     InvalidQueryError,
@@ -79,9 +86,12 @@ _F8 = np.dtype("<f8")
 class ServerLimits:
     """What one request may ask for. Every field is configurable from ``ngram serve``.
 
-    max_support: the largest ``max_support`` a request may ask for, and the cap applied to a
-    request that asks for an exact distribution (the result says ``approx`` when the cap was
-    reached). 0 disables the cap.
+    max_support: the largest ``max_support`` a request may ask for (0: no cap). A request that
+    does not ask for one gets the exact distribution, as in process.
+    max_distinct_tokens: the most (token, count) entries the distributions of one response may
+    hold in all, bounded before the work by min(prompt count, vocabulary) per prompt; an exact
+    answer that could hold more is RESOURCE_EXHAUSTED, telling the client to ask for max_support
+    or to split the batch.
     """
 
     max_message_bytes: int = 64 * 1024 * 1024
@@ -93,6 +103,7 @@ class ServerLimits:
     max_disp_len: int = 100_000
     max_ngram_rows: int = 1_000_000
     max_clause_freq: int = 1_000_000
+    max_distinct_tokens: int = 4_000_000
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -134,6 +145,10 @@ class _Expired(Exception):
     """The call's deadline passed or the client cancelled it: stop working."""
 
 
+class _ShuttingDown(Exception):
+    """The server is shutting down: stop working (UNAVAILABLE, another server can answer)."""
+
+
 # ------------------------------------------------------------------------------------------------
 # Status codes
 
@@ -157,6 +172,8 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, (TimeoutError, _Expired)):
         return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, _ShuttingDown):
+        return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, IndexFormatError):
         return grpc.StatusCode.DATA_LOSS
     if isinstance(exc, NgramError) and isinstance(exc, NotImplementedError):
@@ -214,7 +231,7 @@ def _fail(method: str, exc: BaseException, context, t0: float):
     if code is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method)
         detail = f"internal error ({type(exc).__name__}); see the server log"
-    elif isinstance(exc, _Expired):
+    elif isinstance(exc, (_Expired, _ShuttingDown)):
         detail = str(exc) or "deadline exceeded"
     else:
         detail = str(exc) or type(exc).__name__
@@ -294,18 +311,16 @@ def _stream(fn):
     return wrapper
 
 
-def _check_alive(context) -> None:
-    """Raise _Expired when the call's deadline has passed or the client went away."""
-    remaining = context.time_remaining()
-    if (remaining is not None and remaining <= 0) or not context.is_active():
-        raise _Expired("deadline exceeded or call cancelled; the remaining work was skipped")
-
-
-def _stop_check(context, what: str) -> Callable[[], None]:
-    """A callable that raises _Expired once the call's deadline has passed or the client left."""
+def _stop_check(context, what: str, shutdown=None) -> Callable[[], None]:
+    """A callable that raises _Expired once the call's deadline has passed or the client left, and
+    _ShuttingDown once ``shutdown`` (a threading.Event) is set. Long operations call it between
+    pieces of work (each a few milliseconds); it costs two calls into gRPC's core."""
     time_remaining, is_active = context.time_remaining, context.is_active
+    stopping = shutdown.is_set if shutdown is not None else (lambda: False)
 
     def check() -> None:
+        if stopping():
+            raise _ShuttingDown(f"the server is shutting down: {what} stopped mid-run; retry on another server")
         remaining = time_remaining()
         if (remaining is not None and remaining <= 0) or not is_active():
             raise _Expired(f"deadline exceeded or call cancelled: {what} stopped mid-run")
@@ -313,57 +328,27 @@ def _stop_check(context, what: str) -> Callable[[], None]:
     return check
 
 
-# Stopping frequent_ngrams mid-run. The engine runs the whole computation in one call; the
-# servicer needs a hook inside it. If engine.ngrams.frequent_ngrams takes ``check_alive`` (a
-# callable it calls between chunks of work, which raises to abort), the servicer passes it.
-# Until the engine has that hook, the servicer reaches the same place through the row sink that
-# every chunk of rows passes through (engine.ngrams._RowSink.add): a guarded wrapper that calls
-# the check of the RPC running on this thread, found through a context variable. Outside an RPC
-# the variable is unset and the wrapper only costs one lookup per chunk.
-_NGRAMS_CHECK: contextvars.ContextVar[Callable[[], None] | None] = contextvars.ContextVar("ngram_ngrams_check",
-                                                                                          default=None)
-_NGRAMS_HOOK_LOCK = threading.Lock()
-_NGRAMS_HOOK: str | None = None  # "kwarg", "sink" or "none", decided on first use
+# ------------------------------------------------------------------------------------------------
+# Estimates made before the work (engine.admission), in bytes. Deliberately on the high side: an
+# estimate that runs short lets a call through that the limits were meant to stop.
+
+_PACKED_ENTRY = 16  # a (token id, count) pair in a packed batch response: two int64
+_PACKED_PROMPT = 25  # per prompt: prompt count, end count, offset (int64) and approx (1 byte)
+_LIST_ENTRY = 20  # the same pair as two varints in a single distribution (at most 10 bytes each)
+_MEM_ENTRY = 112  # per entry: the engine's arrays, the packed copies, the message, its serialization
+_MEM_PROMPT = 1024  # per prompt: a result object and its arrays' headers
+_DOC_WIRE = 96  # a document's fixed fields in a message (besides its tokens and metadata)
+_DOC_MEM = 2048  # a Document, its metadata and its message
+_TOKEN_MEM = 64  # a document token: numpy, a Python int on the way into the message, the message
+_OCC_MEM = 128  # a CNF occurrence turned into a document: its arrays, sorting and intersections
+_HEAVY_BYTES = 16 << 20  # a call estimated to need more than this takes a slot of the expensive pool
+_HEAVY_ENTRIES = 1 << 16  # ... as does a distribution batch that may hold more entries than this
+_CHUNK_ENTRIES = 1 << 14  # distribution batches check the deadline after about this many entries
+_RESERVE_MIN = 1 << 20  # smaller estimates are not reserved (cheap calls stay cheap)
 
 
-def _ngrams_stop_hook() -> str:
-    """How FrequentNgrams can stop the engine mid-run: "kwarg", "sink" or "none"."""
-    global _NGRAMS_HOOK
-    if _NGRAMS_HOOK is not None:
-        return _NGRAMS_HOOK
-    with _NGRAMS_HOOK_LOCK:
-        if _NGRAMS_HOOK is not None:
-            return _NGRAMS_HOOK
-        try:
-            from engine import ngrams
-        except Exception:  # pragma: no cover - the engine always has it
-            _NGRAMS_HOOK = "none"
-            return _NGRAMS_HOOK
-        try:
-            params = inspect.signature(ngrams.frequent_ngrams).parameters
-        except (TypeError, ValueError):  # pragma: no cover
-            params = {}
-        sink = getattr(ngrams, "_RowSink", None)
-        add = getattr(sink, "add", None)
-        if "check_alive" in params:
-            _NGRAMS_HOOK = "kwarg"
-        elif callable(add):
-            if not getattr(add, "_ngram_stop_check", False):
-                def checked_add(self, *args, **kwargs):
-                    check = _NGRAMS_CHECK.get()
-                    if check is not None:
-                        check()
-                    return add(self, *args, **kwargs)
-
-                checked_add._ngram_stop_check = True
-                functools.update_wrapper(checked_add, add)
-                sink.add = checked_add
-            _NGRAMS_HOOK = "sink"
-        else:  # pragma: no cover - the engine changed; the call is only checked before and after
-            log.warning("engine.ngrams has neither a check_alive hook nor _RowSink.add: FrequentNgrams "
-                        "cannot stop mid-run at its deadline")
-            _NGRAMS_HOOK = "none"
-        return _NGRAMS_HOOK
+def _varint_len(value: int) -> int:
+    return max(1, (max(int(value), 1).bit_length() + 6) // 7)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -395,26 +380,48 @@ def _dist_proto(d: NextTokenDistribution) -> pb.TokenDistribution:
     )
 
 
+class _DistPacker:
+    """Distributions packed as they come, chunk by chunk: each chunk's result objects become a few
+    arrays at once, so a big batch never holds all of them."""
+
+    def __init__(self, with_suffix: bool):
+        self.with_suffix = with_suffix
+        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("lens", "tokens", "counts", "prompt", "end",
+                                                                    "approx", "suffix")}
+
+    def add(self, dists: list) -> None:
+        if not dists:
+            return
+        p = self.parts
+        p["lens"].append(np.fromiter((len(d.tokens) for d in dists), dtype=np.int64, count=len(dists)))
+        p["tokens"].append(np.concatenate([np.asarray(d.tokens, dtype=np.int64) for d in dists]))
+        p["counts"].append(np.concatenate([np.asarray(d.counts, dtype=np.int64) for d in dists]))
+        p["prompt"].append(np.fromiter((d.prompt_count for d in dists), dtype=np.int64, count=len(dists)))
+        p["end"].append(np.fromiter((d.end_count for d in dists), dtype=np.int64, count=len(dists)))
+        p["approx"].append(np.fromiter((bool(d.approx) for d in dists), dtype=np.uint8, count=len(dists)))
+        if self.with_suffix:
+            p["suffix"].append(np.fromiter((d.suffix_len for d in dists), dtype=np.int64, count=len(dists)))
+
+    def message(self) -> pb.PackedTokenDistributions:
+        def cat(name, dtype=np.int64):
+            parts = self.parts.pop(name)
+            return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+        lens = cat("lens")
+        offsets = np.zeros(len(lens) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        msg = pb.PackedTokenDistributions(
+            prompt_counts=_i8(cat("prompt")), end_counts=_i8(cat("end")), approx=cat("approx", np.uint8).tobytes(),
+            offsets=_i8(offsets), token_ids=_i8(cat("tokens")), counts=_i8(cat("counts")))
+        if self.with_suffix:
+            msg.suffix_lens = _i8(cat("suffix"))
+        return msg
+
+
 def _pack_dists(dists: list, with_suffix: bool) -> pb.PackedTokenDistributions:
-    n = len(dists)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    if n:
-        offsets[1:] = np.cumsum([len(d.tokens) for d in dists])
-        tokens = np.concatenate([np.asarray(d.tokens, dtype=np.int64) for d in dists])
-        counts = np.concatenate([np.asarray(d.counts, dtype=np.int64) for d in dists])
-    else:
-        tokens = counts = np.zeros(0, dtype=np.int64)
-    msg = pb.PackedTokenDistributions(
-        prompt_counts=_i8([d.prompt_count for d in dists]),
-        end_counts=_i8([d.end_count for d in dists]),
-        approx=np.array([bool(d.approx) for d in dists], dtype=np.uint8).tobytes(),
-        offsets=_i8(offsets),
-        token_ids=_i8(tokens),
-        counts=_i8(counts),
-    )
-    if with_suffix:
-        msg.suffix_lens = _i8([d.suffix_len for d in dists])
-    return msg
+    packer = _DistPacker(with_suffix)
+    packer.add(list(dists))
+    return packer.message()
 
 
 def _doc_proto(doc: Document) -> pb.Document:
@@ -497,11 +504,47 @@ def _slice_packed(pq: PackedQueries, start: int, stop: int) -> PackedQueries:
 class NgramServicer(pb_grpc.NgramServiceServicer):
     """Serves ngram.v1.NgramService from ``backend`` (an NgramIndex or an NgramRouter)."""
 
-    def __init__(self, backend, limits: ServerLimits | None = None, *, batch_chunk: int = 16384):
+    def __init__(self, backend, limits: ServerLimits | None = None, *, batch_chunk: int = 16384,
+                 admission: Admission | None = None):
         self.backend = backend
         self.limits = limits or ServerLimits()
         self.batch_chunk = int(batch_chunk)
+        # Shared by every call of this servicer; create_server replaces it with the server's own.
+        self.admission = admission or Admission()
         self._info_response: pb.GetIndexInfoResponse | None = None
+
+    @property
+    def _local(self) -> bool:
+        """The backend computes here (an NgramIndex), rather than forwarding (a router, whose shard
+        servers bound and stop their own work)."""
+        return not getattr(self.backend, "forwards_deadlines", False)
+
+    # -- admission (engine.admission) -----------------------------------------------------------
+
+    def _ticket(self, context, what: str, *, heavy: bool) -> Ticket:
+        """``with self._ticket(...) as t``: a slot of the expensive pool when ``heavy`` (waiting for
+        one while the call is alive), memory reservations through ``t.reserve``, and ``t.check``,
+        the call's stop check (deadline, client gone, shutdown)."""
+        return self.admission.call(what, _stop_check(context, what, self.admission.shutdown), heavy=heavy)
+
+    def _check_response(self, nbytes: int, what: str, hint: str) -> None:
+        """Refuse, before the work, an answer that could not be sent (max_message_bytes)."""
+        cap = self.limits.max_message_bytes
+        if nbytes > cap:
+            raise LimitExceededError(
+                f"{what} could take up to {nbytes:,} bytes, over the server limit max_message_bytes={cap}; {hint}")
+
+    def _reserve_documents(self, ticket: Ticket, what: str, documents: int, tokens: int, hint: str,
+                           wire: bool = True) -> None:
+        """Admit an answer of up to ``documents`` documents of ``tokens`` tokens in all: the response
+        size (when it is one message) and the memory it takes."""
+        if wire:
+            per_token = _varint_len(self.backend.vocab_size)
+            self._check_response(documents * _DOC_WIRE + tokens * per_token,
+                                 f"{what}: an answer of up to {documents:,} documents and {tokens:,} tokens", hint)
+        need = documents * _DOC_MEM + tokens * _TOKEN_MEM
+        if need >= _RESERVE_MIN:
+            ticket.reserve(need, hint)
 
     # -- request decoding ----------------------------------------------------------------------
 
@@ -638,9 +681,10 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
         return int(request.cont_id)
 
     def _max_support(self, request) -> int | None:
+        """The request's max_support, or None: exact (never capped silently, as in process)."""
         cap = self.limits.max_support or None
         if not request.HasField("max_support"):
-            return cap
+            return None
         v = int(request.max_support)
         if v <= 0:
             raise InvalidQueryError(f"max_support must be positive, got {v}; leave it unset for an exact distribution")
@@ -658,17 +702,118 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             raise _over("max_disp_len", v, "max_disp_len", self.limits.max_disp_len)
         return v
 
-    def _chunked(self, pq: PackedQueries, context, fn: Callable[[PackedQueries], Any]) -> list:
-        """Run fn over chunks of the batch, checking the deadline between chunks."""
+    def _chunked(self, pq: PackedQueries, context, fn: Callable[[PackedQueries], Any], what: str) -> list:
+        """Run fn over chunks of the batch, checking the deadline between chunks; a batch longer than
+        one chunk is expensive and takes a slot of the pool."""
         n = len(pq)
         if n <= self.batch_chunk:
             return [fn(pq)]
         out = []
-        for start in range(0, n, self.batch_chunk):
-            if start:
-                _check_alive(context)
-            out.append(fn(_slice_packed(pq, start, min(n, start + self.batch_chunk))))
+        with self._ticket(context, what, heavy=True) as t:
+            for start in range(0, n, self.batch_chunk):
+                if start:
+                    t.check()
+                out.append(fn(_slice_packed(pq, start, min(n, start + self.batch_chunk))))
         return out
+
+    # -- distributions: exact unless max_support is asked for, bounded before the work -----------
+
+    def _entry_bounds(self, counts: np.ndarray, max_support: int | None) -> np.ndarray:
+        """Upper bounds of the (token, count) entries of each prompt's distribution: at most one per
+        occurrence and per vocabulary token; a sample (count > max_support) at most 2 * max_support
+        + 256 (engine.index's sampling reads at most that many positions)."""
+        vocab = max(1, int(self.backend.vocab_size))
+        bounds = np.minimum(np.asarray(counts, dtype=np.int64), vocab)
+        if max_support is not None:
+            bounds = np.where(counts > max_support, np.minimum(bounds, 2 * max_support + 256), bounds)
+        return bounds
+
+    def _admit_distributions(self, what: str, n: int, counts_of: Callable[[], np.ndarray],
+                             max_support: int | None, packed: bool) -> tuple[np.ndarray | None, int]:
+        """(per-prompt entry bounds or None, total bound) of ``n`` distributions, after refusing
+        answers that could exceed max_distinct_tokens or max_message_bytes. The prompts are counted
+        (``counts_of``: one batched search) only when the vocabulary alone does not settle it."""
+        lim = self.limits
+        per_entry, per_prompt = (_PACKED_ENTRY, _PACKED_PROMPT) if packed else (_LIST_ENTRY, 64)
+        vocab = max(1, int(self.backend.vocab_size))
+        cap = vocab if max_support is None else min(vocab, 2 * max_support + 256)
+        total = n * cap
+        bounds = None
+        if total > min(_HEAVY_ENTRIES, lim.max_distinct_tokens) or \
+                n * per_prompt + total * per_entry > lim.max_message_bytes:
+            bounds = self._entry_bounds(counts_of(), max_support)
+            total = int(bounds.sum())
+        if max_support is None:
+            ask = (f"ask for a sampled distribution with max_support (at most {lim.max_support or 'any'}; a "
+                   f"prompt then holds at most about 2 * max_support + 256 entries)")
+        else:
+            ask = "lower max_support"
+        ask += ", split the batch" if n > 1 else ""
+        if total > lim.max_distinct_tokens:
+            raise LimitExceededError(
+                f"{what}: the {'exact ' if max_support is None else ''}distribution{'s' if n > 1 else ''} of "
+                f"{'these ' + format(n, ',') + ' prompts' if n > 1 else 'this prompt'} may hold up to {total:,} (token, "
+                f"count) entries (per prompt: min(its count, the vocabulary of {vocab:,})), over the server limit "
+                f"max_distinct_tokens={lim.max_distinct_tokens}; {ask}, or ask the operator to raise "
+                f"--max-distinct-tokens")
+        self._check_response(n * per_prompt + total * per_entry,
+                             f"{what}: {n:,} distribution{'s' if n > 1 else ''} of up to {total:,} entries",
+                             f"{ask}, or ask the operator to raise --max-message-bytes")
+        return bounds, total
+
+    def _distributions(self, context, what: str, pq: PackedQueries, max_support: int | None, infgram: bool):
+        """The packed distributions of a batch: admitted first (size bounds, memory, a slot of the
+        expensive pool when big), then computed in chunks of about _CHUNK_ENTRIES entries with the
+        call's stop check between them."""
+        b = self.backend
+        n = len(pq)
+
+        def counts_of() -> np.ndarray:
+            if infgram:  # the count of each prompt's longest occurring suffix, which infgram_ntd uses
+                return b.infgram_prob_batch(pq, np.zeros(n, dtype=np.int64)).prompt_counts
+            return b.count_batch(pq)
+
+        bounds, total = self._admit_distributions(what, n, counts_of, max_support, packed=True)
+        fn = b.infgram_ntd_batch if infgram else b.ntd_batch
+        packer = _DistPacker(with_suffix=infgram)
+        heavy = total > _HEAVY_ENTRIES or n > self.batch_chunk
+        need = total * _MEM_ENTRY + n * _MEM_PROMPT + 2 * pq.tokens.nbytes
+        if not heavy and need < _RESERVE_MIN:
+            packer.add(fn(pq, max_support=max_support))
+            return packer.message()
+        hint = "ask for a smaller max_support or split the batch"
+        self.admission.check_fits(need, what, hint)
+        with self._ticket(context, what, heavy=heavy) as t:
+            if need >= _RESERVE_MIN:
+                t.reserve(need, hint)
+            ends = (np.cumsum(bounds) if bounds is not None else None)
+            start = 0
+            while start < n:
+                if start:
+                    t.check()
+                stop = min(n, start + self.batch_chunk)
+                if ends is not None:  # about _CHUNK_ENTRIES entries at a time, at least one prompt
+                    reached = int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _CHUNK_ENTRIES, "right"))
+                    stop = min(stop, max(start + 1, reached))
+                packer.add(fn(_slice_packed(pq, start, stop), max_support=max_support))
+                start = stop
+            t.check()
+            return packer.message()
+
+    def _distribution(self, context, what: str, prompt, max_support: int | None, infgram: bool):
+        """One prompt's distribution, refused before the work when it could exceed the limits (which
+        takes a count only when the vocabulary is larger than they allow)."""
+        b = self.backend
+
+        def counts_of() -> np.ndarray:
+            if infgram:
+                return np.array([b.infgram_prob(prompt, 0).prompt_count], dtype=np.int64)
+            return np.array([b.count(prompt)], dtype=np.int64)
+
+        self._admit_distributions(what, 1, counts_of, max_support, packed=False)
+        if infgram:
+            return b.infgram_ntd(prompt, max_support=max_support)
+        return b.ntd(prompt, max_support=max_support)
 
     # -- info and tokenization -----------------------------------------------------------------
 
@@ -715,7 +860,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     @_unary
     def _CountBatch(self, request, context):
         pq = self._batch(request, "queries")
-        parts = self._chunked(pq, context, self.backend.count_batch)
+        parts = self._chunked(pq, context, self.backend.count_batch, "CountBatch")
         counts = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return pb.CountBatchResponse(counts=_i8(counts))
 
@@ -735,23 +880,24 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
         r = self.backend.prob(prompt, self._cont_id(request))
         return pb.ProbResponse(prompt_count=int(r.prompt_count), cont_count=int(r.cont_count), prob=float(r.prob))
 
-    def _prob_batch(self, request, context, fn) -> ProbBatchResult:
+    def _prob_batch(self, request, context, fn, what: str) -> ProbBatchResult:
         pq = self._batch(request, "prompts")
         cont = self._cont_ids(request, len(pq))
         if len(pq) <= self.batch_chunk:
             return fn(pq, cont)
         parts = []
-        for start in range(0, len(pq), self.batch_chunk):
-            if start:
-                _check_alive(context)
-            stop = min(len(pq), start + self.batch_chunk)
-            parts.append(fn(_slice_packed(pq, start, stop), cont[start:stop]))
+        with self._ticket(context, what, heavy=True) as t:  # a big batch shares the expensive pool
+            for start in range(0, len(pq), self.batch_chunk):
+                if start:
+                    t.check()
+                stop = min(len(pq), start + self.batch_chunk)
+                parts.append(fn(_slice_packed(pq, start, stop), cont[start:stop]))
         cat = lambda name: None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
         return ProbBatchResult(cat("prompt_counts"), cat("cont_counts"), cat("probs"), cat("suffix_lens"))
 
     @_unary
     def _ProbBatch(self, request, context):
-        r = self._prob_batch(request, context, self.backend.prob_batch)
+        r = self._prob_batch(request, context, self.backend.prob_batch, "ProbBatch")
         return pb.ProbBatchResponse(
             prompt_counts=_i8(r.prompt_counts),
             cont_counts=_i8(r.cont_counts),
@@ -761,16 +907,15 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     @_unary
     def _NextTokenDistribution(self, request, context):
         prompt = self._query(request, "prompt")
-        d = self.backend.ntd(prompt, max_support=self._max_support(request))
+        d = self._distribution(context, "NextTokenDistribution", prompt, self._max_support(request), infgram=False)
         return pb.NextTokenDistributionResponse(distribution=_dist_proto(d))
 
     @_unary
     def _NextTokenDistributionBatch(self, request, context):
         pq = self._batch(request, "prompts")
-        ms = self._max_support(request)
-        parts = self._chunked(pq, context, lambda p: self.backend.ntd_batch(p, max_support=ms))
-        dists = [d for part in parts for d in part]
-        return pb.NextTokenDistributionBatchResponse(distributions=_pack_dists(dists, with_suffix=False))
+        packed = self._distributions(context, "NextTokenDistributionBatch", pq, self._max_support(request),
+                                     infgram=False)
+        return pb.NextTokenDistributionBatchResponse(distributions=packed)
 
     @_unary
     def _InfgramProb(self, request, context):
@@ -785,7 +930,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
 
     @_unary
     def _InfgramProbBatch(self, request, context):
-        r = self._prob_batch(request, context, self.backend.infgram_prob_batch)
+        r = self._prob_batch(request, context, self.backend.infgram_prob_batch, "InfgramProbBatch")
         return pb.InfgramProbBatchResponse(
             prompt_counts=_i8(r.prompt_counts),
             cont_counts=_i8(r.cont_counts),
@@ -796,16 +941,16 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     @_unary
     def _InfgramNextTokenDistribution(self, request, context):
         prompt = self._query(request, "prompt")
-        d: InfgramNtdResult = self.backend.infgram_ntd(prompt, max_support=self._max_support(request))
+        d: InfgramNtdResult = self._distribution(context, "InfgramNextTokenDistribution", prompt,
+                                                 self._max_support(request), infgram=True)
         return pb.InfgramNextTokenDistributionResponse(distribution=_dist_proto(d), suffix_len=int(d.suffix_len))
 
     @_unary
     def _InfgramNextTokenDistributionBatch(self, request, context):
         pq = self._batch(request, "prompts")
-        ms = self._max_support(request)
-        parts = self._chunked(pq, context, lambda p: self.backend.infgram_ntd_batch(p, max_support=ms))
-        dists = [d for part in parts for d in part]
-        return pb.InfgramNextTokenDistributionBatchResponse(distributions=_pack_dists(dists, with_suffix=True))
+        packed = self._distributions(context, "InfgramNextTokenDistributionBatch", pq, self._max_support(request),
+                                     infgram=True)
+        return pb.InfgramNextTokenDistributionBatchResponse(distributions=packed)
 
     # -- documents -----------------------------------------------------------------------------
 
@@ -817,7 +962,16 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             raise InvalidQueryError(f"max_docs must be non-negative, got {max_docs}")
         if max_docs > self.limits.max_results_per_stream:
             raise _over("max_docs", max_docs, "max_results_per_stream", self.limits.max_results_per_stream)
-        r = self.backend.search_docs(query, max_docs=max_docs, max_disp_len=self._disp_len(request))
+        disp = self._disp_len(request)
+        if max_docs * (disp * _TOKEN_MEM + _DOC_MEM) < _HEAVY_BYTES:  # the usual call: nothing to admit
+            yield from _search_messages(self.backend.search_docs(query, max_docs=max_docs, max_disp_len=disp))
+            return
+        # Up to max_docs whole windows are held at once: admitted from the query's count.
+        docs = min(max_docs, int(self.backend.count(query)))
+        with self._ticket(context, "SearchDocuments", heavy=docs * (disp * _TOKEN_MEM + _DOC_MEM) >= _HEAVY_BYTES) as t:
+            self._reserve_documents(t, "SearchDocuments", docs, docs * disp, "lower max_docs or max_disp_len",
+                                    wire=False)
+            r = self.backend.search_docs(query, max_docs=max_docs, max_disp_len=disp)
         yield from _search_messages(r)
 
     @_unary
@@ -879,24 +1033,20 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             raise _over("max_docs", n, "max_results_per_stream", self.limits.max_results_per_stream)
         return n
 
-    def _frequent_ngrams(self, context, n_min: int, n_max: int, **kwargs):
-        """backend.frequent_ngrams, stopped mid-run (DEADLINE_EXCEEDED) once the call's deadline
-        passes or the client cancels: the computation can take minutes on a large index."""
+    # Rows per chunk of the engine's frequent-n-gram walk on a server: the stop check runs after
+    # each chunk, and the walk's buffers are chunk_rows x n_max int64 (the engine's default of 1M
+    # rows is 512 MiB at n_max=64).
+    NGRAM_CHUNK_ROWS = 1 << 14
+
+    def _frequent_ngrams(self, ticket: Ticket, n_min: int, n_max: int, **kwargs):
+        """backend.frequent_ngrams, stopped mid-run once the call's deadline passes, the client
+        cancels or the server shuts down: the computation can take minutes on a large index."""
         fn = self._backend_method("frequent_ngrams")
-        check = _stop_check(context, "FrequentNgrams")
-        check()
-        if getattr(self.backend, "forwards_deadlines", False):  # a router: the shard servers stop themselves
+        ticket.check()
+        if not self._local:  # a router: the shard servers stop themselves
             return fn(n_min, n_max, **kwargs)
-        hook = _ngrams_stop_hook()
-        if hook == "kwarg":
-            table = fn(n_min, n_max, check_alive=check, **kwargs)
-        else:
-            token = _NGRAMS_CHECK.set(check)
-            try:
-                table = fn(n_min, n_max, **kwargs)
-            finally:
-                _NGRAMS_CHECK.reset(token)
-        check()
+        table = fn(n_min, n_max, check_alive=ticket.check, chunk_rows=self.NGRAM_CHUNK_ROWS, **kwargs)
+        ticket.check()
         return table
 
     @_stream
@@ -914,7 +1064,19 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             raise InvalidQueryError(f"chunk_rows must be positive, got {chunk}")
         # Keep each message under the size limit (a row is at most n_max ids, an offset and a count).
         chunk = max(1, min(chunk, self.limits.max_message_bytes // (8 * (max(n_max, 1) + 2)) - 1))
-        table = self._frequent_ngrams(context, int(request.n_min), n_max, min_count=min_count,
+        rows = cap + 1 if top_k is None else top_k
+        width = max(1, min(n_max, 64))
+        # The table in memory (counts, lengths, u32 tokens), one message's arrays and the walk's buffers.
+        need = rows * (16 + 4 * width) + min(rows, chunk) * 8 * (width + 2) * 3 + \
+            self.NGRAM_CHUNK_ROWS * 8 * (width + 1) * 3
+        hint = "lower top_k (or raise min_count) or n_max"
+        self.admission.check_fits(need, "FrequentNgrams", hint)
+        with self._ticket(context, "FrequentNgrams", heavy=True) as t:
+            t.reserve(need, hint)
+            yield from self._frequent_ngrams_messages(t, request, min_count, top_k, cap, n_max, chunk)
+
+    def _frequent_ngrams_messages(self, t: Ticket, request, min_count, top_k, cap, n_max, chunk):
+        table = self._frequent_ngrams(t, int(request.n_min), n_max, min_count=min_count,
                                       top_k=cap + 1 if top_k is None else top_k)
         if top_k is None:
             if len(table) > cap:
@@ -948,18 +1110,46 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     def _Attribute(self, request, context):
         text = self._query(request, "text")
         min_len, max_count, kwargs = self._attribute_args(request)
-        return _attribution_proto(self._backend_method("attribute")(text, min_len, max_count, **kwargs))
+        fn = self._backend_method("attribute")
+        if not self._local:
+            return _attribution_proto(fn(text, min_len, max_count, **kwargs))
+        with self._ticket(context, "Attribute", heavy=True) as t:
+            def admit(documents: int, tokens: int) -> None:  # after the longest-match pass, before any document
+                self._reserve_documents(t, "Attribute", documents, tokens,
+                                        "raise min_len, set max_count, or lower max_docs or max_disp_len")
+
+            a = fn(text, min_len, max_count, check_alive=t.check, admit=admit, **kwargs)
+            return _attribution_proto(a)
+
+    def _cnf_call(self, context, what: str, fn, cnf, freq: int, **kwargs):
+        """A CNF evaluation in the expensive pool: the occurrences it will enumerate are admitted once
+        the clauses' counts are known, and it stops at the call's stop check."""
+        if not self._local:
+            return fn(cnf, max_clause_freq=freq, **kwargs)
+        with self._ticket(context, what, heavy=True) as t:
+            docs = int(kwargs.get("max_docs", 0))
+            if docs:
+                self._reserve_documents(t, what, docs, docs * int(kwargs["max_disp_len"]),
+                                        "lower max_docs or max_disp_len", wire=False)
+
+            def admit(occurrences: int) -> None:
+                need = occurrences * _OCC_MEM
+                if need >= _RESERVE_MIN:
+                    t.reserve(need, "lower max_clause_freq (clauses over it are checked by scanning the candidate "
+                                    "documents instead), or use rarer terms")
+
+            return fn(cnf, max_clause_freq=freq, check_alive=t.check, admit=admit, **kwargs)
 
     @_unary
     def _CountCnf(self, request, context):
         cnf, freq = self._cnf(request)
-        return _count_cnf_proto(self._backend_method("count_cnf")(cnf, max_clause_freq=freq))
+        return _count_cnf_proto(self._cnf_call(context, "CountCnf", self._backend_method("count_cnf"), cnf, freq))
 
     @_stream
     def _SearchDocumentsCnf(self, request, context) -> Iterator[pb.SearchDocumentsCnfResponse]:
         cnf, freq = self._cnf(request)
-        r = self._backend_method("search_docs_cnf")(cnf, max_docs=self._max_docs(request, 10), max_clause_freq=freq,
-                                                    max_disp_len=self._disp_len(request))
+        r = self._cnf_call(context, "SearchDocumentsCnf", self._backend_method("search_docs_cnf"), cnf, freq,
+                           max_docs=self._max_docs(request, 10), max_disp_len=self._disp_len(request))
         yield from _search_cnf_messages(r)
 
 

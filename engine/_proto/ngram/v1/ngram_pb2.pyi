@@ -93,7 +93,7 @@ class Document(_message.Message):
     def __init__(self, doc_ix: _Optional[int] = ..., doc_len: _Optional[int] = ..., disp_len: _Optional[int] = ..., needle_offset: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., metadata_json: _Optional[str] = ..., shard: _Optional[int] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
-    __slots__ = ("max_message_bytes", "max_query_tokens", "max_text_bytes", "max_batch_size", "max_results_per_stream", "max_support", "max_disp_len", "max_ngram_rows", "max_clause_freq")
+    __slots__ = ("max_message_bytes", "max_query_tokens", "max_text_bytes", "max_batch_size", "max_results_per_stream", "max_support", "max_disp_len", "max_ngram_rows", "max_clause_freq", "max_distinct_tokens")
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_QUERY_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_TEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class ServerLimits(_message.Message):
     MAX_DISP_LEN_FIELD_NUMBER: _ClassVar[int]
     MAX_NGRAM_ROWS_FIELD_NUMBER: _ClassVar[int]
     MAX_CLAUSE_FREQ_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISTINCT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     max_message_bytes: int
     max_query_tokens: int
     max_text_bytes: int
@@ -112,7 +113,8 @@ class ServerLimits(_message.Message):
     max_disp_len: int
     max_ngram_rows: int
     max_clause_freq: int
-    def __init__(self, max_message_bytes: _Optional[int] = ..., max_query_tokens: _Optional[int] = ..., max_text_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_results_per_stream: _Optional[int] = ..., max_support: _Optional[int] = ..., max_disp_len: _Optional[int] = ..., max_ngram_rows: _Optional[int] = ..., max_clause_freq: _Optional[int] = ...) -> None: ...
+    max_distinct_tokens: int
+    def __init__(self, max_message_bytes: _Optional[int] = ..., max_query_tokens: _Optional[int] = ..., max_text_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_results_per_stream: _Optional[int] = ..., max_support: _Optional[int] = ..., max_disp_len: _Optional[int] = ..., max_ngram_rows: _Optional[int] = ..., max_clause_freq: _Optional[int] = ..., max_distinct_tokens: _Optional[int] = ...) -> None: ...
 
 class GetIndexInfoRequest(_message.Message):
     __slots__ = ()
