@@ -324,7 +324,10 @@ def candidates(index_dir: Path, number: int) -> list[Path]:
 
 
 def find(index_dir: Path, number: int) -> Path | None:
-    return next((p for p in candidates(index_dir, number) if p.is_file()), None)
+    beside = shard_path(index_dir, KIND, number)
+    if beside.is_file():  # the usual case: no cache key (a stat of every shard file) to compute
+        return beside
+    return next((p for p in candidates(index_dir, number)[1:] if p.is_file()), None)
 
 
 def open_directories(index_dir: Path, shards, load: str = "mmap",
