@@ -58,12 +58,17 @@ def load_corpus(name: str):
     if name == "kjv":
         train, held = split(chapters(fetch("kjv") / "kjv.jsonl"))
         return train, held, "the KJV Bible, one document per chapter, every 20th chapter held out", "kjv-train-smollm2"
+    if name == "sotu":
+        files = sorted(fetch("sotu").glob("*.txt"))
+        train, held = split([(p.stem, p.read_text(encoding="utf-8", errors="replace")) for p in files], every=10)
+        return (train, held, "233 State of the Union addresses, one document each, every 10th held out",
+                "sotu-train-smollm2")
     if name.startswith("kernel:"):
         sub = name.split(":", 1)[1]
         train, held = split(kernel_files(fetch("linux-kernel-src"), sub))
         return (train, held, f"Linux 6.1 {sub}/ .c/.h files, one document per file, every 20th file held out",
                 "kernel-" + sub.replace("/", "-") + "-train-smollm2")
-    raise SystemExit(f"unknown corpus {name!r}: use kjv or kernel:SUBDIR (e.g. kernel:sound/soc)")
+    raise SystemExit(f"unknown corpus {name!r}: use kjv, sotu or kernel:SUBDIR (e.g. kernel:sound/soc)")
 
 
 def ensure_index(train_texts, tokenizer_json: Path, root: Path, name: str):
@@ -99,7 +104,8 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
     import torch
 
     from lm_integration import HybridDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter
-    from lm_integration.speculative import SpecStats, speculative_generate
+    from lm_integration.speculative import SpecStats, speculative_generate, speculative_generate_tree
+    from lm_integration.tree_drafter import TreeDrafter
 
     def sync():
         if device.startswith("cuda"):
@@ -115,6 +121,14 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
         "hybrid (corpus + context)": lambda: HybridDrafter(index, min_count=min_count, min_prob=min_prob,
                                                            lookahead=lookahead),
     })
+    # Draft trees, verified in one pass each. One drafter per method for the whole run, reset between
+    # prompts: its history (earlier outputs) and calibration carry over, as in a serving process.
+    tree_drafters = {
+        "tree (context + history)": TreeDrafter(None, tokenizer=tok),
+        "tree (corpus + context + history)": TreeDrafter(index, tokenizer=tok, model=model),
+    }
+    for name, drafter in tree_drafters.items():
+        methods[name] = drafter
     agg = {name: SpecStats() for name in methods}
     same = {name: True for name in methods}
     for p in prompts:
@@ -125,6 +139,10 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
             t0 = time.perf_counter()
             if make is None:
                 out = model.generate(ids, max_new_tokens=new_tokens, do_sample=False)
+            elif isinstance(make, TreeDrafter):
+                make.reset()
+                out, st = speculative_generate_tree(model, make, ids, new_tokens, width=3, num_draft=num_draft,
+                                                    return_stats=True)
             else:
                 out, st = speculative_generate(model, make(), ids, new_tokens, num_draft=num_draft, return_stats=True)
             sync()
@@ -197,7 +215,7 @@ def prior_overhead(model, index, prompts, new_tokens, device, lam_s, lam_d):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpus", default="kjv", help="kjv (default) or kernel:SUBDIR, e.g. kernel:sound/soc")
+    ap.add_argument("--corpus", default="kjv", help="kjv (default), sotu, or kernel:SUBDIR, e.g. kernel:sound/soc")
     ap.add_argument("--prompts", type=int, default=8, help="held-out documents used as prompts")
     ap.add_argument("--prompt-offset", type=int, default=0, help="prompt starts this many tokens into the document")
     ap.add_argument("--with-null", action="store_true", help="also time our loop with no drafts")

@@ -166,7 +166,7 @@ class TreeDrafter:
                 found.append(("history", d.suffix_len, d.tokens, d.counts))
         if self.source is not None:
             suffix_len, tokens, counts = self._corpus(text)
-            if len(tokens):
+            if len(tokens) and suffix_len > 0:  # a 0-token match is the unigram distribution: no evidence
                 found.append(("corpus", suffix_len, tokens, counts))
         probs: dict[int, float] = {}
         preds: dict = {}

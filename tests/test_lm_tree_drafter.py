@@ -71,3 +71,26 @@ def test_trees_verify_to_greedy_and_beat_prompt_lookup_on_repeats():
     assert st.tokens_per_step > plain.tokens_per_step
     out = speculative_generate(model, TreeDrafter(src), x, 40, num_draft=8)
     assert torch.equal(out, ref)
+
+
+def test_vllm_proposer_drafts_per_request_row(tmp_path, monkeypatch):
+    # vLLM builds the proposer from its config and calls propose() with its batch arrays; the real
+    # engine runs in bench/bench_vllm.py (vLLM's CPU build lives in an environment of its own)
+    from types import SimpleNamespace
+
+    import engine
+    from lm_integration.vllm_proposer import CorpusProposer
+
+    path = engine.build_index(tmp_path / "idx", documents=[[1, 2, 3, 4, 5, 6]] * 3, vocab_size=V, workers=1)
+    monkeypatch.setenv("NGRAM_INDEX", str(path))
+    config = SimpleNamespace(speculative_config=SimpleNamespace(num_speculative_tokens=3),
+                             model_config=SimpleNamespace(max_model_len=10))
+    proposer = CorpusProposer(config)
+    proposer.load_model(object())
+    rows = np.zeros((3, 16), dtype=np.int32)
+    rows[0, :3] = [9, 1, 2]  # the corpus continues 1 2 with 3 4 5
+    rows[1, :2] = [40, 41]  # nothing known
+    rows[2, :9] = [7, 1, 2, 3, 4, 5, 6, 7, 1]  # 9 tokens of a 10-token limit: no room for a draft
+    drafts = proposer.propose([[2], [41], [1]], np.array([3, 2, 9]), rows)
+    assert drafts == [[3, 4, 5], [], []]
+    assert proposer.propose([[], [41], [1]], np.array([3, 2, 9]), rows)[0] == []  # no sampled token: skip
