@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import write_report  # noqa: E402
 from bench_lm import ensure_index, machine  # noqa: E402
 
 INDEX_CORPORA = ("shakespeare", "kjv", "moby-dick", "sotu")
@@ -79,6 +80,7 @@ def main(argv=None) -> int:
         arrays.parent.mkdir(parents=True, exist_ok=True)
         np.savez(arrays, **test)
     res = priors_report(test, None)
+    res.update(window=args.window, stride=args.stride)
     seconds = time.perf_counter() - t0
     lines = [
         "### SmolLM2-135M bits per byte on alice29.txt, with ∞-gram priors",
@@ -92,11 +94,7 @@ def main(argv=None) -> int:
         f"Nacrith (SmolLM2-135M + its online predictors): {NACRITH_BPB} bits per byte.",
     ]
     text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    write_report(text, args.out, res)
     return 0
 
 

@@ -23,6 +23,8 @@ import os
 import time
 from pathlib import Path
 
+from bench.common import write_report
+
 METHODS = ("greedy (no drafts)", "vLLM ngram", "corpus proposer (this project)")
 
 
@@ -108,11 +110,7 @@ def main(argv=None) -> int:
         lines.append(f"| {m} | {r['tokens'] / r['seconds']:.1f} | {base['seconds'] / r['seconds']:.2f}x | {tps} | "
                      f"{acc} | {r['outputs'] == base['outputs']} |")
     text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    write_report(text, args.out, results)
     return 0
 
 

@@ -293,3 +293,16 @@ def median(xs: Sequence[float]) -> float:
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def write_report(text: str, out: str | os.PathLike, raw=None) -> Path:
+    """Print a benchmark's markdown table and write it to ``out`` (with ``raw`` as JSON beside it)."""
+    import json
+
+    print(text)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    if raw is not None:
+        out.with_suffix(".json").write_text(json.dumps(raw, indent=2, default=str))
+    return out

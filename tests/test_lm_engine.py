@@ -83,14 +83,20 @@ def test_pretokenized_index_has_no_fingerprint(index):
         check_tokenizer_compat(index, None, fingerprint="x")
 
 
-@pytest.mark.smollm
-def test_smollm_tokenizer_against_index_built_with_it(tmp_path):
+@pytest.fixture
+def smollm_index(tmp_path):
+    """(model, tokenizer, an index built with SmolLM2's own tokenizer.json)."""
     model, tok = smollm_or_skip()
     from lm_integration import smollm2
 
     path = engine.build_index(tmp_path / "idx", documents=["In the beginning God created the heaven and the earth."],
                               tokenizer=str(smollm2.model_dir() / "tokenizer.json"), workers=1)
-    idx = engine.NgramIndex.open(path)
+    return model, tok, engine.NgramIndex.open(path)
+
+
+@pytest.mark.smollm
+def test_smollm_tokenizer_against_index_built_with_it(tmp_path, smollm_index):
+    model, tok, idx = smollm_index
     check_tokenizer_compat(idx, tok, model=model)
     gpt2_like = engine.build_index(tmp_path / "bytes", documents=["abc"], tokenizer="bytes", workers=1)
     with pytest.raises(Exception, match="vocabulary size differs"):
@@ -98,17 +104,14 @@ def test_smollm_tokenizer_against_index_built_with_it(tmp_path):
 
 
 @pytest.mark.smollm
-def test_smollm_padding_and_truncation_state_does_not_change_the_check(tmp_path):
+def test_smollm_padding_and_truncation_state_does_not_change_the_check(smollm_index):
     # A tokenizer once called with padding=True / truncation=True keeps that state in its backend; the
     # fingerprint must not depend on it (the index was built from the same tokenizer.json).
-    model, tok = smollm_or_skip()
-    from lm_integration import InfgramDrafter, smollm2
+    model, tok, idx = smollm_index
+    from lm_integration import InfgramDrafter
     from lm_integration.prior import InfgramLogitsProcessor
     from lm_integration.tokenizer_compat import content_fingerprint
 
-    path = engine.build_index(tmp_path / "idx", documents=["In the beginning God created the heaven and the earth."],
-                              tokenizer=str(smollm2.model_dir() / "tokenizer.json"), workers=1)
-    idx = engine.NgramIndex.open(path)
     before = content_fingerprint(tok)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
