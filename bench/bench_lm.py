@@ -117,15 +117,18 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
     methods.update({
         "prompt lookup (context only)": lambda: PromptLookupDrafter(max_ngram=3),
         "∞-gram drafter (corpus only)": lambda: InfgramDrafter(index, min_count=min_count, min_prob=min_prob,
-                                                               lookahead=lookahead),
+                                                               lookahead=lookahead, tokenizer=tok),
         "hybrid (corpus + context)": lambda: HybridDrafter(index, min_count=min_count, min_prob=min_prob,
-                                                           lookahead=lookahead),
+                                                           lookahead=lookahead, tokenizer=tok),
     })
     # Draft trees, verified in one pass each. One drafter per method for the whole run, reset between
     # prompts: its history (earlier outputs) and calibration carry over, as in a serving process.
     tree_drafters = {
-        "tree (context + history)": TreeDrafter(None, tokenizer=tok),
+        "tree (context + history)": TreeDrafter(None),
         "tree (corpus + context + history)": TreeDrafter(index, tokenizer=tok, model=model),
+        # sized as if verification were free (a GPU): more tokens per step, bigger passes
+        "tree, large (corpus + context + history)": TreeDrafter(index, tokenizer=tok, model=model, token_cost=0.0,
+                                                                max_nodes=48, min_path_prob=0.03, branch=5),
     }
     for name, drafter in tree_drafters.items():
         methods[name] = drafter
