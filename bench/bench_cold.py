@@ -3,6 +3,7 @@
     python bench/bench_cold.py                          # 300 MB of Linux C (built once, cached)
     python bench/bench_cold.py --linux-mb 1150           # about the whole kernel's C
     python bench/bench_cold.py --index DIR --heldout F   # an index you have (GPT-2 u16), held-out JSONL
+    python bench/bench_cold.py --linux-mb 1150 --shards 16   # the same corpus as 16 shards, ours only
 
 Both engines open the same index files (ours builds them, with their search directories). Before
 every timed query the index's pages are dropped: for each mapping of an index file in
@@ -19,6 +20,14 @@ Cold open: NgramIndex.open / InfiniGramEngine(...) with every index page dropped
 infini-gram runs with its default prefetching (ds_prefetch_depth=1: madvise(WILLNEED) on the pages
 its searches will visit), except for ntd, where that default reads the suffix array at rank -1 and
 may crash (tests/test_infinigram_compat.py): a second engine with ds_prefetch_depth=0 answers ntd.
+
+With ``--shards N`` the same corpus is also built as N shards (cut from the one-shard index's document
+sizes so the greedy cut gives exactly N; in its own folder ``index-Nshards``, cached) and ours is
+measured on both indexes in one run, alternating query by query: cold open, cold count (n = 2, 5,
+10) p50/p90 and bytes, warm count p50; and the N-shard index with its shards searched by a thread
+pool, one thread per shard (each thread runs kernels.find_ranges on its shard's row of the shard
+table; the kernel releases the GIL, so the shards' first page faults are in flight together).
+Writes bench/results/cold_shards.md (and .json).
 
 Writes the table to bench/results/cold.md.
 """
@@ -108,6 +117,45 @@ def ensure_index(root: Path, mb: float) -> tuple[Path, Path]:
         build_index(index, [corpus / "corpus.jsonl"], tokenizer="gpt2", progress=True)
         log(f"built in {time.perf_counter() - t0:.0f} s")
     return index, corpus / "heldout.jsonl"
+
+
+def shard_bytes_for(index_dir: Path, n: int) -> int:
+    """The smallest shard size (bytes of tokenized data) for which build_index's greedy cut of the
+    one-shard ``index_dir``'s documents gives at most ``n`` shards (exactly ``n`` in practice)."""
+    num_docs = json.loads((index_dir / "manifest.json").read_text())["shards"][0]["num_docs"]
+    width = (index_dir / "offset.0").stat().st_size // num_docs
+    offsets = np.fromfile(index_dir / "offset.0", dtype=f"<u{width}").astype(np.int64)
+    total = (index_dir / "tokenized.0").stat().st_size
+    sizes = np.diff(np.append(offsets, total))
+    ends = np.cumsum(sizes)
+
+    def shards(limit: int) -> int:
+        count, base, first = 0, 0, 0
+        while first < len(sizes):
+            end = int(np.searchsorted(ends, base + limit, side="right"))
+            count, base, first = count + 1, int(ends[end - 1]), end
+        return count
+
+    lo, hi = int(sizes.max()), total
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if shards(mid) <= n else (mid + 1, hi)
+    return lo + lo % 2
+
+
+def ensure_sharded(index_dir: Path, n: int) -> Path:
+    """The corpus of one-shard ``index_dir`` built as ``n`` shards, beside it (cached)."""
+    corpus = index_dir.parent
+    out = corpus / f"index-{n}shards"
+    if not (out / "manifest.json").exists():
+        from engine import build_index
+
+        size = shard_bytes_for(index_dir, n)
+        log(f"building {out} ({n} shards of at most {size:,} bytes of tokens)")
+        t0 = time.perf_counter()
+        build_index(out, [corpus / "corpus.jsonl"], tokenizer="gpt2", shard_bytes=size, progress=True)
+        log(f"built in {time.perf_counter() - t0:.0f} s")
+    return out
 
 
 def _spans(tokens: np.ndarray, sep: int, n: int, k: int, rng) -> list[list[int]]:
@@ -225,6 +273,86 @@ def run(index_dir: Path, heldout: Path, k: int, open_repeats: int) -> tuple[list
     return rows, raw
 
 
+class ThreadedCount:
+    """count() over an index's shards with one thread per shard (kernels.find_ranges on one row of
+    the shard table each; the kernel releases the GIL)."""
+
+    def __init__(self, index):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from engine import kernels
+
+        self.index, self.kernels = index, kernels
+        st, self.tw = index._search
+        self.rows = [np.ascontiguousarray(st[s:s + 1]) for s in range(st.shape[0])]
+        self.pool = ThreadPoolExecutor(max_workers=len(self.rows))
+
+    def _one(self, row, keys):
+        lo, hi = np.empty(1, dtype=np.int64), np.empty(1, dtype=np.int64)
+        return int(self.kernels.find_ranges(row, self.tw, keys, 0, len(keys), lo, hi))
+
+    def __call__(self, query) -> int:
+        keys = self.index._keys(np.asarray(query, dtype=np.int64))
+        return sum(self.pool.map(self._one, self.rows, [keys] * len(self.rows)))
+
+
+def run_shards(one: Path, many: Path, heldout: Path, k: int, open_repeats: int) -> tuple[list[list], dict]:
+    """Ours on the one-shard and the N-shard index of the same corpus, alternating query by query."""
+    from engine import NgramIndex
+
+    files_one, files_many = index_files(one), index_files(many)
+    for d, f in ((one, files_one), (many, files_many)):
+        log(f"{d}: {sum(p.stat().st_size for p in f):,} bytes in {len(f)} files")
+    q = make_queries(one, heldout, k)
+    log("cold open")
+    o1, on = [], []
+    for _ in range(open_repeats):
+        o1.append(cold_call(lambda: NgramIndex.open(one), (), files_one))
+        on.append(cold_call(lambda: NgramIndex.open(many), (), files_many))
+    a_idx, b_idx = NgramIndex.open(one), NgramIndex.open(many)
+    a_idx.warmup()
+    b_idx.warmup()
+    threaded = ThreadedCount(b_idx)
+    for (args,) in q["count n=5"][:20]:
+        assert a_idx.count(args) == b_idx.count(args) == threaded(args), args
+    raw: dict = {"open": {"one": _stats(o1), "many": _stats(on)}}
+    rows = [["open", *(_cell(raw["open"][w]) for w in ("one", "many")), "", _ratio(raw["open"]["many"], raw["open"]["one"])]]
+    for n in COUNT_NS:
+        name = f"count n={n}"
+        log(name)
+        a, b, c = [], [], []
+        for (args,) in q[name]:
+            a.append(cold_call(a_idx.count, (args,), files_one))
+            b.append(cold_call(b_idx.count, (args,), files_many))
+            c.append(cold_call(threaded, (args,), files_many))
+        warm = {}
+        for label, fn in (("one", a_idx.count), ("many", b_idx.count), ("threads", threaded)):
+            for (args,) in q[name]:
+                fn(args)  # pages in
+            t = []
+            for _ in range(3):
+                for (args,) in q[name]:
+                    t0 = time.perf_counter()
+                    fn(args)
+                    t.append(time.perf_counter() - t0)
+            warm[label] = float(np.percentile(t, 50)) * 1e6
+        raw[name] = {"one": _stats(a), "many": _stats(b), "threads": _stats(c), "warm_p50_us": warm}
+        rows.append([name, _cell(raw[name]["one"]), _cell(raw[name]["many"]), _cell(raw[name]["threads"]),
+                     f"{_ratio(raw[name]['many'], raw[name]['one'])} / {_ratio(raw[name]['threads'], raw[name]['one'])}",
+                     f"{fmt(warm['one'], 2)} / {fmt(warm['many'], 2)} / {fmt(warm['threads'], 2)}"])
+    rows[0].append("")
+    threaded.pool.shutdown()
+    return rows, raw
+
+
+def _cell(st: dict) -> str:
+    return f"{fmt(st['p50_ms'], 2)} / {fmt(st['p90_ms'], 2)} ms, {_kib(st['bytes_p50'])} KiB"
+
+
+def _ratio(a: dict, b: dict) -> str:
+    return f"{a['p50_ms'] / b['p50_ms']:.2f}x" if b["p50_ms"] else "n/a"
+
+
 def _kib(x: float) -> str:
     return f"{x / 1024:,.0f}" if x >= 10 * 1024 else f"{x / 1024:.1f}"
 
@@ -243,6 +371,8 @@ def main(argv=None) -> int:
     ap.add_argument("--heldout", type=Path, help="held-out JSONL (text field) for --index")
     ap.add_argument("--queries", type=int, default=100, help="cold queries per kind and engine (default 100)")
     ap.add_argument("--open-repeats", type=int, default=5, help="cold opens per engine (default 5)")
+    ap.add_argument("--shards", type=int, help="also build the corpus as this many shards and compare ours on "
+                    "the two indexes (count and open only; writes cold_shards.md)")
     ap.add_argument("--cache", type=Path, help="where corpora and indexes go (default $NGRAM_CACHE/bench_cold)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "cold.md")
     args = ap.parse_args(argv)
@@ -261,8 +391,10 @@ def main(argv=None) -> int:
     info = machine_info()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     manifest = json.loads((index_dir / "manifest.json").read_text()) if (index_dir / "manifest.json").exists() else {}
-    rows, raw = run(index_dir, heldout, args.queries, args.open_repeats)
     cmd = "python bench/bench_cold.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.shards:
+        return main_shards(args, index_dir, heldout, title, info, started, cmd)
+    rows, raw = run(index_dir, heldout, args.queries, args.open_repeats)
     text = "\n".join([
         "## Cold queries: ours vs infini-gram 2.6.0, every index page dropped before each query", "",
         f"`{cmd.strip()}` ({started}; {args.queries} queries per kind and engine, alternating).", "",
@@ -279,6 +411,40 @@ def main(argv=None) -> int:
     args.out.write_text(text)
     args.out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
     log(f"wrote {args.out}")
+    return 0
+
+
+def main_shards(args, index_dir: Path, heldout: Path, title: str, info, started: str, cmd: str) -> int:
+    many = ensure_sharded(index_dir, args.shards)
+    rows, raw = run_shards(index_dir, many, heldout, args.queries, args.open_repeats)
+
+    def describe(d: Path) -> str:
+        m = json.loads((d / "manifest.json").read_text())
+        dirs = [p for p in index_files(d) if p.name.startswith("directory.")]
+        return (f"{len(m['shards'])} shard(s), {m['num_tokens']:,} tokens, "
+                f"{sum(p.stat().st_size for p in index_files(d)):,} bytes of index files, "
+                f"{sum(p.stat().st_size for p in dirs):,} bytes of directories "
+                f"(budget {m['build'].get('directory_budget', 0) / 2**20:g} MiB per shard)")
+
+    text = "\n".join([
+        f"## Cold queries, one shard against {args.shards} shards of the same corpus (ours)", "",
+        f"`{cmd.strip()}` ({started}; {args.queries} queries per kind, the indexes alternating query by query).", "",
+        f"Machine: {machine_line(info)}.", "",
+        f"Corpus: {title}.", "",
+        f"- one shard: {describe(index_dir)}",
+        f"- {args.shards} shards: {describe(many)}", "",
+        markdown_table(["query", "one shard p50 / p90, KiB read p50", f"{args.shards} shards (one thread)",
+                        f"{args.shards} shards, a thread per shard", f"{args.shards}-shard p50 / one-shard p50",
+                        "warm p50 µs: one / many / threads"], rows), "",
+        "Cold: every page of the index's files dropped before each call. Warm: the same queries, "
+        "3 passes after one that pages them in.", "",
+    ])
+    print(text)
+    out = args.out.with_name("cold_shards.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(raw, indent=2))
+    log(f"wrote {out}")
     return 0
 
 
