@@ -379,11 +379,12 @@ def speculative_generate_tree(model, drafter, input_ids: torch.Tensor, max_new_t
     done = generated[0] in eos or max_new_tokens <= 1
     while not done:
         budget = min(num_draft, max_new_tokens - len(generated) - 1)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         chains = drafter.propose_tree(ctx + generated, budget, width=width, key=0) if budget > 0 else []
         tokens, parents = draft_trie([[int(x) for x in c[:budget]] for c in chains if c])
         dt = time.perf_counter() - t0
         stats.drafter_seconds += dt
+        stats.drafter_cpu_seconds += time.thread_time() - c0
         stats.drafter_step_seconds.append(dt)
         ids, pos, mask = _tree_block(pending, tokens, parents, cached, dtype, device)
         t0 = time.perf_counter()
