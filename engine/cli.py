@@ -94,7 +94,7 @@ def _add_build(sub) -> None:
     p.add_argument("--no-metadata", action="store_true", help="do not store per-document metadata")
     p.add_argument("--directory-budget", type=_directory_budget, metavar="BYTES",
                    help="most bytes of sampled suffixes in each shard's search directory (directory.N), e.g. 64M "
-                        "(default 64 MiB; the directory also holds 1 MiB of first-token ranges for u16 tokens)")
+                        "(default 256 MiB; the directory also holds 1 MiB of first-token ranges for u16 tokens)")
     p.add_argument("--overwrite", action="store_true", help="replace a different index already in --output")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="run shard tasks in this process pool (local) or on Ray")

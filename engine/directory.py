@@ -46,7 +46,7 @@ HEADER_BYTES = 4096
 _H_MAGIC, _H_VERSION, _H_TOKEN_WIDTH, _H_POSITIONS, _H_PTR_SIZE, _H_DS_BYTES, _H_WORDS = range(7)
 KIND = "directory"  # file name: directory.N
 SAMPLE_ENTRY_BYTES = 8 * kernels.SAMPLE_WORDS
-DEFAULT_BUDGET = kernels.MAX_SAMPLES_PER_SHARD * SAMPLE_ENTRY_BYTES  # 64 MiB of samples per shard
+DEFAULT_BUDGET = kernels.MAX_SAMPLES_PER_SHARD * SAMPLE_ENTRY_BYTES  # 256 MiB of samples per shard
 HINT_POSITIONS = 1 << 24  # shards this large log the hint at WARNING (a few seconds to build)
 _CHUNK_SAMPLES = 1 << 18
 
@@ -512,7 +512,7 @@ def add_parser(sub) -> None:
                     "infini-gram or by older versions. Without them every open reads every sampled suffix.")
     p.add_argument("index", nargs="+", help="index directory (several allowed)")
     p.add_argument("--directory-budget", type=parse_budget, default=DEFAULT_BUDGET, metavar="BYTES",
-                   help="most bytes of sampled suffixes per shard, e.g. 64M (default 64 MiB; smaller: sparser "
+                   help="most bytes of sampled suffixes per shard, e.g. 64M (default 256 MiB; smaller: sparser "
                         "samples, one more page read per search end each time it halves)")
     p.add_argument("--cache", action="store_true", help="store in the user cache even if the index is writable")
     p.add_argument("--force", action="store_true", help="rebuild directories that exist")
