@@ -77,10 +77,12 @@ class TreeDrafter:
     """Draft trees that maximise expected accepted tokens (see module docstring).
 
     ``source``: an NgramSource for the corpus, or None for context and history alone. ``max_nodes``:
-    the most draft tokens per step. ``token_cost``: what verifying one more draft token costs, as a
-    share of a whole verification pass (SmolLM2-135M on one CPU thread: about 0.03, a pass over 16 draft
-    tokens taking about 1.5 times one over a single token; on a GPU far less, so trees grow); the tree
-    stops growing where another node would lower the expected tokens per unit of cost.
+    the most draft tokens per step. ``token_cost`` and ``draft_overhead``: the cost of verifying, as
+    shares of a plain greedy step: a pass over n draft tokens costs 1 + draft_overhead + token_cost * n.
+    The defaults are SmolLM2-135M's on one CPU thread here (a greedy step 67 ms, a pass with 1 / 8 / 16 /
+    32 draft tokens about 108 / 110 / 142 / 199 ms); on a GPU both are near 0 and trees grow. The tree is
+    grown best first while a node pays at the margin, then cut to the prefix with the most expected
+    tokens per unit of cost, which is no draft at all when a greedy step does better.
     ``min_path_prob``: the least acceptance probability of a path worth verifying at all. ``max_support`` caps the corpus scans (drafts only need the top continuations).
     ``history``: also draft from earlier outputs. Pass ``tokenizer``/``model`` to refuse an index built
     with another tokenizer.
@@ -88,7 +90,8 @@ class TreeDrafter:
 
     def __init__(self, source=None, *, max_nodes: int = 32, min_path_prob: float = 0.05, max_depth: int = 16,
                  branch: int = 4, max_suffix_len: int = 32, max_support: int | None = 2000, history: bool = True,
-                 token_cost: float = 0.03, cache: InfgramCache | None = None, tokenizer=None, model=None):
+                 token_cost: float = 0.05, draft_overhead: float = 0.5, cache: InfgramCache | None = None,
+                 tokenizer=None, model=None):
         if source is not None:
             from lm_integration.tokenizer_compat import check_tokenizer_compat
 
@@ -98,9 +101,9 @@ class TreeDrafter:
         self.source = source
         self.max_nodes, self.min_path_prob, self.max_depth = int(max_nodes), float(min_path_prob), int(max_depth)
         self.branch, self.max_suffix_len, self.max_support = int(branch), int(max_suffix_len), max_support
-        if token_cost < 0:
-            raise ValueError(f"token_cost must be >= 0, got {token_cost}")
-        self.token_cost = float(token_cost)
+        if token_cost < 0 or draft_overhead < 0:
+            raise ValueError(f"token_cost and draft_overhead must be >= 0, got {token_cost}, {draft_overhead}")
+        self.token_cost, self.draft_overhead = float(token_cost), float(draft_overhead)
         self.cache = cache if cache is not None else InfgramCache(max_entries=65536)
         self.history = ContextNgramModel(max_suffix_len=max_suffix_len) if history else None
         self.calibration = _Calibration()
@@ -228,9 +231,22 @@ class TreeDrafter:
             for tok, p in sorted(probs.items(), key=lambda kv: -kv[1])[:width]:
                 heapq.heappush(heap, (neg * p, tick, path + (tok,)))
                 tick += 1
+        nodes = self._worth_verifying(nodes)
         leaves = [p for p in nodes if not any(len(q) == len(p) + 1 and q[:-1] == p for q in nodes)]
         best_first = sorted(leaves, key=lambda p: (-self._chain_value(p, nodes), p))
         return [list(p) for p in best_first]
+
+    def _worth_verifying(self, nodes: dict[tuple, float]) -> dict[tuple, float]:
+        """The prefix of the best-first nodes (each one's parent comes before it) that maximises expected
+        tokens per unit of step cost, a step with no draft costing 1 and one with n draft tokens
+        1 + draft_overhead + token_cost * n; no nodes at all when a plain greedy step does best."""
+        best_k, best_ratio, expected = 0, 1.0, 1.0
+        for k, p in enumerate(nodes.values(), start=1):
+            expected += p
+            ratio = expected / (1.0 + self.draft_overhead + self.token_cost * k)
+            if ratio > best_ratio:
+                best_k, best_ratio = k, ratio
+        return dict(list(nodes.items())[:best_k])
 
     @staticmethod
     def _chain_value(path: tuple, nodes: dict) -> float:
