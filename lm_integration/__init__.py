@@ -1,16 +1,19 @@
 """PyTorch-side consumers of the n-gram engine. Imports neither numba nor grpc.
 
-torch-free: NgramSource, tokenizer checks, ∞-gram tracking, drafters, the f-gram matcher.
+torch-free: NgramSource, tokenizer checks, ∞-gram tracking, the context's own ∞-gram model, drafters
+(TreeDrafter among them), the f-gram matcher.
 Need torch (imported on first use): InfgramLogitsProcessor, speculative_generate,
 generate_with_drafter, SconeEmbedding and friends.
 """
 
+from lm_integration.context import ContextNgramModel
 from lm_integration.drafter import ConstantDrafter, HybridDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter
 from lm_integration.errors import FgramVocabError, LMIntegrationError, TokenizerMismatchError, UnsupportedTransformersError
 from lm_integration.fgram import CausalFgramMatcher, FgramVocab, load_fgram_vocab
 from lm_integration.infgram import InfgramCache, InfgramEstimate, InfgramTracker, estimate_from_ntd
 from lm_integration.source import NgramSource
 from lm_integration.tokenizer_compat import check_tokenizer_compat, tokenizer_fingerprint
+from lm_integration.tree_drafter import TreeDrafter
 
 _LAZY = {
     "InfgramLogitsProcessor": "lm_integration.prior",
@@ -35,6 +38,7 @@ def __getattr__(name):
 __all__ = [
     "NgramSource", "check_tokenizer_compat", "tokenizer_fingerprint", "TokenizerMismatchError",
     "LMIntegrationError", "FgramVocabError", "UnsupportedTransformersError", "InfgramCache", "InfgramEstimate", "InfgramTracker", "estimate_from_ntd",
-    "InfgramDrafter", "HybridDrafter", "PromptLookupDrafter", "NullDrafter", "ConstantDrafter",
+    "InfgramDrafter", "HybridDrafter", "PromptLookupDrafter", "NullDrafter", "ConstantDrafter", "TreeDrafter",
+    "ContextNgramModel",
     "CausalFgramMatcher", "FgramVocab", "load_fgram_vocab", *_LAZY,
 ]

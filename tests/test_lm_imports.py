@@ -9,10 +9,12 @@ ROOT = Path(__file__).resolve().parents[1]
 ALL_MODULES = [
     "lm_integration", "lm_integration.source", "lm_integration.tokenizer_compat", "lm_integration.infgram",
     "lm_integration.drafter", "lm_integration.fgram", "lm_integration.prior", "lm_integration.speculative",
-    "lm_integration.eval_lm", "lm_integration.scone", "lm_integration.smollm2",
+    "lm_integration.eval_lm", "lm_integration.scone", "lm_integration.smollm2", "lm_integration.context",
+    "lm_integration.tree_drafter", "lm_integration.vllm_proposer",
 ]
 TORCH_FREE = ["lm_integration", "lm_integration.tokenizer_compat", "lm_integration.infgram",
-              "lm_integration.drafter", "lm_integration.fgram", "lm_integration.eval_lm", "lm_integration.smollm2"]
+              "lm_integration.drafter", "lm_integration.fgram", "lm_integration.eval_lm", "lm_integration.smollm2",
+              "lm_integration.context", "lm_integration.tree_drafter", "lm_integration.vllm_proposer"]
 
 
 def _run(code: str) -> str:
@@ -42,7 +44,8 @@ def test_torch_free_parts_import_without_torch():
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         f"for m in {TORCH_FREE!r}: importlib.import_module(m)\n"
-        "from lm_integration import InfgramDrafter, PromptLookupDrafter, check_tokenizer_compat, CausalFgramMatcher\n"
+        "from lm_integration import InfgramDrafter, PromptLookupDrafter, TreeDrafter, ContextNgramModel, "
+        "check_tokenizer_compat, CausalFgramMatcher\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
     )
     assert _run(code) == "[]"
