@@ -79,6 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--num-draft", type=int, default=8)
+    ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                    help="which to run (the first is the reference for 'same tokens'; default: all)")
     ap.add_argument("--out", default="bench/results/vllm.md")
     args = ap.parse_args(argv)
     if args.index:
@@ -91,8 +93,9 @@ def main(argv=None) -> int:
     need = args.prompt_offset + args.prompt_tokens
     ids = [tok.encode(t, add_special_tokens=False) for _, t in held]
     prompts = [x[args.prompt_offset:need] for x in ids if len(x) >= need][: args.prompts]
-    results = {m: run(m, args.model, prompts, args.new_tokens, args.num_draft) for m in METHODS}
-    base = results[METHODS[0]]
+    methods = [m for m in METHODS if m in args.methods]
+    results = {m: run(m, args.model, prompts, args.new_tokens, args.num_draft) for m in methods}
+    base = results[methods[0]]
     import vllm
 
     lines = [f"### vLLM {vllm.__version__} (CPU build), SmolLM2-135M, greedy, batch size 1",
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
              f"{os.getloadavg()[0]:.1f} at the end.", "",
              "| method | tokens/s | speedup | tokens per step | acceptance | same tokens as greedy |",
              "| --- | ---: | ---: | ---: | ---: | --- |"]
-    for m in METHODS:
+    for m in methods:
         r = results[m]
         s = r["spec"]
         drafts, drafted, accepted = s.get("drafts", 0), s.get("draft_tokens", 0), s.get("accepted_tokens", 0)

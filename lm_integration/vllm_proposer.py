@@ -41,6 +41,19 @@ def _open_source():
     return None
 
 
+def _model_tokenizer(vllm_config):
+    """The served model's tokenizer (a ``tokenizers.Tokenizer``) when its folder has a tokenizer.json."""
+    from pathlib import Path
+
+    folder = getattr(vllm_config.model_config, "tokenizer", None)
+    path = Path(folder) / "tokenizer.json" if folder else None
+    if path is None or not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
 class CorpusProposer:
     """vLLM custom proposer: ``propose(sampled_token_ids, num_tokens_no_spec, token_ids_cpu)`` returns a
     draft (a list of token ids, possibly empty) for every request row of the batch."""
@@ -49,7 +62,10 @@ class CorpusProposer:
         spec = vllm_config.speculative_config
         self.k = int(spec.num_speculative_tokens)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
-        self.drafter = TreeDrafter(_open_source(), max_nodes=max(self.k, 1))
+        source = _open_source()
+        # Refuse an index built with another tokenizer: vLLM's model folder holds the model's tokenizer.json.
+        self.drafter = TreeDrafter(source, max_nodes=max(self.k, 1),
+                                   tokenizer=_model_tokenizer(vllm_config) if source is not None else None)
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
         drafts: list[list[int]] = []

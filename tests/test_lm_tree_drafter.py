@@ -85,7 +85,8 @@ def test_vllm_proposer_drafts_per_request_row(tmp_path, monkeypatch):
     monkeypatch.setenv("NGRAM_INDEX", str(path))
     config = SimpleNamespace(speculative_config=SimpleNamespace(num_speculative_tokens=3),
                              model_config=SimpleNamespace(max_model_len=10))
-    proposer = CorpusProposer(config)
+    with pytest.warns(UserWarning, match="cannot check that the model fits the index"):
+        proposer = CorpusProposer(config)  # no tokenizer folder in this config
     proposer.load_model(object())
     rows = np.zeros((3, 16), dtype=np.int32)
     rows[0, :3] = [9, 1, 2]  # the corpus continues 1 2 with 3 4 5
@@ -94,3 +95,24 @@ def test_vllm_proposer_drafts_per_request_row(tmp_path, monkeypatch):
     drafts = proposer.propose([[2], [41], [1]], np.array([3, 2, 9]), rows)
     assert drafts == [[3, 4, 5], [], []]
     assert proposer.propose([[], [41], [1]], np.array([3, 2, 9]), rows)[0] == []  # no sampled token: skip
+
+
+def test_vllm_proposer_refuses_an_index_of_another_tokenizer(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import engine
+    from lm_integration import TokenizerMismatchError
+    from lm_integration.vllm_proposer import CorpusProposer
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(["[UNK]", "a", "b", "c"])},
+                                       unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    (tmp_path / "model").mkdir()
+    words.save(str(tmp_path / "model" / "tokenizer.json"))
+    path = engine.build_index(tmp_path / "idx", documents=["abc abc"], tokenizer="bytes", workers=1)
+    monkeypatch.setenv("NGRAM_INDEX", str(path))
+    config = SimpleNamespace(speculative_config=SimpleNamespace(num_speculative_tokens=3),
+                             model_config=SimpleNamespace(max_model_len=64, tokenizer=str(tmp_path / "model")))
+    with pytest.raises(TokenizerMismatchError, match="vocabulary size differs"):
+        CorpusProposer(config)
