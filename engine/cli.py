@@ -254,11 +254,10 @@ def _say_if_compiling(kind: str, ids, max_support) -> None:
     from engine import kernels
     from engine.kernel_cache import COMPILE_SECONDS, compile_notice
 
-    as_list = type(ids) is list
     base = {"infgram-prob": "prob", "infgram-ntd": "ntd"}.get(kind, kind)
     needed = {
-        "count": [kernels.count_list] if as_list else [kernels.ids_ok, kernels.count_at],
-        "prob": [kernels.prob_list] if as_list else [kernels.ids_ok, kernels.prob_at],
+        "count": [kernels.ids_ok, kernels.count_at],
+        "prob": [kernels.ids_ok, kernels.prob_at],
         "ntd": [kernels.ids_ok, kernels.next_tokens_ids]
         + ([kernels.find_ranges, kernels.approx_next_keys] if max_support else []),
         "search": [kernels.ids_ok, kernels.find_ranges, kernels.pointers_at],

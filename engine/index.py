@@ -41,6 +41,7 @@ from engine.results import (
 )
 
 _INT64 = np.dtype(np.int64)
+_BOOL_TYPES = frozenset((bool, np.bool_))
 DEFAULT_MAX_DISP_LEN = 1000
 
 
@@ -50,8 +51,6 @@ class NgramIndex:
     Open with :meth:`open`. Queries are token ids (a sequence or numpy array of ints) or text
     (a ``str``, tokenized with the index's own tokenizer). Thread-safe: kernels release the GIL.
     """
-
-    _list_ids = None  # kernels.list_ids' compiled entry point, bound by the first list query (_ids)
 
     def __init__(self, shards: list[Shard], *, token_width: int, vocab_size: int, eos_token_id: int | None,
                  tokenizer=None, manifests: list[dict | None] | None = None, paths: list[Path] | None = None,
@@ -72,12 +71,10 @@ class NgramIndex:
         # The leading arguments of every kernel over the whole index: the shard table holds the
         # addresses of the arrays above, which this object keeps alive.
         self._search = (kernels.shard_table(list(zip(self._ds, self._sa, self._ps, self._dirs))), token_width)
-        # count() and prob() take the index as one int (kernels.index_handle) and a list query as
-        # its address, through the kernels' compiled entry points once the first call has compiled
-        # them (_direct_entry).
+        # count() and prob() take the index as one int (kernels.index_handle): numba unboxes one
+        # argument instead of five on every call.
         self._handle = kernels.index_handle(self._search[0], token_width, self.vocab_size, self.separator_id)
         self._handle_address = self._handle.ctypes.data
-        self._count_list = self._prob_list = None
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
         self._max_distinct = min(self.vocab_size, self.separator_id) + 2
@@ -247,7 +244,7 @@ class NgramIndex:
             if self._warm:
                 return
             probe = [0]
-            for query in (probe, np.zeros(1, dtype=np.int64)):  # lists (read in place) and arrays
+            for query in (probe, np.zeros(1, dtype=np.int64)):  # lists and arrays
                 self.count(query)
                 self.prob(query, 0)
                 self.infgram_prob(query, 0)
@@ -284,19 +281,9 @@ class NgramIndex:
         """Validated int64 token ids of a query given as ids or text."""
         # Fast path for the usual query (a list or int64 array of valid ids): a few attribute checks
         # and one compiled pass; anything else, or anything wrong, takes the general path below.
-        kind = type(query)
-        if kind is list and kernels.LIST_READING:  # read in place: only exact ints (a bool is refused)
-            read = self._list_ids
-            if read is None:
-                read = self._list_ids = self._direct_entry(kernels.list_ids, id(query))
-            ids = read(self._handle_address, id(query))
-            if ids.shape[0]:
-                return ids
-        elif kind is np.ndarray:
-            ids = np.asarray(query)
-            if ids.dtype is _INT64 and ids.ndim == 1 and ids.shape[0] and \
-                    kernels.ids_ok(ids, self.vocab_size, self.separator_id):
-                return ids
+        ids = _plain_ids(query)
+        if ids is not None and kernels.ids_ok(ids, self.vocab_size, self.separator_id):
+            return ids
         if isinstance(query, str):
             ids = self.tokenize(query)
         elif isinstance(query, (bytes, bytearray)):
@@ -390,21 +377,13 @@ class NgramIndex:
         total, lo, hi = self._ranges(self._ids(query, allow_empty=True))
         return FindResult(count=total, segments=tuple((int(a), int(b)) for a, b in zip(lo, hi)))
 
-    def _direct_entry(self, kernel, *probe):
-        """``kernel``'s compiled entry point for (handle address, *probe): no numba type dispatch.
-        Callers pass only arguments of the types of ``probe``: ints and bools."""
-        return kernels.direct_entry(kernel, self._handle_address, *probe)
-
     def count(self, query) -> int:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
-        if type(query) is list and kernels.LIST_READING:  # the usual query, read in place
-            count = self._count_list
-            if count is None:
-                count = self._count_list = self._direct_entry(kernels.count_list, id(query))
-            n = count(self._handle_address, id(query))
+        ids = _plain_ids(query)
+        if ids is not None:  # the usual query: count_at validates it too, -1 meaning "explain the error"
+            n = kernels.count_at(self._handle_address, ids)
             if n >= 0:
-                return n
-        # Anything else, or anything wrong, through the general path (which explains errors).
+                return int(n)
         ids = self._ids(query, allow_empty=True)
         return int(kernels.count_at(self._handle_address, ids))
 
@@ -419,14 +398,11 @@ class NgramIndex:
     # ------------------------------------------------------------------ probabilities
     def _prob_counts(self, prompt, cont_id, use_suffix: bool) -> tuple[int, int, int]:
         """(prompt count, prompt + cont count, prompt length used) of one validated query."""
-        if type(prompt) is list and type(cont_id) is int and 0 <= cont_id < self.vocab_size \
-                and kernels.LIST_READING:
-            prob = self._prob_list
-            if prob is None:
-                prob = self._prob_list = self._direct_entry(kernels.prob_list, id(prompt), 0, False)
-            counts = prob(self._handle_address, id(prompt), cont_id, use_suffix)
+        ids = _plain_ids(prompt)
+        if ids is not None and type(cont_id) is int and -1 < cont_id < 1 << 62:  # the usual query, validated there
+            counts = kernels.prob_at(self._handle_address, ids, cont_id, use_suffix)
             if counts[0] >= 0:
-                return counts
+                return int(counts[0]), int(counts[1]), int(counts[2])
         ids = self._ids(prompt, allow_empty=True, name="prompt")
         cont = self._token(cont_id, "cont_id")
         counts = kernels.prob_at(self._handle_address, ids, cont, use_suffix)
@@ -735,17 +711,30 @@ class _DeferredTokenizer:
         return load_tokenizer(self.spec, base_dir=self.base_dir)
 
 
+def _plain_ids(query) -> np.ndarray | None:
+    """A non-empty list of ints or int64 array as a 1-d int64 array, not yet range-checked; None for
+    anything else (text, bools, floats, nesting, ...), which the general path handles and explains."""
+    kind = type(query)
+    if kind is np.ndarray:
+        return query if query.dtype is _INT64 and query.ndim == 1 and query.shape[0] else None
+    # numpy would turn True / False into ids 1 / 0: a list holding a bool is left to the general path
+    if kind is not list or not query or _BOOL_TYPES.intersection(map(type, query)):
+        return None
+    try:
+        ids = np.array(query)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return ids if ids.dtype is _INT64 and ids.ndim == 1 else None
+
+
 def _pack_id_lists(queries) -> PackedQueries | None:
     """The queries packed in two numpy passes when all are lists of ints or all int64 arrays (the
     bulk case of every *_batch call), else None. Validation is left to the caller."""
     if not len(queries):
         return None
-    if type(queries) is list and kernels.LIST_READING:  # a list of lists of exact ints, read in place
-        tokens, offsets = kernels.pack_lists(id(int), id(list), id(queries))
-        return PackedQueries(tokens, offsets) if offsets.shape[0] else None
     if all(type(q) is list for q in queries):
         flat = list(itertools.chain.from_iterable(queries))
-        if bool in map(type, flat):  # numpy would make True / False ids 1 / 0
+        if _BOOL_TYPES.intersection(map(type, flat)):  # numpy would make True / False ids 1 / 0
             return None
         flat = np.array(flat)
         if flat.size and flat.dtype != _INT64:

@@ -108,6 +108,6 @@ def query_kernels() -> list:
     """The entry kernels NgramIndex.warmup compiles (the rest compile as their callees)."""
     from engine import kernels
 
-    return [kernels.count_list, kernels.count_at, kernels.prob_list, kernels.prob_at, kernels.next_tokens_ids,
+    return [kernels.ids_ok, kernels.count_at, kernels.prob_at, kernels.next_tokens_ids,
             kernels.find_ranges, kernels.count_batch_keys, kernels.prob_batch_keys, kernels.approx_next_keys]
 

@@ -3,8 +3,8 @@
 Conventions shared by every kernel:
 - A shard is ``ds`` (uint8 bytes of tokenized.s) and ``sa`` (uint8 bytes of table.s, ``ps`` bytes
   per little-endian pointer). Kernels over a whole index take its shard table ``st`` (``shard_table``)
-  and the token width ``tw``; the one-query kernels (count_at, prob_at and their forms that read a
-  Python list, count_list and prob_list) take an index handle (``index_handle``) holding both instead.
+  and the token width ``tw``; the one-query kernels (count_at, prob_at) take an index handle
+  (``index_handle``) holding both instead.
 - Tokens are compared as *keys*: the big-endian value of the token's stored bytes, which orders
   exactly like memcmp on the little-endian bytes (the order the suffix array was sorted in).
   ``tokens_to_keys`` converts; the conversion is its own inverse. A position past the end of the
@@ -19,10 +19,6 @@ Conventions shared by every kernel:
 
 from __future__ import annotations
 
-import struct
-import sys
-import sysconfig
-
 import numba
 import numpy as np
 from llvmlite import ir
@@ -31,17 +27,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 import engine.kernel_cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
-
-
-def direct_entry(dispatcher, *args):
-    """``dispatcher``'s compiled entry point for the types of ``args`` (compiling it if needed).
-
-    Calling it skips numba's per-call type dispatch (about 0.6 µs, a tenth of a count); it may only
-    be called with arguments of exactly these types, which the caller guarantees.
-    """
-    dispatcher(*args)
-    compiled = dispatcher.overloads.get(tuple(numba.typeof(a) for a in args))
-    return compiled.entry_point if compiled is not None else dispatcher
 
 
 @intrinsic
@@ -133,7 +118,6 @@ def _pointer_cast(element_type):
 
 _byte_pointer = _pointer_cast(types.uint8)
 _int64_pointer = _pointer_cast(types.int64)
-_uint32_pointer = _pointer_cast(types.uint32)
 
 
 @njit(inline="always")
@@ -155,116 +139,24 @@ def _positions(st, s):
 # count() and prob() run one short query per call, and numba's entry unboxes every argument on
 # every call (an array about 60 ns, an int about 25 ns). Their kernels take the whole index as one
 # int: the address of its "handle", an int64 array the index keeps alive, holding the shard
-# table's address and shape, the token width, the vocabulary size, the separator, and the address
-# of Python's int type (for count_list and prob_list; it differs between processes).
-H_TABLE, H_SHARDS, H_TOKEN_WIDTH, H_VOCAB, H_SEPARATOR, H_INT_TYPE = range(6)
+# table's address and shape, the token width, the vocabulary size and the separator.
+H_TABLE, H_SHARDS, H_TOKEN_WIDTH, H_VOCAB, H_SEPARATOR = range(5)
 
 
 def index_handle(st: np.ndarray, tw: int, vocab_size: int, separator: int) -> np.ndarray:
     """The handle (layout above) of shard table ``st``; pass ``handle.ctypes.data`` to kernels and
     keep both arrays alive while they run."""
-    handle = np.array([st.ctypes.data, st.shape[0], tw, vocab_size, separator, id(int)], dtype=np.int64)
+    handle = np.array([st.ctypes.data, st.shape[0], tw, vocab_size, separator], dtype=np.int64)
     handle.flags.writeable = False
     return handle
 
 
 @njit(inline="always")
 def _open_handle(address):
-    """(shard table, token width, vocabulary size, separator, int type address) of the handle at
-    ``address``."""
-    h = numba.carray(_int64_pointer(address), H_INT_TYPE + 1)
+    """(shard table, token width, vocabulary size, separator) of the handle at ``address``."""
+    h = numba.carray(_int64_pointer(address), H_SEPARATOR + 1)
     st = numba.carray(_int64_pointer(h[H_TABLE]), (h[H_SHARDS], ST_DIR_LEN + 1))
-    return st, h[H_TOKEN_WIDTH], h[H_VOCAB], h[H_SEPARATOR], h[H_INT_TYPE]
-
-
-# ------------------------------------------------------------------------------ Python lists
-# Converting a query list to an array (struct packing, about 11 ns an id) cost count() as much as
-# the search at n = 100. count_list and prob_list read the list where it lies instead, given its
-# address (id(list)). They hold the GIL while they read it, so no other thread can change it, and
-# release it for the search, as a nogil kernel does. They rely on CPython's object layout (what
-# PyList_GET_ITEM and Py_TYPE read: an object's type 8 bytes in, a list's size and item array 16
-# and 24 bytes in), which every 64-bit CPython with a GIL shares (``LIST_READING``). A one-digit
-# int's value is read in place too, others through the C API. Anything but an exact int sends the
-# query back to the general path, which explains what is wrong.
-PY_TYPE, PY_SIZE, PY_LIST_ITEMS = 1, 2, 3
-# An int's digits start 24 bytes in (6 uint32s). Its size field says "one digit, positive" as 1
-# before Python 3.12 and as 8 since (the digit count shifted left by 3, sign bits 0).
-PY_DIGIT = 6
-PY_ONE_DIGIT = 1 if sys.version_info < (3, 12) else 8
-PREFETCH_ITEMS = 8  # a longer list's items are prefetched first
-LIST_READING = (sys.implementation.name == "cpython" and struct.calcsize("P") == 8
-                and not sysconfig.get_config_var("Py_GIL_DISABLED"))
-
-
-def _c_function(builder, name, return_type, *arg_types):
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(return_type, list(arg_types)), name)
-
-
-@njit(inline="always")
-def _int_value(address):
-    """The value of the Python int at ``address`` (exactly an int), or -1 beyond int64. A
-    positive int below 2**30 is one 30-bit digit, read in place; others go through the C API."""
-    if numba.carray(_int64_pointer(address), PY_SIZE + 1)[PY_SIZE] == PY_ONE_DIGIT:
-        return np.int64(numba.carray(_uint32_pointer(address), PY_DIGIT + 1)[PY_DIGIT])
-    return _c_int_value(address)
-
-
-@intrinsic
-def _c_int_value(typingctx, address):
-    """PyLong_AsLongLongAndOverflow of the Python int at ``address``, or -1 beyond int64."""
-    def codegen(context, builder, signature, args):
-        i64, i32, byte_ptr = ir.IntType(64), ir.IntType(32), ir.IntType(8).as_pointer()
-        fn = _c_function(builder, "PyLong_AsLongLongAndOverflow", i64, byte_ptr, i32.as_pointer())
-        overflow = cgutils.alloca_once(builder, i32)
-        value = builder.call(fn, [builder.inttoptr(args[0], byte_ptr), overflow])
-        return builder.select(builder.icmp_signed("!=", builder.load(overflow), i32(0)), i64(-1), value)
-
-    return types.int64(types.int64), codegen
-
-
-@intrinsic
-def _release_gil(typingctx):
-    """PyEval_SaveThread: give up the GIL; returns the thread state for _reacquire_gil."""
-    def codegen(context, builder, signature, args):
-        state = builder.call(_c_function(builder, "PyEval_SaveThread", ir.IntType(8).as_pointer()), [])
-        return builder.ptrtoint(state, ir.IntType(64))
-
-    return types.int64(), codegen
-
-
-@intrinsic
-def _reacquire_gil(typingctx, state):
-    """PyEval_RestoreThread: take the GIL back with the state _release_gil returned."""
-    def codegen(context, builder, signature, args):
-        byte_ptr = ir.IntType(8).as_pointer()
-        fn = _c_function(builder, "PyEval_RestoreThread", ir.VoidType(), byte_ptr)
-        builder.call(fn, [builder.inttoptr(args[0], byte_ptr)])
-        return context.get_dummy_value()
-
-    return types.void(types.int64), codegen
-
-
-@njit(inline="always")
-def _list_keys(address, int_type, tw, vocab_size, separator):
-    """Keys of the Python list of token ids at ``address``; empty when the list is, or when an item
-    is not an int, is out of range or is the separator. Call with the GIL held."""
-    head = numba.carray(_int64_pointer(address), PY_LIST_ITEMS + 1)
-    n = head[PY_SIZE]
-    items = numba.carray(_int64_pointer(head[PY_LIST_ITEMS]), n)
-    keys = np.empty(n, dtype=np.int64)
-    if n > PREFETCH_ITEMS:
-        # The int objects lie anywhere in the heap: ask for all of them before reading any.
-        for i in range(n):
-            prefetch(numba.carray(_byte_pointer(items[i]), 1), 0)
-    for i in range(n):
-        item = items[i]
-        if numba.carray(_int64_pointer(item), PY_TYPE + 1)[PY_TYPE] != int_type:
-            return keys[:0]
-        t = _int_value(item)
-        if not _is_token_id(t, vocab_size, separator):
-            return keys[:0]
-        keys[i] = _swap_key(t, tw)
-    return keys
+    return st, h[H_TOKEN_WIDTH], h[H_VOCAB], h[H_SEPARATOR]
 
 
 @njit(inline="always")
@@ -775,61 +667,11 @@ def count_at(handle, ids):
     """Total occurrences of the int64 token ids over all shards of the index at ``handle`` (see
     index_handle), validated here; -1 when an id is out of range or the separator, for the caller
     to work out the error."""
-    st, tw, vocab_size, separator, _ = _open_handle(handle)
+    st, tw, vocab_size, separator = _open_handle(handle)
     if not ids_ok(ids, vocab_size, separator):
         return np.int64(-1)
     keys = ids_to_keys(ids, tw)
     return _count(st, tw, keys, _ZERO(), keys.shape[0])
-
-
-@njit(cache=True)  # holds the GIL: reads Python objects
-def list_ids(handle, list_address):
-    """The token ids of the Python list at ``list_address`` (see "Python lists"), validated; empty
-    when it is empty or holds anything but valid ids (a bool, whose type is not int, included), for
-    the caller to take the general path."""
-    _, _, vocab_size, separator, int_type = _open_handle(handle)
-    return _list_keys(list_address, int_type, 1, vocab_size, separator)  # width 1: keys are the ids
-
-
-@njit(cache=True)  # holds the GIL: reads Python objects
-def pack_lists(int_type, list_type, list_address):
-    """(tokens, offsets) of the Python list of lists of ints at ``list_address``, packed; offsets
-    empty when an item is not exactly a list or an inner item not exactly an int (bools are
-    neither), for the caller to take the general path. Ids are not validated here."""
-    head = numba.carray(_int64_pointer(list_address), PY_LIST_ITEMS + 1)
-    nq = head[PY_SIZE]
-    queries = numba.carray(_int64_pointer(head[PY_LIST_ITEMS]), nq)
-    offsets = np.empty(nq + 1, dtype=np.int64)
-    offsets[0] = 0
-    for q in range(nq):
-        inner = numba.carray(_int64_pointer(queries[q]), PY_LIST_ITEMS + 1)
-        if inner[PY_TYPE] != list_type:
-            return offsets[:0], offsets[:0]
-        offsets[q + 1] = offsets[q] + inner[PY_SIZE]
-    tokens = np.empty(offsets[nq], dtype=np.int64)
-    for q in range(nq):
-        inner = numba.carray(_int64_pointer(queries[q]), PY_LIST_ITEMS + 1)
-        items = numba.carray(_int64_pointer(inner[PY_LIST_ITEMS]), offsets[q + 1] - offsets[q])
-        for i in range(items.shape[0]):
-            item = items[i]
-            if numba.carray(_int64_pointer(item), PY_TYPE + 1)[PY_TYPE] != int_type:
-                return offsets[:0], offsets[:0]
-            tokens[offsets[q] + i] = _int_value(item)
-    return tokens, offsets
-
-
-@njit(cache=True)  # holds the GIL to read the list, then releases it itself
-def count_list(handle, list_address):
-    """count_at of the Python list of ints at ``list_address`` (see "Python lists"); -1 when it
-    is empty or holds anything but valid ids, for the caller to take the general path."""
-    st, tw, vocab_size, separator, int_type = _open_handle(handle)
-    keys = _list_keys(list_address, int_type, tw, vocab_size, separator)
-    if keys.shape[0] == 0:
-        return np.int64(-1)
-    gil = _release_gil()
-    total = _count(st, tw, keys, _ZERO(), keys.shape[0])
-    _reacquire_gil(gil)
-    return total
 
 
 @njit(nogil=True, cache=True)
@@ -872,25 +714,10 @@ def _prob_counts(st, tw, keys, cont, use_suffix):
 def prob_at(handle, ids, cont, use_suffix):
     """_prob_counts for one query of int64 token ids on the index at ``handle``. All -1 when an id
     is out of range or the separator, for the caller to work out the error."""
-    st, tw, vocab_size, separator, _ = _open_handle(handle)
+    st, tw, vocab_size, separator = _open_handle(handle)
     if not ids_ok(ids, vocab_size, separator) or not _is_token_id(cont, vocab_size, separator):
         return np.int64(-1), np.int64(-1), np.int64(-1)
     return _prob_counts(st, tw, ids_to_keys(ids, tw), cont, use_suffix)
-
-
-@njit(cache=True)  # holds the GIL to read the list, then releases it itself
-def prob_list(handle, list_address, cont, use_suffix):
-    """prob_at of the Python list of ints at ``list_address`` (see "Python lists"); all -1 when
-    the list is empty or holds anything but valid ids, or cont is not one, for the caller to take
-    the general path."""
-    st, tw, vocab_size, separator, int_type = _open_handle(handle)
-    keys = _list_keys(list_address, int_type, tw, vocab_size, separator)
-    if keys.shape[0] == 0 or not _is_token_id(cont, vocab_size, separator):
-        return np.int64(-1), np.int64(-1), np.int64(-1)
-    gil = _release_gil()
-    counts = _prob_counts(st, tw, keys, cont, use_suffix)
-    _reacquire_gil(gil)
-    return counts
 
 
 @njit(cache=True)

@@ -1,8 +1,8 @@
-"""count() and prob() read a query list of ints in place (kernels.count_list / prob_list).
+"""count() and prob() given a query as a Python list (converted with numpy, bools refused first).
 
 Whatever a list holds, the answer must be the one the array path gives, or the same typed error:
-ints of one digit (read in place) and of several (through the C API), int subclasses, numpy
-scalars, bools, and ints beyond int64 (which send the query to the general path).
+small and large ints (on both sides of 2**30 and 2**31), int subclasses, numpy scalars, bools, and
+ints beyond int64.
 """
 
 import threading
@@ -10,10 +10,8 @@ import threading
 import numpy as np
 import pytest
 
-from engine import InvalidQueryError, kernels
+from engine import InvalidQueryError
 from tests.conftest import build_from_token_docs
-
-pytestmark = pytest.mark.skipif(not kernels.LIST_READING, reason="this Python's lists are not read in place")
 
 # u32 ids on both sides of 2**30 (one 30-bit digit) and of 2**31, and zero (no digits at all)
 DOCS = [[0, 1, 2**30 - 1, 2**30, 2**31 + 7, 1], [2**30, 2**31 + 7, 1, 0], [5, 0, 1, 2**30 - 1]]
