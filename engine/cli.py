@@ -70,7 +70,8 @@ def _cmd_build(args) -> int:
     return 0
 
 
-def _directory_budget(text: str) -> int:
+def directory_budget_arg(text: str) -> int:
+    """argparse type of --directory-budget (build, serve): a size such as 256M."""
     from engine.directory import parse_budget
 
     return parse_budget(text)
@@ -92,7 +93,7 @@ def _add_build(sub) -> None:
                    help="memory budget for sorting, e.g. 8G (default: 60%% of available memory)")
     p.add_argument("--workers", type=int, help="tokenizer processes and parallel sorts (default: CPU count)")
     p.add_argument("--no-metadata", action="store_true", help="do not store per-document metadata")
-    p.add_argument("--directory-budget", type=_directory_budget, metavar="BYTES",
+    p.add_argument("--directory-budget", type=directory_budget_arg, metavar="BYTES",
                    help="most bytes of sampled suffixes in each shard's search directory (directory.N), e.g. 64M "
                         "(default 256 MiB; the directory also holds 1 MiB of first-token ranges for u16 tokens)")
     p.add_argument("--overwrite", action="store_true", help="replace a different index already in --output")

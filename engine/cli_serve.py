@@ -22,6 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
+from engine.cli import directory_budget_arg
 from engine.errors import NgramError
 from engine.service import ServerLimits
 
@@ -38,6 +39,7 @@ _LIMIT_HELP = {
                            "min(prompt count, vocabulary) per prompt; over it a request must ask for max_support",
     "max_disp_len": "largest max_disp_len (tokens per returned document)",
 }
+
 
 
 def _configure(p: argparse.ArgumentParser, route: bool = False) -> None:
@@ -71,6 +73,9 @@ def _configure(p: argparse.ArgumentParser, route: bool = False) -> None:
     srv.add_argument("--max-memory", metavar="BYTES", default=None,
                      help="private memory budget (e.g. 8G): calls whose estimated memory would take the server over "
                           "it get RESOURCE_EXHAUSTED (default: no budget beyond the per-call limits)")
+    srv.add_argument("--directory-budget", type=directory_budget_arg, default=None, metavar="BYTES",
+                     help="most bytes of sampled suffixes in each shard's search directory, e.g. 1G (default: the "
+                          "directory.N files as built; another budget builds the directories in memory at start)")
     srv.add_argument("--heavy-workers", type=int, default=None,
                      help="expensive calls (attribution, CNF, frequent n-grams, big batches) running at once; "
                           "others wait or are refused, so cheap calls keep flowing (default: half the cores)")
@@ -160,7 +165,8 @@ def run_serve(args) -> int:
         else:
             from engine.index import NgramIndex
 
-            backend = NgramIndex.open(args.index, load=args.load, tokenizer=_tokenizer(args.tokenizer))
+            backend = NgramIndex.open(args.index, load=args.load, tokenizer=_tokenizer(args.tokenizer),
+                                      directory_budget=args.directory_budget)
         return serve(
             backend,
             args.host,

@@ -116,3 +116,13 @@ def test_missing_inputs_fail_before_any_output_or_progress(tmp_path):
     assert proc.returncode == 2 and "no input files match" in proc.stderr
     assert "tokenizing" not in proc.stderr
     assert not out.exists()
+
+
+def test_serve_takes_a_directory_budget(built):
+    from engine.cli import build_parser
+
+    args = build_parser().parse_args(["serve", str(built), "--directory-budget", "1M"])
+    assert args.directory_budget == 1 << 20
+    assert build_parser().parse_args(["serve", str(built)]).directory_budget is None  # the files as built
+    bad = ngram("serve", built, "--directory-budget", "lots", check=False)
+    assert bad.returncode == 2 and "--directory-budget" in bad.stderr
