@@ -228,7 +228,7 @@ def collect_priors(model, source, docs_ids, decode, *, window, stride, max_suffi
             p, sp, hs, sl = np.zeros(len(lp)), np.zeros(len(lp), bool), np.zeros(len(lp), bool), np.zeros(len(lp), int)
         pc, hc, slc = context_token_probs(ids, max_suffix_len=max_suffix_len)
         # bytes each scored token adds (the first token has no context and is not scored)
-        ends = np.array([len(decode(ids[: t + 1]).encode("utf-8")) for t in range(len(ids))])
+        ends = _byte_ends(ids, decode)
         for k, v in zip(parts, (lp, p, sp, hs, sl, pc, hc, slc, np.diff(ends))):
             parts[k].append(v)
         if progress:
@@ -237,6 +237,22 @@ def collect_priors(model, source, docs_ids, decode, *, window, stride, max_suffi
     for k in ("sparse", "has", "has_ctx"):
         cat[k] = cat[k].astype(bool)
     return cat
+
+
+def _byte_ends(ids, decode, window: int = 256) -> np.ndarray:
+    """UTF-8 bytes of the text of ids[:t+1], for every t. Decoding every prefix would cost time
+    quadratic in the document; instead each window of tokens is decoded on its own after an exactly
+    decoded prefix, so a character split across a window's start may be counted a few bytes off
+    inside that window (the document's total is exact)."""
+    n = len(ids)
+    ends = np.zeros(n, dtype=np.int64)
+    for start in range(0, n, window):
+        base = len(decode(ids[:start]).encode("utf-8")) if start else 0
+        for t in range(start, min(start + window, n)):
+            ends[t] = base + len(decode(ids[start : t + 1]).encode("utf-8"))
+    if n:
+        ends[-1] = len(decode(ids).encode("utf-8"))
+    return ends
 
 
 def _prior_parts(d: dict, lams: np.ndarray) -> list:
