@@ -54,7 +54,7 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def start_server(index: Path, max_memory: str, grace: float, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-m", "engine.cli_serve", str(index), "--port", "0", "--max-memory", max_memory,
+    cmd = [sys.executable, "-m", "engine.cli.serve", str(index), "--port", "0", "--max-memory", max_memory,
            "--grace", str(grace), "--no-access-log", *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
@@ -236,7 +236,7 @@ def ensure_index(path: Path) -> Path:
     if path.resolve() != (ROOT / "indexes" / "demo").resolve():
         raise SystemExit(f"{path} is not an index; build it first")
     print("building indexes/demo from the cached corpora (ngram build-recipe demo) ...", flush=True)
-    subprocess.run([sys.executable, "-m", "engine.cli", "build-recipe", "demo"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "engine.cli.main", "build-recipe", "demo"], cwd=ROOT, check=True)
     return path
 
 
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from engine import NgramIndex
-    from engine.admission import parse_bytes
+    from engine.serve.admission import parse_bytes
 
     index_path = ensure_index(args.index)
     index = NgramIndex.open(index_path)

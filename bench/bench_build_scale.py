@@ -54,7 +54,7 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _PEER_WRAPPER = r"""
 import sys
 import transformers
-from engine.tokenize import load_tokenizer
+from engine.tokenizers.tokenize import load_tokenizer
 
 class _GPT2:
     def __init__(self):
@@ -100,7 +100,7 @@ def gpt2_hf_home(home: Path) -> Path:
     repo = home / "hub" / "models--gpt2"
     if (repo / "refs" / "main").exists():
         return home
-    from engine.tokenize import bytes_to_unicode, load_tokenizer
+    from engine.tokenizers.tokenize import bytes_to_unicode, load_tokenizer
 
     ranks = load_tokenizer("gpt2")._ranks
     chars = bytes_to_unicode()
@@ -209,7 +209,7 @@ def sha256(path: Path) -> str:
 def corpus_dir(limit: int | None, work: Path) -> tuple[Path, list[Path]]:
     """The extracted kernel tree, or a directory of symlinks to its first files up to ``limit`` bytes."""
     from engine.fetch import fetch
-    from engine.readers import expand_inputs
+    from engine.build.readers import expand_inputs
 
     src = fetch("linux-kernel-src")
     files = expand_inputs([src])
@@ -234,7 +234,7 @@ def corpus_dir(limit: int | None, work: Path) -> tuple[Path, list[Path]]:
 
 
 def write_jsonl(files: list[Path], target: Path) -> float:
-    """One {"text": ...} line per file, read exactly as engine.readers reads a text file."""
+    """One {"text": ...} line per file, read exactly as engine.build.readers reads a text file."""
     if target.exists():
         return 0.0
     start = time.time()
@@ -290,7 +290,7 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------------------------------ ours
     ours = args.work / f"ours-{args.executor}-{tag}"
     shutil.rmtree(ours, ignore_errors=True)
-    cmd = [sys.executable, "-m", "engine.cli", "build", str(src), "-o", str(ours), "--tokenizer", "gpt2",
+    cmd = [sys.executable, "-m", "engine.cli.main", "build", str(src), "-o", str(ours), "--tokenizer", "gpt2",
            "--max-memory", args.max_memory, "--executor", args.executor, "-q"]
     shown = "ngram build " + " ".join(shlex.quote(c) for c in cmd[4:])
     print(f"running: {shown}", flush=True)

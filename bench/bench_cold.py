@@ -19,7 +19,7 @@ Cold open: NgramIndex.open / InfiniGramEngine(...) with every index page dropped
 
 infini-gram runs with its default prefetching (ds_prefetch_depth=1: madvise(WILLNEED) on the pages
 its searches will visit), except for ntd, where that default reads the suffix array at rank -1 and
-may crash (tests/test_infinigram_compat.py): a second engine with ds_prefetch_depth=0 answers ntd.
+may crash (tests/query/test_infinigram_compat.py): a second engine with ds_prefetch_depth=0 answers ntd.
 
 With ``--shards N`` the same corpus is also built as N shards (cut from the one-shard index's document
 sizes so the greedy cut gives exactly N; in its own folder ``index-Nshards``, cached) and ours is
@@ -169,7 +169,7 @@ def _spans(tokens: np.ndarray, sep: int, n: int, k: int, rng) -> list[list[int]]
 
 
 def make_queries(index_dir: Path, heldout: Path, k: int) -> dict[str, list]:
-    from engine.tokenize import load_tokenizer
+    from engine.tokenizers.tokenize import load_tokenizer
 
     rng = np.random.default_rng(SEED)
     tokens = np.memmap(index_dir / "tokenized.0", dtype="<u2", mode="r")
@@ -279,8 +279,7 @@ class ThreadedCount:
 
     def __init__(self, index):
         from concurrent.futures import ThreadPoolExecutor
-
-        from engine import kernels
+        from engine.kernels import suffix as kernels
 
         self.index, self.kernels = index, kernels
         st, self.tw = index._search

@@ -7,7 +7,7 @@ raised something other than an engine.NgramError, and how many changed an answer
 index refuse to open) while ``verify_index`` (default options: checksums and sampled order)
 reported nothing (target 0). ``silent without checksums`` counts the same for
 ``verify_index(full=True, checksums=False)``, for information: the structural checks alone cannot
-see a changed byte that leaves every file well formed. The harness is tests/corruption.py.
+see a changed byte that leaves every file well formed. The harness is tests/helpers/corruption.py.
 """
 
 from __future__ import annotations

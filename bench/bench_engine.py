@@ -23,7 +23,7 @@ than ``max_support`` (its default 1,000) times, and we show ours with the same c
 
 infini-gram is opened with ``ds_prefetch_depth=0``: with its default (1) its ntd reads the suffix
 array at rank -1 when a range starts at rank 0 and segfaults about one run in three
-(tests/test_infinigram_compat.py). Everything it reads is in page cache, so the prefetch would only
+(tests/query/test_infinigram_compat.py). Everything it reads is in page cache, so the prefetch would only
 add madvise calls.
 
 Prints markdown (machine, corpora, builds, latencies with medians and ratios against the issue's
@@ -158,7 +158,7 @@ def prepare_english(root: Path, names) -> Path:
 
 _OURS_BUILD = r"""
 import json, sys, time
-import engine.build as b
+import engine.build.builder as b
 timings = {}
 def timed(name, key):
     f = getattr(b, name)
@@ -183,7 +183,7 @@ import runpy, sys, types
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(name, **kwargs):
-        from engine.tokenize import load_tokenizer
+        from engine.tokenizers.tokenize import load_tokenizer
         tok = load_tokenizer("gpt2")
         return types.SimpleNamespace(encode=lambda text: [int(t) for t in tok.encode(text)])
 mod = types.ModuleType("transformers")
@@ -356,7 +356,7 @@ def _spans(tokens: np.ndarray, sep: int, n: int, k: int, rng) -> list[list[int]]
 
 
 def make_queries(index_dir: Path, heldout_jsonl: Path, k: int) -> Queries:
-    from engine.tokenize import load_tokenizer
+    from engine.tokenizers.tokenize import load_tokenizer
 
     rng = np.random.default_rng(SEED)
     tokens = np.fromfile(index_dir / "tokenized.0", dtype="<u2").astype(np.int64)
@@ -456,7 +456,7 @@ def run_latencies(index_dir: Path, q: Queries) -> tuple[list[Row], dict]:
     extra["batch_size"] = len(packed)
 
     # Every answer the two engines give to the count queries agrees (a cheap sanity check here;
-    # tests/test_infinigram_compat.py checks every method exactly).
+    # tests/query/test_infinigram_compat.py checks every method exactly).
     extra["counts_agree"] = all(ours.count(x) == theirs.count(x)["count"] for n in COUNT_NS for x in q.count[n][:100])
     return rows, extra
 

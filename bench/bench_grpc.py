@@ -7,7 +7,7 @@ each beside the bare gRPC floor of the same shape.
 
 Layout: every server in its own process (as on separate hosts; no two share a GIL):
 - one server holds the whole index (direct), one server per part (the shard servers);
-- a router process (`python -m engine.cli_serve route SHARDMAP`) fans out to the shard servers, and
+- a router process (`python -m engine.cli.serve route SHARDMAP`) fans out to the shard servers, and
   a second router with a one-entry map in front of the direct server (one extra hop, no fan-out);
 - the floors: bare gRPC echo servers (bytes in, bytes out, no protobuf), and a bare relay that
   forwards each echo to three of them in parallel (the router's shape with nothing of ours);
@@ -85,7 +85,7 @@ def serve_one(paths: list[str]) -> None:
     import threading
 
     from engine import NgramIndex
-    from engine.server import create_server
+    from engine.serve.server import create_server
 
     logging.getLogger("engine.access").setLevel(logging.WARNING)
     server, port = create_server(NgramIndex.open(paths), warmup=False)
@@ -129,7 +129,7 @@ def serve_relay(targets: list[str]) -> None:
     the first reply: the router's shape with no protobuf, validation or merging."""
     import grpc
 
-    from engine.router import _Fanout
+    from engine.serve.router import _Fanout
 
     calls = [grpc.insecure_channel(t).unary_unary("/bench.Echo/Echo", _registered_method=True) for t in targets]
     pool = _Fanout(8 * max(1, len(calls) - 1), "relay")
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
         return 0
 
     from engine import NgramIndex
-    from engine.client import NgramClient
+    from engine.serve.client import NgramClient
 
     load0 = os.getloadavg()[0]
     paths = [str(p) for p in (args.index or synthetic_parts(args.bytes))]
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
             shard_map.write_text(json.dumps(
                 {"shards": [{"name": m, "target": f"127.0.0.1:{ports[m][0]}"} for m in members]}))
             proc, line = start(
-                [sys.executable, "-m", "engine.cli_serve", "route", str(shard_map), "--port", "0",
+                [sys.executable, "-m", "engine.cli.serve", "route", str(shard_map), "--port", "0",
                  "--no-access-log", "--log-level", "WARNING"], name)
             procs.append(proc)
             routers[name] = (line.split()[-1], proc.pid)

@@ -37,8 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-
-from engine import kernels  # noqa: E402
+from engine.kernels import suffix as kernels  # noqa: E402
 from bench.common import (  # noqa: E402
     Latency,
     drop_into_page_cache,
@@ -58,7 +57,7 @@ TEXT_TOKENS = 1024
 # ---------------------------------------------------------------------------------------------- build
 def build_linux(out: Path, workers: int) -> Path:
     """The Linux 6.1 .c/.h files (one document each, tarball order), GPT-2 tokens, one index."""
-    from engine.build import build_index
+    from engine.build.builder import build_index
     from engine.fetch import iter_linux_sources
 
     if (out / "manifest.json").exists():
@@ -117,7 +116,7 @@ def texts(index, per_kind: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
 # ---------------------------------------------------------------------------------------------- runs
 def bench_ngrams(index_dir: Path, n_range: str, top_k: int, work: Path) -> tuple[dict, str]:
     out = work / "top.npz"
-    cmd = [sys.executable, "-m", "engine.cli", "ngrams", str(index_dir), "--n", n_range, "--top-k", str(top_k),
+    cmd = [sys.executable, "-m", "engine.cli.main", "ngrams", str(index_dir), "--n", n_range, "--top-k", str(top_k),
            "--out", str(out), "--json", "--quiet", "--show", "0", "--tmp-dir", str(work)]
     log("frequent n-grams: " + " ".join(cmd[2:]))
     res = run_measured(cmd, env=python_env(), cwd=ROOT)
@@ -125,7 +124,7 @@ def bench_ngrams(index_dir: Path, n_range: str, top_k: int, work: Path) -> tuple
         raise RuntimeError(f"ngram ngrams failed:\n{res.stderr[-3000:]}")
     summary = json.loads(res.stdout)
     from engine.index import NgramIndex
-    from engine.ngram_table import NgramTable
+    from engine.storage.ngram_table import NgramTable
 
     table = NgramTable.open(out)
     index = NgramIndex.open(index_dir)

@@ -280,7 +280,7 @@ def dir_bytes(path: Path, names: Iterable[str] | None = None) -> int:
 def drop_into_page_cache(path: Path) -> None:
     """Load an index into the page cache the way `ngram cache` does (2 MiB pages where the kernel
     allows; every engine that maps the files then uses them), so latency runs see it cached."""
-    from engine.pagecache import cache_index
+    from engine.storage.pagecache import cache_index
 
     files = cache_index([path], progress=False)
     huge = sum(f.huge_bytes for f in files)

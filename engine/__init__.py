@@ -3,7 +3,7 @@
 The public surface is small: build an index, open it, query it (in-process or over gRPC).
 """
 
-from engine.build import build_index
+from engine.build.builder import build_index
 from engine.errors import (
     BuildError,
     ClientClosedError,
@@ -40,7 +40,7 @@ __all__ = [
 def __getattr__(name):
     # The gRPC client is imported lazily so that `import engine` stays light.
     if name == "NgramClient":
-        from engine.client import NgramClient
+        from engine.serve.client import NgramClient
 
         return NgramClient
     raise AttributeError(name)

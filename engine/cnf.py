@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-
-from engine import kernels_match
+from engine.kernels import match as kernels_match
 from engine.errors import InvalidQueryError
 from engine.results import Document
 

@@ -1,6 +1,6 @@
 """Typed exceptions. Every user error raised by the engine is a subclass of NgramError.
 
-The gRPC service maps these to status codes (see engine/service.py), so pick the class by
+The gRPC service maps these to status codes (see engine/serve/servicer.py), so pick the class by
 what the caller did wrong, and write the message so that it says how to fix the call.
 """
 

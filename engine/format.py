@@ -28,6 +28,8 @@ import numpy as np
 from engine.errors import IndexFormatError, IndexNotFoundError
 
 MANIFEST_NAME = "manifest.json"
+# An unfinished build keeps its resumable state here; the manifest is written last.
+STATE_DIR = ".build"
 FORMAT_NAME = "ngram-engine"
 FORMAT_VERSION = 1
 TOKEN_DTYPES = {1: "u8", 2: "u16", 4: "u32"}
@@ -104,7 +106,7 @@ def read_manifest(directory: Path) -> dict | None:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise IndexFormatError(f"{path} is not valid JSON ({exc}); rebuild the index or remove the file") from exc
-    from engine.integrity import check_manifest  # here: engine.integrity imports this module
+    from engine.storage.integrity import check_manifest  # here: engine.storage.integrity imports this module
 
     check_manifest(manifest, path)
     if manifest.get("format") != FORMAT_NAME:

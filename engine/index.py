@@ -1,7 +1,7 @@
 """NgramIndex: one or more index directories (many shards) answering exact queries.
 
 Every public method validates its arguments here, converts token ids to kernel keys, and calls
-a kernel from engine.kernels; kernels never see bad input.
+a kernel from engine.kernels.suffix; kernels never see bad input.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-
-from engine import integrity, kernels
+from engine.storage import integrity
+from engine.kernels import suffix as kernels
 from engine.errors import IndexFormatError, InvalidQueryError, TokenizerError, TokenizerMismatchError
 from engine.format import (
     MANIFEST_NAME,
+    STATE_DIR,
     Shard,
     discover_shards,
     infer_token_width,
@@ -27,7 +28,6 @@ from engine.format import (
     read_in_full,
     separator_id,
 )
-from engine.build import STATE_DIR
 from engine.results import (
     Document,
     FindResult,
@@ -84,7 +84,7 @@ class NgramIndex:
     def _directories(self, shards: list[Shard], loaded) -> tuple[tuple[np.ndarray, ...], list[str]]:
         """Each shard's search directory: ``loaded`` (array, where it came from) where given, else
         built in memory now (reading every sampled suffix), with a one-line hint to store them."""
-        from engine import directory
+        from engine.storage import directory
 
         dirs, sources, started = [], [], time.perf_counter()
         for s, found in zip(shards, loaded):
@@ -114,7 +114,7 @@ class NgramIndex:
 
         Each shard's search directory is read from its file (``directory.N``, written by ``ngram
         build`` or ``ngram index-directory``); where there is none it is built in memory, with
-        samples fitting ``directory_budget`` bytes per shard (default: engine.directory.DEFAULT_BUDGET).
+        samples fitting ``directory_budget`` bytes per shard (default: engine.storage.directory.DEFAULT_BUDGET).
         """
         if load not in ("mmap", "ram"):
             raise InvalidQueryError(f"load must be 'mmap' or 'ram', not {load!r}")
@@ -123,7 +123,7 @@ class NgramIndex:
         paths = [Path(p) for p in paths]
         if not paths:
             raise InvalidQueryError("give at least one index directory")
-        from engine import directory
+        from engine.storage import directory
 
         shards: list[Shard] = []
         dirs: list[tuple[np.ndarray, str] | None] = []
@@ -636,7 +636,7 @@ class NgramIndex:
     def frequent_ngrams(self, n_min: int = 1, n_max: int | None = None, *, min_count: int | None = None,
                         top_k: int | None = None, out=None, progress: bool = False, **kwargs):
         """Every n-gram (n_min..n_max tokens) with count >= min_count, or the top_k most frequent,
-        exact over all shards; an engine.ngram_table.NgramTable (see engine.ngrams.frequent_ngrams)."""
+        exact over all shards; an engine.storage.ngram_table.NgramTable (see engine.ngrams.frequent_ngrams)."""
         from engine.ngrams import frequent_ngrams
 
         return frequent_ngrams(self, n_min, n_max, min_count=min_count, top_k=top_k, out=out, progress=progress,
@@ -706,7 +706,7 @@ class _DeferredTokenizer:
         self.spec, self.base_dir = spec, base_dir
 
     def load(self):
-        from engine.tokenize import load_tokenizer
+        from engine.tokenizers.tokenize import load_tokenizer
 
         return load_tokenizer(self.spec, base_dir=self.base_dir)
 

@@ -1,7 +1,7 @@
 """Longest matches of every position of a text, ∞-gram probabilities of all positions, and
 OLMoTrace-style attribution with a creativity score.
 
-Everything comes from one left-to-right pass (engine.kernels_match.longest_matches): for each
+Everything comes from one left-to-right pass (engine.kernels.match.longest_matches): for each
 position j, the longest span of the text ending at j that occurs in the index and its count.
 The same pass yields the ∞-gram probability of every token, P(x_j | longest occurring suffix of
 x_<j), since the longest occurring suffix of x_<j is exactly the longest match ending at j - 1.
@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-
-from engine import kernels_match
+from engine.kernels import match as kernels_match
 from engine.errors import InvalidQueryError
 from engine.results import Document, ProbBatchResult
 

@@ -6,7 +6,7 @@ whose count over *all* shards is at least C; ``top_k=K`` lists the K most freque
 descending, then by token ids (a prefix before its extensions): that order is the f-gram id
 order of a SCONE vocabulary.
 
-How (see engine.kernels_ngrams for the walk itself):
+How (see engine.kernels.ngrams for the walk itself):
 
 1. The walk runs over the n-gram trie shared by all shards, with the threshold applied to the
    total count, so an n-gram spread thinly over many shards is still found; children are found
@@ -20,7 +20,7 @@ How (see engine.kernels_ngrams for the walk itself):
    needed stops early and the guess is raised.
 3. A stable counting sort by count (one pass over the counts file, writing a permutation into a
    memory-mapped file) gives the final order, since rows are already in token order; then the
-   table file (engine.ngram_table) is written member by member from the permutation.
+   table file (engine.storage.ngram_table) is written member by member from the permutation.
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
-
-from engine import kernels_ngrams
+from engine.kernels import ngrams as kernels_ngrams
 from engine.errors import InvalidQueryError
-from engine.kernels import tokens_to_keys
-from engine.ngram_table import NgramTable, NgramTableWriter
+from engine.kernels.suffix import tokens_to_keys
+from engine.storage.ngram_table import NgramTable, NgramTableWriter
 
 MAX_N = 64
 PAD = np.uint32(0xFFFFFFFF)
@@ -282,7 +281,7 @@ def frequent_ngrams(index, n_min: int = 1, n_max: int | None = None, *, min_coun
 
     Rows are sorted by count descending, then token ids; with ``top_k`` exactly min(top_k, #n-grams)
     rows are returned, ties at the cut broken by that order. With ``out`` the table is written
-    there (see engine.ngram_table for the format) and returned memory-mapped; without it the
+    there (see engine.storage.ngram_table for the format) and returned memory-mapped; without it the
     table is returned in memory. Memory stays bounded by ``chunk_rows`` rows plus the walk's stack;
     temporary files go to ``tmp_dir`` (default: next to ``out``, else the system temp dir).
 

@@ -9,7 +9,7 @@ File formats read by ``load_fgram_vocab`` (the frequent-n-grams work may add its
 
 * ``.npz`` with ``tokens`` (int) and ``offsets`` (int, len S+1): f-gram i is
   tokens[offsets[i]:offsets[i+1]] (the PackedQueries layout); optional ``counts`` and ``meta``
-  (a JSON string). This is the layout of engine/ngram_table.py, so the f-gram vocabularies that
+  (a JSON string). This is the layout of engine/storage/ngram_table.py, so the f-gram vocabularies that
   ``ngram scone-vocab`` writes load directly;
 * ``.jsonl``: one f-gram a line, either a list of ids or an object with ``tokens`` (and ``count``);
 * ``.json``: a list of id lists, or an object with ``ngrams``.

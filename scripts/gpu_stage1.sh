@@ -20,7 +20,7 @@ nproc
 python3 - <<'PY'
 import hashlib, json, time
 from pathlib import Path
-from engine.sorting import sort_shard
+from engine.build.sorting import sort_shard
 import engine
 d = Path("/tmp/ngc/bench_lm/kernel-sound-soc-train-smollm2")
 t0 = time.time()

@@ -6,7 +6,7 @@ next to it so an installed wheel carries its own contract (package data).
 
 Uses grpcio-tools (a dev dependency). protoc writes absolute imports (``from ngram.v1 import
 ngram_pb2``); they are rewritten to ``engine._proto.ngram.v1`` so the code imports as part of
-the engine package. tests/test_proto.py regenerates into a temporary directory and compares.
+the engine package. tests/serve/test_proto.py regenerates into a temporary directory and compares.
 """
 
 from __future__ import annotations

@@ -1,0 +1,58 @@
+"""Comparisons and probes for the gRPC tests: result equality, status codes, health, a wrapper."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from engine.results import ProbBatchResult
+
+
+def assert_same(got, want):
+    """Equality of engine results, including dataclasses that hold numpy arrays."""
+    if isinstance(want, ProbBatchResult):
+        assert isinstance(got, ProbBatchResult)
+        for name in ("prompt_counts", "cont_counts", "probs", "suffix_lens"):
+            a, b = getattr(got, name), getattr(want, name)
+            if b is None:
+                assert a is None, name
+            else:
+                assert np.array_equal(a, b), name
+        return
+    if isinstance(want, np.ndarray):
+        assert isinstance(got, np.ndarray) and np.array_equal(got, want) and got.dtype == np.int64
+        return
+    if isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_same(g, w)
+        return
+    assert type(got) is type(want), (type(got), type(want))
+    assert got == want
+
+
+def rpc_code(fn) -> grpc.StatusCode:
+    """The status code of a raw stub call that must fail."""
+    with pytest.raises(grpc.RpcError) as info:
+        r = fn()
+        if hasattr(r, "__iter__") and not isinstance(r, (bytes, str)):
+            list(r)
+    return info.value.code()
+
+
+def health_status(channel, service="ngram.v1.NgramService") -> str:
+    stub = health_pb2_grpc.HealthStub(channel)
+    r = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(r.status)
+
+
+class Wrapped:
+    """Delegates to an NgramIndex; tests override single methods (slow, failing, blocking)."""
+
+    def __init__(self, index):
+        self._index = index
+
+    def __getattr__(self, name):
+        return getattr(self._index, name)
