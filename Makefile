@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 LOCK := requirements.lock
 PIP_VERSION := 26.3
 
-.PHONY: install demo test bench lock clean-venv
+.PHONY: install demo test bench lock clean-venv chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,25 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/ngram demo
 
-# The real SmolLM2-135M is fetched (once, into ~/.cache/ngram-engine) so its tests run, not skip.
-test: install
+# The explorer's browser test drives the system Chromium (Debian's package; Playwright never downloads
+# its own): installed here when missing and running as root, otherwise the command is printed.
+CHROMIUM ?= /usr/bin/chromium
+
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Chromium (apt-get) for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "Chromium is missing; the browser test will fail. Install it with: sudo apt-get install -y chromium"; \
+	  fi; \
+	fi
+
+# The real SmolLM2-135M is fetched (once, into ~/.cache/ngram-engine) so its tests run, not skip;
+# NGRAM_REQUIRE_BROWSER=1 makes a missing browser a failure rather than a skip.
+test: install chromium
 	$(VENV)/bin/ngram fetch smollm2
-	NGRAM_REQUIRE_SMOLLM=1 $(PY) -m pytest -q -x --timeout=900 tests || [ $$? -eq 5 ]
+	NGRAM_REQUIRE_SMOLLM=1 NGRAM_REQUIRE_BROWSER=1 $(PY) -m pytest -q -x --timeout=900 tests || [ $$? -eq 5 ]
 
 # Quick side-by-side run; see bench/README.md for the full-size benchmarks of each issue.
 bench: install
