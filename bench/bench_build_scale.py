@@ -54,7 +54,7 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _PEER_WRAPPER = r"""
 import sys
 import transformers
-from engine.tokenizers.tokenize import load_tokenizer
+from engine.tokenizers import load_tokenizer
 
 class _GPT2:
     def __init__(self):
@@ -100,7 +100,7 @@ def gpt2_hf_home(home: Path) -> Path:
     repo = home / "hub" / "models--gpt2"
     if (repo / "refs" / "main").exists():
         return home
-    from engine.tokenizers.tokenize import bytes_to_unicode, load_tokenizer
+    from engine.tokenizers import bytes_to_unicode, load_tokenizer
 
     ranks = load_tokenizer("gpt2")._ranks
     chars = bytes_to_unicode()

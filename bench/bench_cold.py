@@ -169,7 +169,7 @@ def _spans(tokens: np.ndarray, sep: int, n: int, k: int, rng) -> list[list[int]]
 
 
 def make_queries(index_dir: Path, heldout: Path, k: int) -> dict[str, list]:
-    from engine.tokenizers.tokenize import load_tokenizer
+    from engine.tokenizers import load_tokenizer
 
     rng = np.random.default_rng(SEED)
     tokens = np.memmap(index_dir / "tokenized.0", dtype="<u2", mode="r")

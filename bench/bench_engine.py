@@ -183,7 +183,7 @@ import runpy, sys, types
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(name, **kwargs):
-        from engine.tokenizers.tokenize import load_tokenizer
+        from engine.tokenizers import load_tokenizer
         tok = load_tokenizer("gpt2")
         return types.SimpleNamespace(encode=lambda text: [int(t) for t in tok.encode(text)])
 mod = types.ModuleType("transformers")
@@ -356,7 +356,7 @@ def _spans(tokens: np.ndarray, sep: int, n: int, k: int, rng) -> list[list[int]]
 
 
 def make_queries(index_dir: Path, heldout_jsonl: Path, k: int) -> Queries:
-    from engine.tokenizers.tokenize import load_tokenizer
+    from engine.tokenizers import load_tokenizer
 
     rng = np.random.default_rng(SEED)
     tokens = np.fromfile(index_dir / "tokenized.0", dtype="<u2").astype(np.int64)

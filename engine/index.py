@@ -706,7 +706,7 @@ class _DeferredTokenizer:
         self.spec, self.base_dir = spec, base_dir
 
     def load(self):
-        from engine.tokenizers.tokenize import load_tokenizer
+        from engine.tokenizers import load_tokenizer
 
         return load_tokenizer(self.spec, base_dir=self.base_dir)
 

@@ -7,7 +7,7 @@ Two checks, both cheap:
   (padded embedding matrices) but never smaller;
 * fingerprint: ``source.tokenizer_fingerprint`` against the fingerprints of the model's
   tokenizer. :func:`content_fingerprint` computes the engine's own content hash (sha256 over the
-  kind and the canonical tokenizer.json, or the tiktoken ranks, as engine/tokenizers/tokenize.py does), so a
+  kind and the canonical tokenizer.json, or the tiktoken ranks, as engine.tokenizers does), so a
   model whose tokenizer.json the index was built from matches directly. When the content differs
   only in serialisation (transformers rewrites tokenizer.json on save), and the source can
   ``tokenize`` text (NgramIndex and NgramClient can), the two tokenizers are compared on behaviour:
@@ -109,7 +109,7 @@ def _sha256(*parts: bytes) -> str:
 
 
 def content_fingerprint(tokenizer: Any) -> set[str]:
-    """The engine's content fingerprint(s) of ``tokenizer`` (engine/tokenizers/tokenize.py's ``fingerprint()``:
+    """The engine's content fingerprint(s) of ``tokenizer`` (engine/tokenizers/huggingface.py's ``fingerprint()``:
     sha256 over the kind and canonical content). A set: Hugging Face tokenizers give one per
     ``parse_special`` setting. Empty when the library is not one the engine fingerprints this way."""
     out: set[str] = set()
@@ -120,7 +120,7 @@ def content_fingerprint(tokenizer: Any) -> set[str]:
             obj = json.loads(backend.to_str())
         except Exception:
             return out
-        for setting in ("padding", "truncation"):  # call-time state, as engine/tokenizers/tokenize.py ignores it
+        for setting in ("padding", "truncation"):  # call-time state, as engine/tokenizers/huggingface.py ignores it
             if setting in obj:
                 obj[setting] = None
         canon = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -171,7 +171,7 @@ def _token_batches(options: "BuildOptions", documents, workers: int,
         return
     if options.tokenizer is None:
         raise BuildError("text documents need a tokenizer; pass tokenizer='bytes', 'gpt2', a tokenizer.json path, ...")
-    from engine.tokenizers.tokenize import tokenize_to_payloads
+    from engine.tokenizers import tokenize_to_payloads
 
     for payload, sizes, highest, metadatas in tokenize_to_payloads(_texts(rest), tokenizer or options.tokenizer,
                                                                    workers, options.token_width):
@@ -359,7 +359,7 @@ def build_index(
 
     Give ``inputs`` (files, directories, globs of text / JSONL / Parquet / .npz) or ``documents``
     (an iterable of strings or of token-id arrays). ``tokenizer`` is a spec for
-    engine.tokenizers.tokenize.load_tokenizer ("bytes", "gpt2", a tokenizer.json, a .tiktoken or .model
+    engine.tokenizers.load_tokenizer ("bytes", "gpt2", a tokenizer.json, a .tiktoken or .model
     file), or None for pre-tokenized documents, which then need ``vocab_size``. Shards are sized
     so that sorting one fits in ``max_memory`` bytes (default: 60% of available memory), or
     exactly ``shard_bytes`` when given.
@@ -382,7 +382,7 @@ def build_index(
 
     tok = None
     if tokenizer is not None:
-        from engine.tokenizers.tokenize import load_tokenizer, token_width_for
+        from engine.tokenizers import load_tokenizer, token_width_for
 
         tok = load_tokenizer(tokenizer)
         vocab_size = vocab_size or tok.vocab_size

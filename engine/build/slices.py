@@ -67,7 +67,7 @@ def _part(parts: Path, index: int, kind: str) -> Path:
 
 
 def _load_tokenizer(spec: dict, base_dir: str):
-    from engine.tokenizers.tokenize import load_tokenizer
+    from engine.tokenizers import load_tokenizer
 
     key = json.dumps([spec, base_dir], sort_keys=True)
     tok = _TOKENIZERS.get(key)

@@ -190,7 +190,7 @@ def run_serve(args) -> int:
 def _tokenizer(spec):
     if spec is None:
         return None
-    from engine.tokenizers.tokenize import load_tokenizer
+    from engine.tokenizers import load_tokenizer
 
     return load_tokenizer(spec)
 

@@ -172,9 +172,9 @@ def fill_query(msg: pb.Query, query, what: str = "query") -> pb.Query:
 def _wire_text(text: str) -> str:
     """``text`` with lone surrogates replaced as the index's tokenizers replace them in process
     (U+FFFD), so that over gRPC (whose strings must be valid UTF-8) the answer is the same."""
-    from engine.tokenizers.tokenize import _clean_text
+    from engine.tokenizers import clean_text
 
-    return _clean_text(text)
+    return clean_text(text)
 
 
 def encode_query(query, what: str = "query") -> pb.Query:

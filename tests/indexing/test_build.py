@@ -139,7 +139,7 @@ def _greedy_shards(doc_bytes: list[int], shard_bytes: int) -> list[int]:
 
 
 def test_text_build_cuts_shards_greedily_across_tokenizer_batches(tmp_path):
-    from engine.tokenizers.tokenize import load_tokenizer
+    from engine.tokenizers import load_tokenizer
 
     rng = np.random.default_rng(3)
     words = ["alpha", "beta", "gamma", "delta", "\u00e9t\u00e9", "int", "x", "(", ");", "\n"]

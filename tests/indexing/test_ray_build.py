@@ -92,7 +92,7 @@ def test_sliced_path_matches_serial_with_gpt2_and_relative_paths(corpus, tmp_pat
     """A BPE tokenizer: the serial builder's process pool (batched encode) and the slice tasks
     (one document at a time) give the same ids; relative input paths are recorded as given."""
     pytest.importorskip("tiktoken")
-    from engine.tokenizers.tokenize import load_tokenizer
+    from engine.tokenizers import load_tokenizer
 
     try:
         load_tokenizer("gpt2")

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidQueryError, TokenizerError, TokenizerMismatchError
-from engine.tokenizers.tokenize import (
+from engine.tokenizers import (
     BytesTokenizer,
     Tokenizer,
     load_tokenizer,
@@ -469,7 +469,7 @@ _SPACEY_ASCII = [c for c in _SPACEY if c.isascii() and c != "\x00"]
 @given(st.lists(st.sampled_from(_SPACEY), max_size=60), st.lists(st.sampled_from(_SPACEY_ASCII), max_size=60))
 def test_gpt2_cut_encoder_gives_the_lookahead_regex_ids(gpt2, pieces, ascii_pieces):
     # encode_serial cuts whitespace runs and encodes with a regex without GPT-2's look-ahead
-    # (engine.tokenizers.tokenize._CUT): the ids must be those of the GPT-2 regex itself, on short texts (re
+    # (engine.tokenizers.tiktoken_bpe._CUT): the ids must be those of the GPT-2 regex itself, on short texts (re
     # cuts them), long ASCII texts (numpy cuts them) and texts holding the marker (encoded as they are).
     short, ascii_text = "".join(pieces), "".join(ascii_pieces)
     for text in (short, ascii_text, ascii_text * (1 + 1100 // max(1, len(ascii_text))), short * 30):
@@ -484,7 +484,7 @@ def test_gpt2_cut_encoder_on_source_code(gpt2):
 
 @pytest.mark.parametrize("width", [1, 2, 4])
 def test_encode_shard_payload_layout(width):
-    from engine.tokenizers.tokenize import encode_shard_payload
+    from engine.tokenizers import encode_shard_payload
 
     tok = load_tokenizer("bytes")
     texts = ["ab", "", "\u00e9z"]
@@ -497,7 +497,7 @@ def test_encode_shard_payload_layout(width):
 
 
 def test_tokenize_to_payloads_workers_agree_and_keep_order(gpt2):
-    from engine.tokenizers.tokenize import tokenize_to_payloads
+    from engine.tokenizers import tokenize_to_payloads
 
     docs = list(_docs(300))
     single = list(tokenize_to_payloads(iter(docs), "gpt2", 1, 2, batch_docs=17))
@@ -518,7 +518,7 @@ def test_tokenize_to_payloads_workers_agree_and_keep_order(gpt2):
 
 
 def test_tokenize_to_payloads_threads_and_processes_agree_for_every_kind(hf_dir, sp_model):
-    from engine.tokenizers.tokenize import tokenize_to_payloads
+    from engine.tokenizers import tokenize_to_payloads
 
     docs = list(_docs(120))
     for spec in ("bytes", str(hf_dir / "tokenizer.json"), str(sp_model)):

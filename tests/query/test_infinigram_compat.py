@@ -91,7 +91,7 @@ spec = sys.argv[1]
 class AutoTokenizer:
     @staticmethod
     def from_pretrained(name, **kwargs):
-        from engine.tokenizers.tokenize import load_tokenizer
+        from engine.tokenizers import load_tokenizer
         tok = load_tokenizer(spec)
         return types.SimpleNamespace(encode=lambda text: [int(t) for t in tok.encode(text)])
 
