@@ -7,6 +7,7 @@
              --max-results-per-stream --max-support --max-disp-len --max-distinct-tokens ...
     load:    --max-memory 8G --heavy-workers N
     secure:  --tls-cert cert.pem --tls-key key.pem   --auth-token-file token.txt
+    http:    --http-port 8080   (HTTP/JSON, infini-gram's POST / and the web explorer, same process)
 
 engine/cli/main.py registers it with ``add_parsers(subparsers)``; ``python -m engine.cli.serve`` runs
 it alone. The server prints ``listening on HOST:PORT`` once it reports SERVING, logs one access
@@ -79,6 +80,10 @@ def _configure(p: argparse.ArgumentParser, route: bool = False) -> None:
     srv.add_argument("--heavy-workers", type=int, default=None,
                      help="expensive calls (attribution, CNF, frequent n-grams, big batches) running at once; "
                           "others wait or are refused, so cheap calls keep flowing (default: half the cores)")
+    srv.add_argument("--http-port", type=int, default=None, metavar="PORT",
+                     help="also serve the HTTP/JSON API, infini-gram's API (POST /) and the web explorer (GET /) on "
+                          "this port of --host, from the same backend, with the same limits, token and TLS "
+                          "(0 picks a free one; see docs/http.md)")
     srv.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain (needs --tls-key)")
     srv.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     srv.add_argument("--auth-token-file", metavar="FILE", help="require 'authorization: Bearer <token in FILE>'")
@@ -180,6 +185,7 @@ def run_serve(args) -> int:
             auth_token=token,
             max_memory=max_memory,
             heavy_workers=args.heavy_workers,
+            http_port=args.http_port,
             force_exit=True,
         )
     except (NgramError, OSError) as exc:

@@ -4,6 +4,9 @@
     ...
     server.shutdown(grace=10)                            # NOT_SERVING, in-flight calls finish
 
+With ``http_address`` the same servicer also answers HTTP/JSON (engine/serve/http), on its own port
+with the same token, TLS, limits and access log; ``server.http_port`` is the bound port.
+
 ``serve()`` runs a server until SIGTERM/SIGINT and then shuts it down gracefully (exit status 0);
 ``ngram serve`` (engine/cli/serve.py) is its command line.
 """
@@ -111,6 +114,8 @@ class NgramServer:
         self._stop_watch = threading.Event()
         self._watcher: threading.Thread | None = None
         self._serving = False
+        self.http = None  # engine.serve.http.HttpServer, when create_server got an http_address
+        self.http_port: int | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.grpc_server, name)
@@ -153,7 +158,10 @@ class NgramServer:
             timer.start()
         elif admission is not None:
             admission.shutdown.set()
+        http_stop = self._stop_http(grace)  # both transports drain at once, within the same grace
         self.grpc_server.stop(grace).wait()
+        if http_stop is not None:
+            http_stop.join()
         if admission is not None:
             admission.shutdown.set()
         close = getattr(self.backend, "close", None)
@@ -165,7 +173,18 @@ class NgramServer:
 
     def stop(self, grace: float | None = None):
         self._stop_watch.set()
+        self._stop_http(grace)
         return self.grpc_server.stop(grace)
+
+    def _stop_http(self, grace: float | None) -> threading.Thread | None:
+        """Stop the HTTP server (if any) on a thread: requests in flight get ``grace`` seconds."""
+        http, self.http = self.http, None
+        if http is None:
+            return None
+
+        t = threading.Thread(target=http.stop, args=(grace or 0,), name="ngram-http-stop", daemon=True)
+        t.start()
+        return t
 
 
 def _read(value) -> bytes:
@@ -189,6 +208,7 @@ def create_server(
     options: Sequence[tuple[str, Any]] = (),
     max_memory: int | None = None,
     heavy_workers: int | None = None,
+    http_address: str | None = None,
 ) -> tuple[NgramServer, int]:
     """Build, bind and start a server for ``backend``; return (server, bound port).
 
@@ -201,6 +221,9 @@ def create_server(
     cores), and a few more may wait, never more than leaves two worker threads for cheap calls;
     ``max_memory`` (bytes of private memory) is a budget the server stays under, refusing calls
     that would exceed it with RESOURCE_EXHAUSTED.
+
+    ``http_address`` "host:port": also serve the HTTP/JSON API and the web explorer there, from
+    the same servicer (engine/serve/http), with the same TLS, token and limits.
     """
     limits = limits or ServerLimits()
     if (tls_cert is None) != (tls_key is None):
@@ -249,6 +272,12 @@ def create_server(
 
     ngram_server = NgramServer(server, health_servicer, servicer, port, address)
     ngram_server.set_serving(False)
+    if http_address is not None:
+        try:
+            _attach_http(ngram_server, http_address, auth_token, tls_cert, tls_key, workers)
+        except BaseException:
+            server.stop(0)
+            raise
     server.start()
     if warmup:
         t0 = time.perf_counter()
@@ -264,17 +293,28 @@ def create_server(
             if warmup_ngrams is not None:
                 warmup_ngrams()
         except BaseException:
-            server.stop(0)  # a server that cannot warm up must not linger (and keep the process alive)
+            ngram_server.stop(0)  # a server that cannot warm up must not linger (and keep the process alive)
             raise
         log.info("warmed up in %.2fs", time.perf_counter() - t0)
     try:
         admission.set_baseline()  # what the server uses at rest, warmed up: the rest is the calls' budget
     except ValueError as exc:
-        server.stop(0)
+        ngram_server.stop(0)
         raise OSError(str(exc)) from None
     ngram_server.set_serving(True)
     ngram_server.start_health_watch(health_interval)
     return ngram_server, port
+
+
+def _attach_http(server: NgramServer, address: str, auth_token, tls_cert, tls_key, workers: int) -> None:
+    """Bind and start the HTTP server of ``server``'s servicer (its /healthz follows the gRPC health)."""
+    from engine.serve.http import HttpServer, HttpApi
+
+    host, _, port = address.rpartition(":")
+    api = HttpApi(server.servicer, health=server.health, auth_token=auth_token, max_workers=workers)
+    http = HttpServer(api, host or "127.0.0.1", int(port), tls_cert=tls_cert, tls_key=tls_key)
+    http.start()
+    server.http, server.http_port = http, http.port
 
 
 def _flush_and_exit(status: int) -> None:
@@ -313,6 +353,7 @@ def serve(
     grace: float = 10.0,
     ready_message: bool = True,
     force_exit: bool = False,
+    http_port: int | None = None,
     **server_kwargs,
 ) -> int:
     """Serve until SIGTERM or SIGINT, then shut down gracefully; return the exit status (0).
@@ -330,10 +371,16 @@ def serve(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+        bound_host = address.rsplit(":", 1)[0]
+        if http_port is not None:
+            server_kwargs["http_address"] = f"{bound_host}:{http_port}"
         server, bound = create_server(backend, address, **server_kwargs)
         scheme = "TLS" if server_kwargs.get("tls_cert") else "plaintext"
-        bound_host = address.rsplit(":", 1)[0]
         log.info("serving ngram.v1.NgramService on %s:%d (%s)", bound_host, bound, scheme)
+        if server.http is not None:
+            log.info("serving HTTP/JSON and the explorer on %s", server.http.url)
+            if ready_message:  # before "listening on": once that line is out, both ports answer
+                print(f"http on {server.http.url}", flush=True)
         if ready_message:
             print(f"listening on {bound_host}:{bound}", flush=True)
         while not stop.wait(0.5):

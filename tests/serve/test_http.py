@@ -17,6 +17,7 @@ import pytest
 
 from engine import NgramIndex
 from engine._proto.ngram.v1 import ngram_pb2 as pb
+from engine.serve.client import NgramClient
 from engine.serve.http import HttpServer, create_app, rpc_routes
 from engine.serve.http.codec import snake_case
 from engine.serve.server import create_server
@@ -56,17 +57,15 @@ class Http:
 
 @pytest.fixture(scope="module")
 def served(index):
-    server, _ = create_server(index, limits=LIMITS)
-    web = HttpServer(create_app(server.servicer, health=server.health, max_body_bytes=64 << 10), "127.0.0.1", 0)
-    web.start()
-    yield server, web
-    web.stop(grace=0)
+    """One server, both transports: gRPC and HTTP from the same servicer."""
+    server, _ = create_server(index, limits=LIMITS, http_address="127.0.0.1:0")
+    yield server
     server.shutdown(grace=0)
 
 
 @pytest.fixture(scope="module")
 def api(served) -> Http:
-    return Http(served[1].port)
+    return Http(served.http_port)
 
 
 def ids_query(ids) -> dict:
@@ -204,8 +203,8 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(api, index):
     # Over a server limit: 429 naming it.
     assert_error(api.post("/v1/count", {"query": ids_query([97] * 65)}), 429, "RESOURCE_EXHAUSTED",
                  "max_query_tokens")
-    # A body over the HTTP limit: 413, whether or not it declares its length.
-    big = json.dumps({"query": {"text": "a" * (70 << 10)}}).encode()
+    # A body over the limit (max_message_bytes, 1 MiB here): 413.
+    big = json.dumps({"query": {"text": "a" * (1 << 20)}}).encode()
     assert_error(api.post("/v1/count", big), 413, "RESOURCE_EXHAUSTED", "limit")
     # Unknown routes and methods.
     assert_error(api.post("/v1/no_such_rpc", {}), 404, "NOT_FOUND", "/openapi.json")
@@ -219,12 +218,12 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(api, index):
 
 def test_chunked_body_over_the_limit_is_refused(served, index):
     # No Content-Length: the limit is enforced as the body arrives.
-    conn = http.client.HTTPConnection("127.0.0.1", served[1].port, timeout=30)
-    chunks = (b"x" * 8192 for _ in range(20))
+    conn = http.client.HTTPConnection("127.0.0.1", served.http_port, timeout=30)
+    chunks = (b"x" * 8192 for _ in range(200))
     conn.request("POST", "/v1/count", body=chunks, encode_chunked=True, headers={"Content-Type": "application/json"})
     r = conn.getresponse()
     assert r.status == 413 and json.loads(r.read())["error"]["code"] == "RESOURCE_EXHAUSTED"
-    assert Http(served[1].port).post("/v1/count", {"query": {"text": "a"}}) == (200, {"count": index.count("a")})
+    assert Http(served.http_port).post("/v1/count", {"query": {"text": "a"}}) == (200, {"count": index.count("a")})
 
 
 def test_text_query_without_a_tokenizer_is_a_precondition_error(tiny_index):
@@ -283,18 +282,18 @@ def _self_signed(tmp_path):
 def test_tls_bearer_token_and_access_log(index, tmp_path, caplog):
     cert, key = _self_signed(tmp_path)
     token = "s3cret"
-    server, _ = create_server(index, auth_token=token, tls_cert=cert, tls_key=key)
-    # PEM bytes, as create_server accepts them too.
-    web = HttpServer(create_app(server.servicer, health=server.health, auth_token=token), "127.0.0.1", 0,
-                     tls_cert=cert.read_bytes(), tls_key=key.read_bytes())
-    web.start()
+    # One server, both transports, one token and one certificate (PEM bytes: create_server takes paths too).
+    server, port = create_server(index, auth_token=token, tls_cert=cert.read_bytes(), tls_key=key.read_bytes(),
+                                 http_address="127.0.0.1:0")
     tls = ssl.create_default_context(cafile=str(cert))
     try:
         caplog.set_level(logging.INFO, logger="engine.access")
-        good = Http(web.port, tls=tls, headers={"Authorization": f"Bearer {token}"})
+        good = Http(server.http_port, tls=tls, headers={"Authorization": f"Bearer {token}"})
         assert good.post("/v1/count", {"query": {"text": "the"}}) == (200, {"count": index.count("the")})
+        with NgramClient(f"127.0.0.1:{port}", root_certificates=cert, token=token) as c:
+            assert c.count("the") == index.count("the")
         for bad in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}):
-            anon = Http(web.port, tls=tls, headers=bad)
+            anon = Http(server.http_port, tls=tls, headers=bad)
             assert_error(anon.post("/v1/count", {"query": {"text": "the"}}), 401, "UNAUTHENTICATED", "Bearer")
             status, body = anon.post("/", {"query_type": "count", "query": "the"})
             assert status == 401 and "Bearer" in body["error"]
@@ -303,7 +302,44 @@ def test_tls_bearer_token_and_access_log(index, tmp_path, caplog):
         assert any(line.startswith("Count OK") and "peer=http:127.0.0.1:" in line for line in lines), lines
         assert any(line.startswith("Count UNAUTHENTICATED") for line in lines), lines
         with pytest.raises(ssl.SSLError):  # the port speaks TLS only
-            Http(web.port, tls=ssl.create_default_context()).post("/v1/count", {})
+            Http(server.http_port, tls=ssl.create_default_context()).post("/v1/count", {})
     finally:
-        web.stop(0)
         server.shutdown(0)
+
+
+def test_ngram_serve_http_port_serves_both_and_stops_on_sigterm(index, tmp_path):
+    """`ngram serve INDEX --port 0 --http-port 0`: one process answers gRPC and HTTP from the same
+    backend, logs both in one access log, and exits 0 soon after SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli.serve", str(index.paths[0]), "--port", "0",
+                             "--http-port", "0", "--grace", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        while not (lines and lines[-1].startswith("listening on")):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            lines.append(line.strip())
+        url = next(x for x in lines if x.startswith("http on ")).split()[-1]
+        grpc_target = lines[-1].split()[-1]
+        api = Http(int(url.rsplit(":", 1)[1]))
+        assert api.post("/v1/count", {"query": {"text": "the"}}) == (200, {"count": index.count("the")})
+        assert api.request("GET", "/")[0] == 200
+        with NgramClient(grpc_target) as c:
+            assert c.count("the") == index.count("the")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert time.monotonic() - t0 < 2 + 1.5
+        err = proc.stderr.read()
+        assert "SIGTERM received" in err and "peer=http:127.0.0.1:" in err and "Count OK" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -56,7 +56,8 @@ def _http_impl() -> str:
 
 
 class HttpServer:
-    """An ASGI app served by uvicorn on a background thread.
+    """An ASGI app (or an HttpApi, whose worker threads stop with it) served by uvicorn on a
+    background thread.
 
         http = HttpServer(app, "127.0.0.1", 0); port = http.start(); ...; http.stop(grace=10)
     """
@@ -65,6 +66,9 @@ class HttpServer:
                  grace: float = 10.0):
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("TLS needs both tls_cert and tls_key")
+        self.api = app if hasattr(app, "executor") else None
+        if self.api is not None:
+            app = self.api.app
         self.host = host
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
@@ -110,3 +114,5 @@ class HttpServer:
             if self.thread.is_alive():  # pragma: no cover
                 log.warning("the HTTP server thread did not stop in time")
         self.socket.close()
+        if self.api is not None:
+            self.api.close()
