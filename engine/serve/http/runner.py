@@ -75,6 +75,9 @@ class HttpServer:
             self.socket = socket.create_server((host.strip("[]"), port), family=family)
         except OSError as exc:
             raise OSError(f"cannot listen on {host}:{port} for HTTP: {exc.strerror or exc}") from exc
+        # Accepted connections inherit this: uvicorn writes a response's head and body separately,
+        # and with Nagle's algorithm the body would wait for the client's delayed ACK (40 ms).
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = self.socket.getsockname()[1]
         self.tls = tls_cert is not None
         config = uvicorn.Config(
