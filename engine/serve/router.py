@@ -31,10 +31,10 @@ shard (UNAVAILABLE over gRPC), never a silently smaller count. A background thre
 shard's health; ``health_status()`` is False while one is down (the server then reports
 NOT_SERVING). The servicer's deadline (engine.serve.servicer.time_left) is forwarded to the shards.
 
-Served over gRPC (``create_server(router)``), the router brings its own servicer
-(``RouterServicer``): requests are checked against the router's limits and forwarded to the
-shard servers as they came, so text is tokenized once, on the shard servers, in the same round
-trip, and nothing is decoded and re-encoded on the way.
+Served over gRPC (``create_server(router)``), the servicer checks each request against the
+router's limits and hands it to the router's merge method for its RPC (engine.serve.rpcs names
+it), which forwards it to the shard servers as it came: text is tokenized once, on the shard
+servers, in the same round trip, and nothing is decoded and re-encoded on the way.
 
 Shard map (JSON):
 
@@ -57,6 +57,7 @@ from __future__ import annotations
 import _thread
 import dataclasses
 import functools
+import inspect
 import json
 import logging
 import os
@@ -70,23 +71,6 @@ import grpc
 import numpy as np
 
 from engine._proto.ngram.v1 import ngram_pb2 as pb
-from engine.serve.client import (
-    DeadlineExceededError,
-    NgramClient,
-    NotSupportedError,
-    RemoteTokenizer,
-    _encode_cnf,
-    _int,
-    as_ids,
-    decode_dist,
-    decode_document,
-    decode_packed_dists,
-    decode_prob_batch,
-    encode_packed,
-    error_from_rpc,
-    fill_query,
-    pack_queries,
-)
 from engine.errors import (
     IndexFormatError,
     InvalidQueryError,
@@ -95,7 +79,7 @@ from engine.errors import (
     ShardUnavailableError,
     TokenizerMismatchError,
 )
-from engine.ngrams import _check_n, _positive_int
+from engine.ngrams import check_n, positive_int
 from engine.results import (
     Document,
     FindResult,
@@ -107,27 +91,25 @@ from engine.results import (
     ProbResult,
     SearchResult,
 )
-from engine.serve.servicer import (
-    NgramServicer,
-    _attribution_proto,
-    _count_cnf_proto,
-    _dist_proto,
-    _f8,
-    _i8,
-    _longest_matches_proto,
-    _pack_dists,
-    _public_rpcs,
-    _search_cnf_messages,
-    _search_messages,
-    _stream,
-    _unary,
-    time_left,
+from engine.serve.client import DeadlineExceededError, NgramClient, NotSupportedError, RemoteTokenizer, error_from_rpc
+from engine.serve.codec import (
+    I8,
+    as_ids,
+    decode_dist,
+    decode_document,
+    decode_packed_dists,
+    decode_prob_batch,
+    fill_query,
+    int_arg,
+    le_array,
+    tokenize_mixed,
 )
+from engine.serve.rpcs import QUERIES, Query
+from engine.serve.servicer import time_left
 
-__all__ = ["NgramRouter", "RouterServicer", "ShardSpec", "load_shard_map"]
+__all__ = ["NgramRouter", "ShardSpec", "load_shard_map"]
 
 log = logging.getLogger("engine.serve.router")
-_I8 = np.dtype("<i8")
 _F8 = np.dtype("<f8")
 DEFAULT_MAX_CLAUSE_FREQ = 1_000_000  # engine.cnf.DEFAULT_MAX_CLAUSE_FREQ
 
@@ -332,10 +314,6 @@ class NgramRouter:
             kwargs["timeout"] = float(options["timeout"])
         return cls(shards, **kwargs)
 
-    def make_servicer(self, limits=None) -> "RouterServicer":
-        """The gRPC servicer of this router (engine.serve.server.create_server calls this)."""
-        return RouterServicer(self, limits)
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     def warmup(self) -> None:
@@ -353,7 +331,7 @@ class NgramRouter:
             for sh in self._shards:
                 try:
                     sh.client.wait_until_serving(self.connect_timeout)
-                    sh.info = sh.client._index_info()
+                    sh.info = sh.client.index_info()
                 except NgramError as exc:
                     raise ShardUnavailableError(f"{sh.where()} is unavailable: {exc}") from exc
             first = self._shards[0].info
@@ -477,7 +455,7 @@ class NgramRouter:
         if not self._ready:
             self._connect()
         timeout = self._deadline()
-        return self._run([(sh, sh.client._blocking, (method, req, timeout)) for sh, method, req in calls])
+        return self._run([(sh, sh.client.call_raw, (method, req, timeout)) for sh, method, req in calls])
 
     def _all(self, method: str, request) -> list:
         return self._gather([(sh, method, request) for sh in self._shards])
@@ -492,7 +470,7 @@ class NgramRouter:
 
     def _read_streams(self, calls: list[tuple[_Shard, str, Any]], timeout) -> list[list]:
         """Start every (shard, method, request) stream, then read them in order: lists of messages."""
-        streams = [(sh, sh.client._stream(method, req, timeout)) for sh, method, req in calls]
+        streams = [(sh, sh.client.stream_raw(method, req, timeout)) for sh, method, req in calls]
         out, errors = [], []
         for sh, stream in streams:
             try:
@@ -610,15 +588,6 @@ class NgramRouter:
     def _ids(self, query, what: str = "query") -> np.ndarray:
         return self.tokenize(query) if isinstance(query, str) else as_ids(query, what)
 
-    def _batch_msg(self, msg: pb.QueryBatch, queries, what: str) -> None:
-        """Fill a QueryBatch: texts travel as texts (the shard servers tokenize), ids packed."""
-        if isinstance(queries, (list, tuple)) and queries and all(isinstance(q, str) for q in queries):
-            msg.texts.texts.extend(queries)
-            return
-        if isinstance(queries, (list, tuple)) and any(isinstance(q, str) for q in queries):
-            queries = [self.tokenize(q) if isinstance(q, str) else q for q in queries]
-        msg.CopyFrom(encode_packed(pack_queries(queries, what)))
-
     # ------------------------------------------------------------------------------------------
     # Request-level merges. Each takes the request message the shard servers get (as a client
     # sent it to the router, or as the Python methods below build it) and returns engine results.
@@ -628,9 +597,9 @@ class NgramRouter:
 
     def count_batch_request(self, req: pb.CountBatchRequest) -> np.ndarray:
         rs = self._all("CountBatch", req)
-        total = np.frombuffer(rs[0].counts, dtype=_I8).astype(np.int64)
+        total = np.frombuffer(rs[0].counts, dtype=I8).astype(np.int64)
         for r in rs[1:]:
-            total += np.frombuffer(r.counts, dtype=_I8)
+            total += np.frombuffer(r.counts, dtype=I8)
         return total
 
     def find_request(self, req: pb.FindRequest) -> FindResult:
@@ -719,74 +688,6 @@ class NgramRouter:
         max_docs = int(req.max_docs) if req.HasField("max_docs") else 10
         return SearchResult(count=count, documents=docs[:max_docs], approx=approx)
 
-    # -- the NgramIndex methods ----------------------------------------------------------------
-
-    def count(self, query) -> int:
-        req = pb.CountRequest()
-        fill_query(req.query, query)
-        return self.count_request(req)
-
-    def count_batch(self, queries) -> np.ndarray:
-        req = pb.CountBatchRequest()
-        self._batch_msg(req.queries, queries, "queries")
-        return self.count_batch_request(req)
-
-    def find(self, query) -> FindResult:
-        req = pb.FindRequest()
-        fill_query(req.query, query)
-        return self.find_request(req)
-
-    def prob(self, prompt, cont_id: int) -> ProbResult:
-        req = pb.ProbRequest(cont_id=_int(cont_id, "cont_id"))
-        fill_query(req.prompt, prompt, "prompt")
-        return self.prob_request(req)
-
-    def prob_batch(self, prompts, cont_ids) -> ProbBatchResult:
-        req = pb.ProbBatchRequest(cont_ids=as_ids(cont_ids, "cont_ids").astype(_I8).tobytes())
-        self._batch_msg(req.prompts, prompts, "prompts")
-        return self.prob_batch_request(req)
-
-    def infgram_prob(self, prompt, cont_id: int) -> InfgramProbResult:
-        req = pb.InfgramProbRequest(cont_id=_int(cont_id, "cont_id"))
-        fill_query(req.prompt, prompt, "prompt")
-        return self.infgram_prob_request(req)
-
-    def infgram_prob_batch(self, prompts, cont_ids) -> ProbBatchResult:
-        req = pb.InfgramProbBatchRequest(cont_ids=as_ids(cont_ids, "cont_ids").astype(_I8).tobytes())
-        self._batch_msg(req.prompts, prompts, "prompts")
-        return self.infgram_prob_batch_request(req)
-
-    @staticmethod
-    def _with_support(req, max_support):
-        if max_support is not None:
-            req.max_support = _int(max_support, "max_support")
-        return req
-
-    def ntd(self, prompt, max_support: int | None = None) -> NextTokenDistribution:
-        req = self._with_support(pb.NextTokenDistributionRequest(), max_support)
-        fill_query(req.prompt, prompt, "prompt")
-        return self.ntd_request(req)
-
-    def ntd_batch(self, prompts, max_support: int | None = None) -> list[NextTokenDistribution]:
-        req = self._with_support(pb.NextTokenDistributionBatchRequest(), max_support)
-        self._batch_msg(req.prompts, prompts, "prompts")
-        return self.ntd_batch_request(req)
-
-    def infgram_ntd(self, prompt, max_support: int | None = None) -> InfgramNtdResult:
-        req = self._with_support(pb.InfgramNextTokenDistributionRequest(), max_support)
-        fill_query(req.prompt, prompt, "prompt")
-        return self.infgram_ntd_request(req)
-
-    def infgram_ntd_batch(self, prompts, max_support: int | None = None) -> list[InfgramNtdResult]:
-        req = self._with_support(pb.InfgramNextTokenDistributionBatchRequest(), max_support)
-        self._batch_msg(req.prompts, prompts, "prompts")
-        return self.infgram_ntd_batch_request(req)
-
-    def search_docs(self, query, max_docs: int = 10, max_disp_len: int = 1000) -> SearchResult:
-        req = pb.SearchDocumentsRequest(max_docs=_int(max_docs, "max_docs"), max_disp_len=_int(max_disp_len, "max_disp_len"))
-        fill_query(req.query, query)
-        return self.search_docs_request(req)
-
     # -- documents by number, rank or pointer --------------------------------------------------
 
     def _locate_shard(self, shard: int) -> tuple[_Shard, int]:
@@ -850,11 +751,11 @@ class NgramRouter:
         would be longer answers RESOURCE_EXHAUSTED, which the router passes on, naming it.
         """
         started = time.time()
-        n_min, n_max = _check_n(n_min, n_min if n_max is None else n_max)
+        n_min, n_max = check_n(n_min, n_min if n_max is None else n_max)
         if min_count is None and top_k is None:
             raise InvalidQueryError("give min_count=C (every n-gram occurring at least C times) or top_k=K")
-        floor = 1 if min_count is None else _positive_int(min_count, "min_count")
-        k = None if top_k is None else _positive_int(top_k, "top_k")
+        floor = 1 if min_count is None else positive_int(min_count, "min_count")
+        k = None if top_k is None else positive_int(top_k, "top_k")
         self._infos()
         shards = self._shards
         S = len(shards)
@@ -954,39 +855,26 @@ class NgramRouter:
         from engine.match import LongestMatches
 
         rs = self._all("LongestMatches", req)
-        tokens = _a(rs[0].token_ids)
-        lengths = np.stack([_a(r.lengths) for r in rs])
+        tokens = le_array(rs[0].token_ids)
+        lengths = np.stack([le_array(r.lengths) for r in rs])
         L = lengths.max(axis=0)
-        counts = np.where(lengths == L, np.stack([_a(r.counts) for r in rs]), 0).sum(axis=0).astype(np.int64)
-        pc, cc, suffix = _union_backoff(np.stack([_a(r.suffix_lens) for r in rs]),
-                                        np.stack([_a(r.prompt_counts) for r in rs]),
-                                        np.stack([_a(r.cont_counts) for r in rs]))
+        counts = np.where(lengths == L, np.stack([le_array(r.counts) for r in rs]), 0).sum(axis=0).astype(np.int64)
+        pc, cc, suffix = _union_backoff(np.stack([le_array(r.suffix_lens) for r in rs]),
+                                        np.stack([le_array(r.prompt_counts) for r in rs]),
+                                        np.stack([le_array(r.cont_counts) for r in rs]))
+        if req.HasField("infgram") and not req.infgram:
+            return LongestMatches(tokens, L.astype(np.int64), counts)
         return LongestMatches(tokens, L.astype(np.int64), counts, ProbBatchResult(pc, cc, _probs(pc, cc), suffix))
-
-    def _longest_request(self, text, max_len) -> pb.LongestMatchesRequest:
-        req = pb.LongestMatchesRequest()
-        fill_query(req.text, text, "text")
-        if max_len is not None:
-            req.max_len = _int(max_len, "max_len")
-        return req
-
-    def longest_matches(self, text, max_len: int | None = None, infgram: bool = False):
-        """NgramIndex.longest_matches over the shard servers (engine.match.LongestMatches)."""
-        m = self.longest_matches_request(self._longest_request(text, max_len))
-        return m if infgram else dataclasses.replace(m, infgram=None)
-
-    def infgram_probs(self, text, max_len: int | None = None) -> ProbBatchResult:
-        return self.longest_matches_request(self._longest_request(text, max_len)).infgram
 
     def creativity(self, text, n=5, max_len: int | None = None):
         """NgramIndex.creativity over the shard servers."""
         from engine.match import uniqueness
 
-        m = self.longest_matches_request(self._longest_request(text, max_len))
+        m = self.longest_matches(text, max_len)
         if len(m.tokens) == 0:
             raise InvalidQueryError("text is empty: give at least one token")
         if isinstance(n, (int, np.integer)) and not isinstance(n, bool):
-            return uniqueness(m.lengths, _positive_int(n, "n"))
+            return uniqueness(m.lengths, positive_int(n, "n"))
         values = list(n)
         if not values or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in values):
             raise InvalidQueryError("n must be a positive int or a non-empty list of them")
@@ -1006,17 +894,17 @@ class NgramRouter:
         matches, their documents in global suffix-array order (as engine.match.attribute)."""
         from engine.match import AttributedSpan, Attribution, LongestMatches, maximal_spans, uniqueness
 
-        min_len = _positive_int(min_len, "min_len")
+        min_len = positive_int(min_len, "min_len")
         if max_count is not None:
-            max_count = _positive_int(max_count, "max_count")
+            max_count = positive_int(max_count, "max_count")
         if isinstance(max_docs, bool) or not isinstance(max_docs, (int, np.integer)) or max_docs < 0:
             raise InvalidQueryError("max_docs must be a non-negative int")
         if isinstance(max_disp_len, bool) or not isinstance(max_disp_len, (int, np.integer)) or max_disp_len < 1:
             raise InvalidQueryError("max_disp_len must be a positive int (tokens to return per document)")
-        creativity_n = min_len if creativity_n is None else _positive_int(creativity_n, "creativity_n")
+        creativity_n = min_len if creativity_n is None else positive_int(creativity_n, "creativity_n")
         req = pb.LongestMatchesRequest(text=text)
         if max_len is not None:
-            req.max_len = _int(max_len, "max_len")
+            req.max_len = int_arg(max_len, "max_len")
         m = self.longest_matches_request(req)
         ids, lengths, counts = m.tokens, m.lengths, m.counts
         if len(ids) == 0:
@@ -1083,15 +971,13 @@ class NgramRouter:
     # ------------------------------------------------------------------------------------------
     # AND/OR (CNF) document search
 
-    def _cnf_request(self, cls, cnf, max_clause_freq):
-        req = cls()
-        req.clauses.extend(_encode_cnf(cnf))
-        if max_clause_freq is None:
-            self._infos()
-            max_clause_freq = min([DEFAULT_MAX_CLAUSE_FREQ] + [sh.limit("max_clause_freq") or DEFAULT_MAX_CLAUSE_FREQ
-                                                               for sh in self._shards])
-        req.max_clause_freq = _int(max_clause_freq, "max_clause_freq")
-        return req
+    def _default_clause_freq(self, req) -> int:
+        """The request's max_clause_freq, or (unset) the lowest of the shard servers' limits."""
+        if req.HasField("max_clause_freq"):
+            return int(req.max_clause_freq)
+        self._infos()
+        return min([DEFAULT_MAX_CLAUSE_FREQ] + [sh.limit("max_clause_freq") or DEFAULT_MAX_CLAUSE_FREQ
+                                                for sh in self._shards])
 
     @staticmethod
     def _cnf_merge(summaries, cap: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
@@ -1120,19 +1006,15 @@ class NgramRouter:
     def count_cnf_request(self, req: pb.CountCnfRequest):
         from engine.cnf import CnfResult
 
+        req.max_clause_freq = self._default_clause_freq(req)
         rs = self._all("CountCnf", req)
         counts, scanned, count = self._cnf_merge(rs, int(req.max_clause_freq))
         return CnfResult(count, False, counts, scanned, np.zeros(0, dtype=np.int64))
 
-    def count_cnf(self, cnf, max_clause_freq: int | None = None):
-        """NgramIndex.count_cnf over the shard servers (engine.cnf.CnfResult; doc_ixs left empty:
-        only counts travel). UNIMPLEMENTED (NotSupportedError) when one index would sample."""
-        return self.count_cnf_request(self._cnf_request(pb.CountCnfRequest, cnf, max_clause_freq))
-
     def search_docs_cnf_request(self, req: pb.SearchDocumentsCnfRequest):
         from engine.cnf import CnfResult
 
-        cap = int(req.max_clause_freq)
+        cap = req.max_clause_freq = self._default_clause_freq(req)
         max_docs = int(req.max_docs) if req.HasField("max_docs") else 10
         disp = int(req.max_disp_len) if req.HasField("max_disp_len") else 1000
         summaries, docs = [], []
@@ -1160,14 +1042,6 @@ class NgramRouter:
         return CnfResult(count, False, counts, scanned, np.array([d.doc_ix for d in documents], dtype=np.int64),
                          documents)
 
-    def search_docs_cnf(self, cnf, max_docs: int = 10, max_clause_freq: int | None = None,
-                        max_disp_len: int = 1000):
-        """NgramIndex.search_docs_cnf over the shard servers (engine.cnf.CnfResult), exact."""
-        req = self._cnf_request(pb.SearchDocumentsCnfRequest, cnf, max_clause_freq)
-        req.max_docs = _int(max_docs, "max_docs")
-        req.max_disp_len = _int(max_disp_len, "max_disp_len")
-        return self.search_docs_cnf_request(req)
-
     def _term_ids(self, q: pb.Query) -> np.ndarray:
         if q.WhichOneof("kind") == "text":
             return self.tokenize(q.text)
@@ -1188,7 +1062,7 @@ class NgramRouter:
                                                                     max_disp_len=max(1, doc.doc_len))))
         out = []
         for doc, r in zip(docs, self._gather(calls)):
-            full = _a_list(r.document.token_ids)
+            full = np.array(r.document.token_ids, dtype=np.int64)
             pos = _first_occurrence(full, terms)
             start = max(0, pos - disp // 2)
             end = max(start, min(len(full), pos + (disp + 1) // 2))
@@ -1198,135 +1072,7 @@ class NgramRouter:
 
 
 # ------------------------------------------------------------------------------------------------
-# The router's gRPC servicer
-
-
-class RouterServicer(NgramServicer):
-    """NgramServicer for a router: each request is checked against the router's limits and
-    forwarded to the shard servers as it came (text is tokenized there, in the same round trip;
-    nothing is decoded and re-encoded on the way). Everything else is NgramServicer's."""
-
-    def _set_support(self, request) -> None:
-        ms = self._max_support(request)
-        if ms is not None:
-            request.max_support = ms
-
-    @_unary
-    def _Count(self, request, context):
-        self._checked_query(request, "query")
-        return pb.CountResponse(count=self.backend.count_request(request))
-
-    @_unary
-    def _CountBatch(self, request, context):
-        self._checked_batch(request, "queries")
-        return pb.CountBatchResponse(counts=_i8(self.backend.count_batch_request(request)))
-
-    @_unary
-    def _Find(self, request, context):
-        self._checked_query(request, "query")
-        r = self.backend.find_request(request)
-        return pb.FindResponse(count=int(r.count), segments=[pb.SuffixArraySegment(start=s, end=e) for s, e in r.segments])
-
-    @_unary
-    def _Prob(self, request, context):
-        self._checked_query(request, "prompt")
-        self._cont_id(request)
-        r = self.backend.prob_request(request)
-        return pb.ProbResponse(prompt_count=r.prompt_count, cont_count=r.cont_count, prob=r.prob)
-
-    @_unary
-    def _ProbBatch(self, request, context):
-        self._cont_ids(request, self._checked_batch(request, "prompts"))
-        r = self.backend.prob_batch_request(request)
-        return pb.ProbBatchResponse(prompt_counts=_i8(r.prompt_counts), cont_counts=_i8(r.cont_counts), probs=_f8(r.probs))
-
-    @_unary
-    def _InfgramProb(self, request, context):
-        self._checked_query(request, "prompt")
-        self._cont_id(request)
-        r = self.backend.infgram_prob_request(request)
-        return pb.InfgramProbResponse(prompt_count=r.prompt_count, cont_count=r.cont_count, prob=r.prob,
-                                      suffix_len=r.suffix_len)
-
-    @_unary
-    def _InfgramProbBatch(self, request, context):
-        self._cont_ids(request, self._checked_batch(request, "prompts"))
-        r = self.backend.infgram_prob_batch_request(request)
-        return pb.InfgramProbBatchResponse(prompt_counts=_i8(r.prompt_counts), cont_counts=_i8(r.cont_counts),
-                                           probs=_f8(r.probs), suffix_lens=_i8(r.suffix_lens))
-
-    @_unary
-    def _NextTokenDistribution(self, request, context):
-        self._checked_query(request, "prompt")
-        self._set_support(request)
-        return pb.NextTokenDistributionResponse(distribution=_dist_proto(self.backend.ntd_request(request)))
-
-    @_unary
-    def _NextTokenDistributionBatch(self, request, context):
-        self._checked_batch(request, "prompts")
-        self._set_support(request)
-        dists = self.backend.ntd_batch_request(request)
-        return pb.NextTokenDistributionBatchResponse(distributions=_pack_dists(dists, with_suffix=False))
-
-    @_unary
-    def _InfgramNextTokenDistribution(self, request, context):
-        self._checked_query(request, "prompt")
-        self._set_support(request)
-        d = self.backend.infgram_ntd_request(request)
-        return pb.InfgramNextTokenDistributionResponse(distribution=_dist_proto(d), suffix_len=int(d.suffix_len))
-
-    @_unary
-    def _InfgramNextTokenDistributionBatch(self, request, context):
-        self._checked_batch(request, "prompts")
-        self._set_support(request)
-        dists = self.backend.infgram_ntd_batch_request(request)
-        return pb.InfgramNextTokenDistributionBatchResponse(distributions=_pack_dists(dists, with_suffix=True))
-
-    @_stream
-    def _SearchDocuments(self, request, context):
-        self._checked_query(request, "query")
-        request.max_docs = self._max_docs(request, 10)
-        request.max_disp_len = self._disp_len(request)
-        yield from _search_messages(self.backend.search_docs_request(request))
-
-    @_unary
-    def _LongestMatches(self, request, context):
-        self._checked_query(request, "text")
-        return _longest_matches_proto(self.backend.longest_matches_request(request))
-
-    @_unary
-    def _Attribute(self, request, context):
-        text = self._checked_query(request, "text")
-        min_len, max_count, kwargs = self._attribute_args(request)
-        return _attribution_proto(self.backend.attribute_query(text, min_len, max_count, **kwargs))
-
-    @_unary
-    def _CountCnf(self, request, context):
-        request.max_clause_freq = self._checked_cnf(request)
-        return _count_cnf_proto(self.backend.count_cnf_request(request))
-
-    @_stream
-    def _SearchDocumentsCnf(self, request, context):
-        request.max_clause_freq = self._checked_cnf(request)
-        request.max_docs = self._max_docs(request, 10)
-        request.max_disp_len = self._disp_len(request)
-        yield from _search_cnf_messages(self.backend.search_docs_cnf_request(request))
-
-
-_public_rpcs(RouterServicer)
-
-
-# ------------------------------------------------------------------------------------------------
 # Merging helpers
-
-
-def _a(data: bytes) -> np.ndarray:
-    """int64 LE bytes as a writable native int64 array."""
-    return np.frombuffer(data, dtype=_I8).astype(np.int64)
-
-
-def _a_list(values) -> np.ndarray:
-    return np.array(values, dtype=np.int64)
 
 
 def _probs(pc: np.ndarray, cc: np.ndarray) -> np.ndarray:
@@ -1434,3 +1180,27 @@ def _merge_dists(dists: list, suffix_len: int | None = None, max_support: int | 
     if suffix_len is None:
         return NextTokenDistribution(prompt_count=pc, tokens=tokens, counts=counts, end_count=ec, approx=approx)
     return InfgramNtdResult(prompt_count=pc, tokens=tokens, counts=counts, end_count=ec, approx=approx, suffix_len=int(suffix_len))
+
+
+def _router_method(q: Query):
+    """NgramRouter's method for one entry of the RPC table: the request its shard servers get, then
+    the router's merge of their answers."""
+    build, pick, merge = q.build, q.pick, q.forward
+
+    def method(self, *args, **kwargs):
+        if q.batch is not None and args:
+            args = (tokenize_mixed(args[0], self.tokenize),) + args[1:]
+        return pick(getattr(self, merge)(build(*args, **kwargs)))
+
+    method.__signature__ = inspect.signature(build).replace(parameters=[
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *inspect.signature(build).parameters.values()])
+    method.__name__ = q.method
+    method.__qualname__ = f"NgramRouter.{q.method}"
+    method.__doc__ = f"NgramIndex.{q.method} over the shard servers (merged by NgramRouter.{merge})."
+    return method
+
+
+for _q in QUERIES:
+    if _q.forward is not None:
+        setattr(NgramRouter, _q.method, _router_method(_q))
+del _q

@@ -245,10 +245,7 @@ def create_server(
         options=opts,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
-    # A backend may bring its own servicer (the router forwards requests to its shard servers
-    # as they came instead of decoding and re-encoding them).
-    make_servicer = getattr(backend, "make_servicer", None)
-    servicer = make_servicer(limits) if callable(make_servicer) else NgramServicer(backend, limits)
+    servicer = NgramServicer(backend, limits)
     servicer.admission = admission
     add_to_server(servicer, server)
 
@@ -282,7 +279,8 @@ def create_server(
     if warmup:
         t0 = time.perf_counter()
         if getattr(backend, "warmup_ngrams", None) is not None:  # an index (a router has nothing to compile)
-            from engine.kernels.cache import COMPILE_SECONDS, compile_notice, query_kernels
+            from engine.kernels.cache import COMPILE_SECONDS, compile_notice
+            from engine.kernels.suffix import query_kernels
 
             log.info("warming up: %s", compile_notice(query_kernels(), "the query kernels",
                                                       COMPILE_SECONDS["warmup"]) or "loading the compiled kernels")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
-import json
 import logging
 import time
 from typing import Any, Callable, Iterator
@@ -51,13 +50,9 @@ from engine.errors import (
     ShardUnavailableError,
     TokenizerError,
 )
-from engine.results import (
-    Document,
-    InfgramNtdResult,
-    NextTokenDistribution,
-    PackedQueries,
-    ProbBatchResult,
-)
+from engine.results import PackedQueries, ProbBatchResult
+from engine.serve.codec import DistPacker, I8, checked_le_array, slice_packed, to_json
+from engine.serve.rpcs import SERVICE, SERVICE_NAME, Query, queries_of
 
 __all__ = [
     "SERVICE_NAME",
@@ -69,13 +64,10 @@ __all__ = [
     "current_deadline",
 ]
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NgramService"].full_name  # "ngram.v1.NgramService"
 
 access_log = logging.getLogger("engine.access")
 log = logging.getLogger("engine.serve.servicer")
 
-_I8 = np.dtype("<i8")
-_F8 = np.dtype("<f8")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -239,15 +231,14 @@ def _fail(method: str, exc: BaseException, context, t0: float):
     context.abort(code, detail)
 
 
-def _unary(fn):
-    method = fn.__name__.lstrip("_")
+def _unary(method: str, fn: Callable[[Any, Any], Any]):
+    """The gRPC handler of a unary RPC: ``fn(request, context)`` returns the response."""
     monotonic, perf_counter = time.monotonic, time.perf_counter
     set_deadline, reset_deadline = _DEADLINE.set, _DEADLINE.reset
 
     # The per-call work here is part of every unary RPC's latency: one time_remaining() (a call
     # into gRPC's C core), one contextvar set/reset, and nothing else unless the access log is on.
-    @functools.wraps(fn)
-    def wrapper(self, request, context):
+    def wrapper(request, context):
         t0 = perf_counter()
         remaining = context.time_remaining()
         token = set_deadline(None if remaining is None else monotonic() + remaining)
@@ -256,7 +247,7 @@ def _unary(fn):
                 raise InvalidQueryError(f"request is not a valid {request.type_name}: {request.error}")
             if remaining is not None and remaining <= 0:
                 raise _Expired("deadline exceeded before the call started")
-            response = fn(self, request, context)
+            response = fn(request, context)
         except Exception as exc:
             _fail(method, exc, context, t0)
         finally:
@@ -268,18 +259,17 @@ def _unary(fn):
                 _log_call(method, grpc.StatusCode.OK, t0, context)
         return response
 
-    wrapper.rpc_name = method
     return wrapper
 
 
 _END = object()
 
 
-def _stream(fn):
-    method = fn.__name__.lstrip("_")
+def _stream(method: str, fn: Callable[[Any, Any], Iterator]):
+    """The gRPC handler of a server-streaming RPC: ``fn(request, context)`` returns the messages
+    (an iterator, advanced with the call's deadline set)."""
 
-    @functools.wraps(fn)
-    def wrapper(self, request, context):
+    def wrapper(request, context):
         t0 = time.perf_counter()
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
@@ -287,7 +277,7 @@ def _stream(fn):
         try:
             if isinstance(request, _Malformed):
                 raise InvalidQueryError(f"request is not a valid {request.type_name}: {request.error}")
-            it = iter(fn(self, request, context))
+            it = iter(fn(request, context))
             while True:
                 token = _DEADLINE.set(deadline)
                 try:
@@ -307,7 +297,6 @@ def _stream(fn):
             _fail(method, exc, context, t0)
         _log_call(method, grpc.StatusCode.OK, t0, context, f"{n} messages")
 
-    wrapper.rpc_name = method
     return wrapper
 
 
@@ -355,148 +344,6 @@ def _varint_len(value: int) -> int:
 # Encoding helpers
 
 
-def _le(data: bytes, dtype: np.dtype, field: str) -> np.ndarray:
-    if len(data) % dtype.itemsize:
-        raise InvalidQueryError(
-            f"{field} holds {len(data)} bytes, not a multiple of {dtype.itemsize}: it must be "
-            f"packed little-endian {dtype.name} values"
-        )
-    # A writable copy: numba compiles separate specializations for read-only arrays, and the
-    # warmed-up kernels are the writable ones. The copy costs microseconds per batch.
-    return np.frombuffer(data, dtype=dtype).copy()
-
-
-def _i8(a) -> bytes:
-    return np.ascontiguousarray(a, dtype=_I8).tobytes()
-
-
-def _dist_proto(d: NextTokenDistribution) -> pb.TokenDistribution:
-    return pb.TokenDistribution(
-        prompt_count=int(d.prompt_count),
-        token_ids=np.asarray(d.tokens, dtype=np.int64).tolist(),
-        counts=np.asarray(d.counts, dtype=np.int64).tolist(),
-        end_count=int(d.end_count),
-        approx=bool(d.approx),
-    )
-
-
-class _DistPacker:
-    """Distributions packed as they come, chunk by chunk: each chunk's result objects become a few
-    arrays at once, so a big batch never holds all of them."""
-
-    def __init__(self, with_suffix: bool):
-        self.with_suffix = with_suffix
-        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in ("lens", "tokens", "counts", "prompt", "end",
-                                                                    "approx", "suffix")}
-
-    def add(self, dists: list) -> None:
-        if not dists:
-            return
-        p = self.parts
-        p["lens"].append(np.fromiter((len(d.tokens) for d in dists), dtype=np.int64, count=len(dists)))
-        p["tokens"].append(np.concatenate([np.asarray(d.tokens, dtype=np.int64) for d in dists]))
-        p["counts"].append(np.concatenate([np.asarray(d.counts, dtype=np.int64) for d in dists]))
-        p["prompt"].append(np.fromiter((d.prompt_count for d in dists), dtype=np.int64, count=len(dists)))
-        p["end"].append(np.fromiter((d.end_count for d in dists), dtype=np.int64, count=len(dists)))
-        p["approx"].append(np.fromiter((bool(d.approx) for d in dists), dtype=np.uint8, count=len(dists)))
-        if self.with_suffix:
-            p["suffix"].append(np.fromiter((d.suffix_len for d in dists), dtype=np.int64, count=len(dists)))
-
-    def message(self) -> pb.PackedTokenDistributions:
-        def cat(name, dtype=np.int64):
-            parts = self.parts.pop(name)
-            return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
-
-        lens = cat("lens")
-        offsets = np.zeros(len(lens) + 1, dtype=np.int64)
-        np.cumsum(lens, out=offsets[1:])
-        msg = pb.PackedTokenDistributions(
-            prompt_counts=_i8(cat("prompt")), end_counts=_i8(cat("end")), approx=cat("approx", np.uint8).tobytes(),
-            offsets=_i8(offsets), token_ids=_i8(cat("tokens")), counts=_i8(cat("counts")))
-        if self.with_suffix:
-            msg.suffix_lens = _i8(cat("suffix"))
-        return msg
-
-
-def _pack_dists(dists: list, with_suffix: bool) -> pb.PackedTokenDistributions:
-    packer = _DistPacker(with_suffix)
-    packer.add(list(dists))
-    return packer.message()
-
-
-def _doc_proto(doc: Document) -> pb.Document:
-    msg = pb.Document(
-        doc_ix=int(doc.doc_ix),
-        doc_len=int(doc.doc_len),
-        disp_len=int(doc.disp_len),
-        needle_offset=int(doc.needle_offset),
-        token_ids=np.asarray(doc.token_ids, dtype=np.int64).tolist(),
-        shard=int(doc.shard),
-    )
-    if doc.metadata is not None:
-        msg.metadata_json = json.dumps(doc.metadata, ensure_ascii=False)
-    return msg
-
-
-def _json(obj) -> str:
-    def default(o):
-        if isinstance(o, np.integer):
-            return int(o)
-        if isinstance(o, np.floating):
-            return float(o)
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        return str(o)
-
-    return json.dumps(obj, default=default, sort_keys=True)
-
-
-def _f8(a) -> bytes:
-    return np.ascontiguousarray(a, dtype=_F8).tobytes()
-
-
-def _search_messages(r) -> Iterator[pb.SearchDocumentsResponse]:
-    yield pb.SearchDocumentsResponse(
-        summary=pb.SearchSummary(count=int(r.count), num_documents=len(r.documents), approx=bool(r.approx)))
-    for doc in r.documents:
-        yield pb.SearchDocumentsResponse(document=_doc_proto(doc))
-
-
-def _longest_matches_proto(m) -> pb.LongestMatchesResponse:
-    p = m.infgram
-    return pb.LongestMatchesResponse(
-        token_ids=_i8(m.tokens), lengths=_i8(m.lengths), counts=_i8(m.counts),
-        prompt_counts=_i8(p.prompt_counts), cont_counts=_i8(p.cont_counts), probs=_f8(p.probs),
-        suffix_lens=_i8(p.suffix_lens))
-
-
-def _attribution_proto(a) -> pb.AttributeResponse:
-    return pb.AttributeResponse(
-        token_ids=_i8(a.matches.tokens), creativity=float(a.creativity), creativity_n=int(a.creativity_n),
-        lengths=_i8(a.matches.lengths), counts=_i8(a.matches.counts),
-        spans=[pb.AttributedSpan(start=sp.start, end=sp.end, count=sp.count,
-                                 token_ids=np.asarray(sp.token_ids, dtype=np.int64).tolist(),
-                                 documents=[_doc_proto(d) for d in sp.documents]) for sp in a.spans])
-
-
-def _count_cnf_proto(r) -> pb.CountCnfResponse:
-    return pb.CountCnfResponse(count=int(r.count), approx=bool(r.approx), clause_counts=list(r.clause_counts),
-                               scanned_clauses=list(r.scanned_clauses))
-
-
-def _search_cnf_messages(r) -> Iterator[pb.SearchDocumentsCnfResponse]:
-    yield pb.SearchDocumentsCnfResponse(summary=pb.SearchDocumentsCnfSummary(
-        count=int(r.count), approx=bool(r.approx), clause_counts=list(r.clause_counts),
-        scanned_clauses=list(r.scanned_clauses), num_documents=len(r.documents)))
-    for doc in r.documents:
-        yield pb.SearchDocumentsCnfResponse(document=_doc_proto(doc))
-
-
-def _slice_packed(pq: PackedQueries, start: int, stop: int) -> PackedQueries:
-    lo, hi = int(pq.offsets[start]), int(pq.offsets[stop])
-    return PackedQueries(pq.tokens[lo:hi], pq.offsets[start : stop + 1] - lo)
-
-
 # ------------------------------------------------------------------------------------------------
 # The servicer
 
@@ -512,6 +359,51 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
         # Shared by every call of this servicer; create_server replaces it with the server's own.
         self.admission = admission or Admission()
         self._info_response: pb.GetIndexInfoResponse | None = None
+        # One gRPC handler per RPC of the service, each driven by its entries in engine.serve.rpcs.
+        for m in SERVICE.methods:
+            setattr(self, m.name, self._handler(m.name, m.server_streaming))
+
+    def _handler(self, rpc: str, stream: bool):
+        """The handler of ``rpc``: parse and bound the request (the ``_<Rpc>`` method below; or, for a
+        backend that forwards requests as they came, the table's checks and its merge method), then
+        encode the result as the table says."""
+        queries = queries_of(rpc)
+        forward = None if self._local else next((q for q in queries if q.forward), None)
+        run = functools.partial(self._forward, forward) if forward is not None else getattr(self, "_" + rpc)
+        encode = queries[0].encode if queries else (lambda response, request: response)
+        if stream:
+            def messages(request, context):
+                yield from encode(run(request, context), request)
+
+            return _stream(rpc, messages)
+        return _unary(rpc, lambda request, context: encode(run(request, context), request))
+
+    def _forward(self, q: Query, request, context):
+        """A request checked against this server's limits (without tokenizing or decoding it) and
+        handed to the backend's merge method for its RPC (an NgramRouter's)."""
+        for check in q.checks:
+            kind = check[0]
+            if kind == "query":
+                self._checked_query(request, check[1])
+            elif kind == "batch":
+                self._checked_batch(request, check[1])
+            elif kind == "cont_id":
+                self._cont_id(request)
+            elif kind == "cont_ids":
+                self._cont_ids(request, self._checked_batch(request, check[1]))
+            elif kind == "max_support":
+                ms = self._max_support(request)
+                if ms is not None:
+                    request.max_support = ms
+            elif kind == "max_docs":
+                request.max_docs = self._max_docs(request, check[1])
+            elif kind == "max_disp_len":
+                request.max_disp_len = self._disp_len(request)
+            elif kind == "cnf":
+                request.max_clause_freq = self._checked_cnf(request)
+            else:  # pragma: no cover - a table entry naming a check that does not exist
+                raise ValueError(f"unknown check {check!r} in the RPC table")
+        return getattr(self.backend, q.forward)(request)
 
     @property
     def _local(self) -> bool:
@@ -582,8 +474,8 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
         kind = qb.WhichOneof("kind")
         lim = self.limits
         if kind == "packed":
-            tokens = _le(qb.packed.token_ids, _I8, f"{field}.packed.token_ids")
-            offsets = _le(qb.packed.offsets, _I8, f"{field}.packed.offsets")
+            tokens = checked_le_array(qb.packed.token_ids, I8, f"{field}.packed.token_ids")
+            offsets = checked_le_array(qb.packed.offsets, I8, f"{field}.packed.offsets")
             if len(offsets) == 0:
                 raise InvalidQueryError(
                     f"{field}.packed.offsets is empty: it needs one more entry than the number of "
@@ -670,7 +562,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
         return freq
 
     def _cont_ids(self, request, n: int) -> np.ndarray:
-        cont = _le(request.cont_ids, _I8, "cont_ids")
+        cont = checked_le_array(request.cont_ids, I8, "cont_ids")
         if len(cont) != n:
             raise InvalidQueryError(f"cont_ids holds {len(cont)} ids for {n} prompts: give one per prompt")
         return cont
@@ -713,7 +605,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             for start in range(0, n, self.batch_chunk):
                 if start:
                     t.check()
-                out.append(fn(_slice_packed(pq, start, min(n, start + self.batch_chunk))))
+                out.append(fn(slice_packed(pq, start, min(n, start + self.batch_chunk))))
         return out
 
     # -- distributions: exact unless max_support is asked for, bounded before the work -----------
@@ -775,7 +667,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
 
         bounds, total = self._admit_distributions(what, n, counts_of, max_support, packed=True)
         fn = b.infgram_ntd_batch if infgram else b.ntd_batch
-        packer = _DistPacker(with_suffix=infgram)
+        packer = DistPacker(with_suffix=infgram)
         heavy = total > _HEAVY_ENTRIES or n > self.batch_chunk
         need = total * _MEM_ENTRY + n * _MEM_PROMPT + 2 * pq.tokens.nbytes
         if not heavy and need < _RESERVE_MIN:
@@ -795,7 +687,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
                 if ends is not None:  # about _CHUNK_ENTRIES entries at a time, at least one prompt
                     reached = int(np.searchsorted(ends, (ends[start - 1] if start else 0) + _CHUNK_ENTRIES, "right"))
                     stop = min(stop, max(start + 1, reached))
-                packer.add(fn(_slice_packed(pq, start, stop), max_support=max_support))
+                packer.add(fn(slice_packed(pq, start, stop), max_support=max_support))
                 start = stop
             t.check()
             return packer.message()
@@ -817,7 +709,6 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
 
     # -- info and tokenization -----------------------------------------------------------------
 
-    @_unary
     def _GetIndexInfo(self, request, context):
         if self._info_response is None:
             b = self.backend
@@ -831,8 +722,8 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
                 has_tokenizer=tok is not None,
                 tokenizer_kind=str(getattr(tok, "kind", "") or "") if tok is not None else "",
                 tokenizer_fingerprint=str(b.tokenizer_fingerprint or ""),
-                manifest_json=_json(b.manifest),
-                info_json=_json(b.info()),
+                manifest_json=to_json(b.manifest),
+                info_json=to_json(b.info()),
                 limits=self.limits.to_proto(),
             )
             if b.eos_token_id is not None:
@@ -842,43 +733,31 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             self._info_response = resp
         return self._info_response
 
-    @_unary
     def _Tokenize(self, request, context):
-        return pb.TokenizeResponse(token_ids=self._tokenize(request.text, "text").tolist())
+        return self._tokenize(request.text, "text")
 
-    @_unary
     def _Detokenize(self, request, context):
         ids = self._ids(request.token_ids, "token_ids")
-        return pb.DetokenizeResponse(text=self.backend.detokenize(ids))
+        return self.backend.detokenize(ids)
 
     # -- counting ------------------------------------------------------------------------------
 
-    @_unary
     def _Count(self, request, context):
-        return pb.CountResponse(count=int(self.backend.count(self._query(request, "query"))))
+        return self.backend.count(self._query(request, "query"))
 
-    @_unary
     def _CountBatch(self, request, context):
         pq = self._batch(request, "queries")
         parts = self._chunked(pq, context, self.backend.count_batch, "CountBatch")
-        counts = parts[0] if len(parts) == 1 else np.concatenate(parts)
-        return pb.CountBatchResponse(counts=_i8(counts))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    @_unary
     def _Find(self, request, context):
-        r = self.backend.find(self._query(request, "query"))
-        return pb.FindResponse(
-            count=int(r.count),
-            segments=[pb.SuffixArraySegment(start=int(s), end=int(e)) for s, e in r.segments],
-        )
+        return self.backend.find(self._query(request, "query"))
 
     # -- probabilities and distributions -------------------------------------------------------
 
-    @_unary
     def _Prob(self, request, context):
         prompt = self._query(request, "prompt")
-        r = self.backend.prob(prompt, self._cont_id(request))
-        return pb.ProbResponse(prompt_count=int(r.prompt_count), cont_count=int(r.cont_count), prob=float(r.prob))
+        return self.backend.prob(prompt, self._cont_id(request))
 
     def _prob_batch(self, request, context, fn, what: str) -> ProbBatchResult:
         pq = self._batch(request, "prompts")
@@ -891,71 +770,42 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
                 if start:
                     t.check()
                 stop = min(len(pq), start + self.batch_chunk)
-                parts.append(fn(_slice_packed(pq, start, stop), cont[start:stop]))
+                parts.append(fn(slice_packed(pq, start, stop), cont[start:stop]))
         cat = lambda name: None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
         return ProbBatchResult(cat("prompt_counts"), cat("cont_counts"), cat("probs"), cat("suffix_lens"))
 
-    @_unary
     def _ProbBatch(self, request, context):
-        r = self._prob_batch(request, context, self.backend.prob_batch, "ProbBatch")
-        return pb.ProbBatchResponse(
-            prompt_counts=_i8(r.prompt_counts),
-            cont_counts=_i8(r.cont_counts),
-            probs=np.ascontiguousarray(r.probs, dtype=_F8).tobytes(),
-        )
+        return self._prob_batch(request, context, self.backend.prob_batch, "ProbBatch")
 
-    @_unary
     def _NextTokenDistribution(self, request, context):
         prompt = self._query(request, "prompt")
-        d = self._distribution(context, "NextTokenDistribution", prompt, self._max_support(request), infgram=False)
-        return pb.NextTokenDistributionResponse(distribution=_dist_proto(d))
+        return self._distribution(context, "NextTokenDistribution", prompt, self._max_support(request), infgram=False)
 
-    @_unary
     def _NextTokenDistributionBatch(self, request, context):
         pq = self._batch(request, "prompts")
-        packed = self._distributions(context, "NextTokenDistributionBatch", pq, self._max_support(request),
-                                     infgram=False)
-        return pb.NextTokenDistributionBatchResponse(distributions=packed)
+        return self._distributions(context, "NextTokenDistributionBatch", pq, self._max_support(request),
+                                   infgram=False)
 
-    @_unary
     def _InfgramProb(self, request, context):
         prompt = self._query(request, "prompt")
-        r = self.backend.infgram_prob(prompt, self._cont_id(request))
-        return pb.InfgramProbResponse(
-            prompt_count=int(r.prompt_count),
-            cont_count=int(r.cont_count),
-            prob=float(r.prob),
-            suffix_len=int(r.suffix_len),
-        )
+        return self.backend.infgram_prob(prompt, self._cont_id(request))
 
-    @_unary
     def _InfgramProbBatch(self, request, context):
-        r = self._prob_batch(request, context, self.backend.infgram_prob_batch, "InfgramProbBatch")
-        return pb.InfgramProbBatchResponse(
-            prompt_counts=_i8(r.prompt_counts),
-            cont_counts=_i8(r.cont_counts),
-            probs=np.ascontiguousarray(r.probs, dtype=_F8).tobytes(),
-            suffix_lens=_i8(r.suffix_lens),
-        )
+        return self._prob_batch(request, context, self.backend.infgram_prob_batch, "InfgramProbBatch")
 
-    @_unary
     def _InfgramNextTokenDistribution(self, request, context):
         prompt = self._query(request, "prompt")
-        d: InfgramNtdResult = self._distribution(context, "InfgramNextTokenDistribution", prompt,
-                                                 self._max_support(request), infgram=True)
-        return pb.InfgramNextTokenDistributionResponse(distribution=_dist_proto(d), suffix_len=int(d.suffix_len))
+        return self._distribution(context, "InfgramNextTokenDistribution", prompt, self._max_support(request),
+                                  infgram=True)
 
-    @_unary
     def _InfgramNextTokenDistributionBatch(self, request, context):
         pq = self._batch(request, "prompts")
-        packed = self._distributions(context, "InfgramNextTokenDistributionBatch", pq, self._max_support(request),
-                                     infgram=True)
-        return pb.InfgramNextTokenDistributionBatchResponse(distributions=packed)
+        return self._distributions(context, "InfgramNextTokenDistributionBatch", pq, self._max_support(request),
+                                   infgram=True)
 
     # -- documents -----------------------------------------------------------------------------
 
-    @_stream
-    def _SearchDocuments(self, request, context) -> Iterator[pb.SearchDocumentsResponse]:
+    def _SearchDocuments(self, request, context):
         query = self._query(request, "query")
         max_docs = int(request.max_docs) if request.HasField("max_docs") else 10
         if max_docs < 0:
@@ -964,17 +814,14 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             raise _over("max_docs", max_docs, "max_results_per_stream", self.limits.max_results_per_stream)
         disp = self._disp_len(request)
         if max_docs * (disp * _TOKEN_MEM + _DOC_MEM) < _HEAVY_BYTES:  # the usual call: nothing to admit
-            yield from _search_messages(self.backend.search_docs(query, max_docs=max_docs, max_disp_len=disp))
-            return
+            return self.backend.search_docs(query, max_docs=max_docs, max_disp_len=disp)
         # Up to max_docs whole windows are held at once: admitted from the query's count.
         docs = min(max_docs, int(self.backend.count(query)))
         with self._ticket(context, "SearchDocuments", heavy=docs * (disp * _TOKEN_MEM + _DOC_MEM) >= _HEAVY_BYTES) as t:
             self._reserve_documents(t, "SearchDocuments", docs, docs * disp, "lower max_docs or max_disp_len",
                                     wire=False)
-            r = self.backend.search_docs(query, max_docs=max_docs, max_disp_len=disp)
-        yield from _search_messages(r)
+            return self.backend.search_docs(query, max_docs=max_docs, max_disp_len=disp)
 
-    @_unary
     def _GetDocument(self, request, context):
         disp = self._disp_len(request)
         which = request.WhichOneof("locator")
@@ -987,7 +834,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             doc = b.get_doc_by_ptr(int(request.pointer.shard), int(request.pointer.ptr), max_disp_len=disp)
         else:
             raise InvalidQueryError("the document locator is missing: set doc_ix, rank or pointer")
-        return pb.GetDocumentResponse(document=_doc_proto(doc))
+        return doc
 
 
     # -- frequent n-grams, longest matches, attribution, AND/OR search (issue 4) ---------------
@@ -1049,8 +896,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
         ticket.check()
         return table
 
-    @_stream
-    def _FrequentNgrams(self, request, context) -> Iterator[pb.FrequentNgramsResponse]:
+    def _FrequentNgrams(self, request, context):
         min_count = self._opt(request, "min_count", None)
         top_k = self._opt(request, "top_k", None)
         if min_count is None and top_k is None:
@@ -1071,32 +917,23 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             self.NGRAM_CHUNK_ROWS * 8 * (width + 1) * 3
         hint = "lower top_k (or raise min_count) or n_max"
         self.admission.check_fits(need, "FrequentNgrams", hint)
+        request.chunk_rows = chunk  # the table's encoder cuts the messages at this many rows
         with self._ticket(context, "FrequentNgrams", heavy=True) as t:
             t.reserve(need, hint)
-            yield from self._frequent_ngrams_messages(t, request, min_count, top_k, cap, n_max, chunk)
-
-    def _frequent_ngrams_messages(self, t: Ticket, request, min_count, top_k, cap, n_max, chunk):
-        table = self._frequent_ngrams(t, int(request.n_min), n_max, min_count=min_count,
-                                      top_k=cap + 1 if top_k is None else top_k)
+            table = self._frequent_ngrams(t, int(request.n_min), n_max, min_count=min_count,
+                                          top_k=cap + 1 if top_k is None else top_k)
         if top_k is None:
             if len(table) > cap:
                 raise _over(f"the number of n-grams occurring at least {min_count} times", f"more than {cap}",
                             "max_ngram_rows", cap)
             table.meta["top_k"] = None
-        yield pb.FrequentNgramsResponse(summary=pb.FrequentNgramsSummary(
-            num_rows=len(table), threshold=int(table.meta.get("threshold", 0)), meta_json=_json(table.meta)))
-        for a in range(0, len(table), chunk):
-            b = min(len(table), a + chunk)
-            lo, hi = int(table.offsets[a]), int(table.offsets[b])
-            yield pb.FrequentNgramsResponse(rows=pb.NgramRows(
-                token_ids=_i8(table.tokens[lo:hi]), offsets=_i8(np.asarray(table.offsets[a:b + 1]) - lo),
-                counts=_i8(table.counts[a:b])))
+        return table
 
-    @_unary
     def _LongestMatches(self, request, context):
         text = self._query(request, "text")
         max_len = self._opt(request, "max_len", None)
-        return _longest_matches_proto(self._backend_method("longest_matches")(text, max_len, infgram=True))
+        infgram = not request.HasField("infgram") or request.infgram
+        return self._backend_method("longest_matches")(text, max_len, infgram=infgram)
 
     def _attribute_args(self, request) -> tuple[int, int | None, dict]:
         """(min_len, max_count, keyword arguments) of an AttributeRequest, with the server's limits."""
@@ -1106,20 +943,18 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             kwargs["creativity_n"] = int(request.creativity_n)
         return self._opt(request, "min_len", 8), self._opt(request, "max_count", None), kwargs
 
-    @_unary
     def _Attribute(self, request, context):
         text = self._query(request, "text")
         min_len, max_count, kwargs = self._attribute_args(request)
         fn = self._backend_method("attribute")
         if not self._local:
-            return _attribution_proto(fn(text, min_len, max_count, **kwargs))
+            return fn(text, min_len, max_count, **kwargs)
         with self._ticket(context, "Attribute", heavy=True) as t:
             def admit(documents: int, tokens: int) -> None:  # after the longest-match pass, before any document
                 self._reserve_documents(t, "Attribute", documents, tokens,
                                         "raise min_len, set max_count, or lower max_docs or max_disp_len")
 
-            a = fn(text, min_len, max_count, check_alive=t.check, admit=admit, **kwargs)
-            return _attribution_proto(a)
+            return fn(text, min_len, max_count, check_alive=t.check, admit=admit, **kwargs)
 
     def _cnf_call(self, context, what: str, fn, cnf, freq: int, **kwargs):
         """A CNF evaluation in the expensive pool: the occurrences it will enumerate are admitted once
@@ -1140,39 +975,26 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
 
             return fn(cnf, max_clause_freq=freq, check_alive=t.check, admit=admit, **kwargs)
 
-    @_unary
     def _CountCnf(self, request, context):
         cnf, freq = self._cnf(request)
-        return _count_cnf_proto(self._cnf_call(context, "CountCnf", self._backend_method("count_cnf"), cnf, freq))
+        return self._cnf_call(context, "CountCnf", self._backend_method("count_cnf"), cnf, freq)
 
-    @_stream
-    def _SearchDocumentsCnf(self, request, context) -> Iterator[pb.SearchDocumentsCnfResponse]:
+    def _SearchDocumentsCnf(self, request, context):
         cnf, freq = self._cnf(request)
-        r = self._cnf_call(context, "SearchDocumentsCnf", self._backend_method("search_docs_cnf"), cnf, freq,
-                           max_docs=self._max_docs(request, 10), max_disp_len=self._disp_len(request))
-        yield from _search_cnf_messages(r)
+        return self._cnf_call(context, "SearchDocumentsCnf", self._backend_method("search_docs_cnf"), cnf, freq,
+                              max_docs=self._max_docs(request, 10), max_disp_len=self._disp_len(request))
 
 
-def _public_rpcs(cls) -> None:
-    """Expose each ``_Name`` implementation as the servicer method ``Name``."""
-    for m in pb.DESCRIPTOR.services_by_name["NgramService"].methods:
-        impl = getattr(cls, "_" + m.name, None)
-        if impl is not None:
-            setattr(cls, m.name, impl)
-
-
-_public_rpcs(NgramServicer)
 
 
 def add_to_server(servicer: NgramServicer, server: grpc.Server) -> None:
-    """Register every RPC of the service descriptor that the servicer implements.
+    """Register every RPC of the service descriptor.
 
     Unlike the generated add_NgramServiceServicer_to_server, requests whose bytes do not parse
     reach the servicer (as INVALID_ARGUMENT) instead of failing as INTERNAL inside gRPC.
     """
-    service = pb.DESCRIPTOR.services_by_name["NgramService"]
     handlers = {}
-    for m in service.methods:
+    for m in SERVICE.methods:
         req_cls = getattr(pb, m.input_type.name)
         resp_cls = getattr(pb, m.output_type.name)
         fn = getattr(servicer, m.name)
@@ -1185,6 +1007,6 @@ def add_to_server(servicer: NgramServicer, server: grpc.Server) -> None:
             response_serializer=resp_cls.SerializeToString,
         )
     if hasattr(server, "add_registered_method_handlers"):
-        server.add_registered_method_handlers(service.full_name, handlers)
+        server.add_registered_method_handlers(SERVICE.full_name, handlers)
     else:  # pragma: no cover - older grpcio
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))

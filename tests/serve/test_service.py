@@ -457,7 +457,7 @@ def test_graceful_shutdown_lets_in_flight_calls_finish(corpus):
     server, port = create_server(Slow(index))
     c = NgramClient(f"127.0.0.1:{port}", retry=False)
     try:
-        pending = c._future("Count", pb.CountRequest(query=pb.Query(token_ids=pb.TokenIds(ids=[116]))), 10)
+        pending = c.future_raw("Count", pb.CountRequest(query=pb.Query(token_ids=pb.TokenIds(ids=[116]))), 10)
         assert started.wait(5)
         stopper = threading.Thread(target=server.shutdown, args=(5,))
         stopper.start()

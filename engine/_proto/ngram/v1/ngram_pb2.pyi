@@ -457,12 +457,14 @@ class FrequentNgramsResponse(_message.Message):
     def __init__(self, summary: _Optional[_Union[FrequentNgramsSummary, _Mapping]] = ..., rows: _Optional[_Union[NgramRows, _Mapping]] = ...) -> None: ...
 
 class LongestMatchesRequest(_message.Message):
-    __slots__ = ("text", "max_len")
+    __slots__ = ("text", "max_len", "infgram")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_LEN_FIELD_NUMBER: _ClassVar[int]
+    INFGRAM_FIELD_NUMBER: _ClassVar[int]
     text: Query
     max_len: int
-    def __init__(self, text: _Optional[_Union[Query, _Mapping]] = ..., max_len: _Optional[int] = ...) -> None: ...
+    infgram: bool
+    def __init__(self, text: _Optional[_Union[Query, _Mapping]] = ..., max_len: _Optional[int] = ..., infgram: _Optional[bool] = ...) -> None: ...
 
 class LongestMatchesResponse(_message.Message):
     __slots__ = ("token_ids", "lengths", "counts", "prompt_counts", "cont_counts", "probs", "suffix_lens")
