@@ -46,9 +46,10 @@ from pathlib import Path
 
 import psutil
 
+from engine.units import parse_size
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "build_scale.md"
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
 # Run infini-gram's indexer with the GPT-2 BPE from the local cache instead of the hub.
 _PEER_WRAPPER = r"""
@@ -122,12 +123,6 @@ def gpt2_hf_home(home: Path) -> Path:
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / "main").write_text("local")
     return home
-
-
-def parse_size(text: str) -> int:
-    text = text.strip().upper().rstrip("B").rstrip("I")
-    unit = text[-1] if text[-1] in "KMG" else ""
-    return int(float(text[: len(text) - len(unit)]) * _UNITS[unit])
 
 
 class TreeMonitor:

@@ -98,6 +98,65 @@ def discover_shards(directory: Path) -> list[int]:
     return shards
 
 
+def check_vocab_size(vocab_size, token_width: int, source: str, error: type = IndexFormatError) -> None:
+    """A vocabulary must fit the token width: an id past the separator would alias a smaller one
+    (the kernels keep only the low bytes), so its counts would be another token's."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)) or vocab_size < 1:
+        raise error(f"{source}: vocab_size must be a positive int, not {vocab_size!r}")
+    limit = separator_id(token_width) + 1  # ids up to the separator (which no query may hold)
+    if vocab_size > limit:
+        raise error(
+            f"{source}: vocab_size {vocab_size} does not fit {8 * token_width}-bit tokens (at most {limit}); "
+            "pass the vocab_size the index was built with"
+        )
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_manifest(manifest, path) -> None:
+    """Types and ranges of every manifest field the engine reads (called by read_manifest),
+    so a damaged manifest is an IndexFormatError, not a KeyError or ZeroDivisionError later."""
+    def bad(what: str):
+        raise IndexFormatError(f"{path}: {what}; rebuild the index (or restore its manifest.json)")
+
+    if not isinstance(manifest, dict):
+        bad("is not a JSON object")
+    version = manifest.get("format_version", 0)
+    if manifest.get("format") != FORMAT_NAME or not _is_int(version) or version > FORMAT_VERSION:
+        if not _is_int(version):
+            bad(f"format_version {version!r} is not an int")
+        return  # read_manifest words these
+    width = manifest.get("token_width")
+    if width not in (1, 2, 4) or not _is_int(width):
+        bad(f"token_width {width!r} is not 1, 2 or 4")
+    check_vocab_size(manifest.get("vocab_size"), width, str(path))
+    eos = manifest.get("eos_token_id")
+    if eos is not None and (not _is_int(eos) or not 0 <= eos < manifest["vocab_size"]):
+        bad(f"eos_token_id {eos!r} is not an id in the vocabulary")
+    for key, kind in (("tokenizer", dict), ("tokenizer_fingerprint", str)):
+        if manifest.get(key) is not None and not isinstance(manifest[key], kind):
+            bad(f"{key} is not a {kind.__name__}")
+    build = manifest.get("build")
+    if not isinstance(build, dict) or not isinstance(build.get("options_fingerprint"), str):
+        bad("the build record (build.options_fingerprint) is missing")
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not shards:
+        bad("shards is not a non-empty list")
+    for i, entry in enumerate(shards):
+        if not isinstance(entry, dict) or entry.get("shard") != i or not _is_int(entry.get("shard")):
+            bad(f"shards[{i}] is not the entry of shard {i}")
+        for key, low in (("num_tokens", 1), ("num_docs", 1), ("ptr_size", 1)):
+            if not _is_int(entry.get(key)) or entry[key] < low:
+                bad(f"shards[{i}].{key} is {entry.get(key)!r}, not an int >= {low}")
+        files = entry.get("files")
+        if not isinstance(files, dict) or not all(
+                isinstance(name, str) and isinstance(meta, dict) and _is_int(meta.get("bytes"))
+                and isinstance(meta.get("sha256"), str) for name, meta in files.items()):
+            bad(f"shards[{i}].files is not a map of file names to their bytes and sha256")
+
+
 def read_manifest(directory: Path) -> dict | None:
     path = Path(directory) / MANIFEST_NAME
     if not path.exists():
@@ -106,8 +165,6 @@ def read_manifest(directory: Path) -> dict | None:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise IndexFormatError(f"{path} is not valid JSON ({exc}); rebuild the index or remove the file") from exc
-    from engine.storage.integrity import check_manifest  # here: engine.storage.integrity imports this module
-
     check_manifest(manifest, path)
     if manifest.get("format") != FORMAT_NAME:
         raise IndexFormatError(f"{path} is not an {FORMAT_NAME} manifest")

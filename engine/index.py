@@ -21,6 +21,7 @@ from engine.format import (
     MANIFEST_NAME,
     STATE_DIR,
     Shard,
+    check_vocab_size,
     discover_shards,
     infer_token_width,
     open_shard,
@@ -172,7 +173,7 @@ class NgramIndex:
             if len(known) > 1:
                 raise IndexFormatError(f"the directories disagree on vocab_size {sorted(known)}")
             vocab_size = known.pop() if known else separator_id(width)
-        integrity.check_vocab_size(vocab_size, width, "NgramIndex.open", InvalidQueryError)
+        check_vocab_size(vocab_size, width, "NgramIndex.open", InvalidQueryError)
         if eos_token_id is None and len(eoses - {None}) == 1:
             eos_token_id = (eoses - {None}).pop()
         return cls(shards, token_width=width, vocab_size=vocab_size, eos_token_id=eos_token_id, tokenizer=tok,

@@ -46,7 +46,7 @@ PAD = np.uint32(0xFFFFFFFF)
 DEFAULT_CHUNK_ROWS = 1 << 20
 
 
-def _positive_int(value, name: str, minimum: int = 1) -> int:
+def positive_int(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise InvalidQueryError(f"{name} must be an int >= {minimum}, got {value!r}")
     return int(value)
@@ -72,9 +72,9 @@ def parse_n_range(spec) -> tuple[int, int]:
     raise InvalidQueryError(f"n range {spec!r} must look like '2-5', 3 or (2, 5)")
 
 
-def _check_n(n_min, n_max) -> tuple[int, int]:
-    n_min = _positive_int(n_min, "n_min")
-    n_max = _positive_int(n_max, "n_max")
+def check_n(n_min, n_max) -> tuple[int, int]:
+    n_min = positive_int(n_min, "n_min")
+    n_max = positive_int(n_max, "n_max")
     if n_min > n_max:
         raise InvalidQueryError(f"n_min ({n_min}) must not exceed n_max ({n_max})")
     if n_max > MAX_N:
@@ -290,13 +290,13 @@ def frequent_ngrams(index, n_min: int = 1, n_max: int | None = None, *, min_coun
     propagates. A server passes one that raises at the call's deadline, when the client leaves or
     at shutdown, so that smaller ``chunk_rows`` means a prompter stop.
     """
-    n_min, n_max = _check_n(n_min, n_min if n_max is None else n_max)
+    n_min, n_max = check_n(n_min, n_min if n_max is None else n_max)
     if min_count is None and top_k is None:
         raise InvalidQueryError("give min_count=C (every n-gram occurring at least C times) or top_k=K")
-    floor = 1 if min_count is None else _positive_int(min_count, "min_count")
+    floor = 1 if min_count is None else positive_int(min_count, "min_count")
     if top_k is not None:
-        top_k = _positive_int(top_k, "top_k")
-    chunk_rows = _positive_int(chunk_rows, "chunk_rows")
+        top_k = positive_int(top_k, "top_k")
+    chunk_rows = positive_int(chunk_rows, "chunk_rows")
     started = time.time()
     out_path = Path(out) if out is not None else None
     base_tmp = Path(tmp_dir) if tmp_dir is not None else (out_path.parent if out_path is not None else None)
@@ -486,8 +486,8 @@ def build_fgram_vocab(index, max_len: int = 3, size: int = 1 << 20, min_count: i
                       out: str | os.PathLike | None = None, progress: bool = False, **kwargs) -> FgramVocab:
     """The ``size`` most frequent n-grams of 2..max_len tokens with count >= ``min_count``, ranked
     together (count descending, then token ids): f-gram id = rank."""
-    max_len = _positive_int(max_len, "max_len", 2)
-    table = frequent_ngrams(index, 2, max_len, min_count=min_count, top_k=_positive_int(size, "size"), out=out,
+    max_len = positive_int(max_len, "max_len", 2)
+    table = frequent_ngrams(index, 2, max_len, min_count=min_count, top_k=positive_int(size, "size"), out=out,
                             progress=progress, kind="fgram_vocab", **kwargs)
     return FgramVocab(table)
 

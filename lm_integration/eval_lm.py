@@ -426,7 +426,7 @@ def main(argv=None) -> int:
     if len(docs) < 2:
         print("need at least 2 held-out documents (use --text/--jsonl, or --line-per-doc)", file=sys.stderr)
         return 2
-    from lm_integration._open import open_source
+    from lm_integration.open_source import open_source
     from lm_integration.tokenizer_compat import check_tokenizer_compat
 
     source = None if args.index == "none" else open_source(args.index)

@@ -29,13 +29,13 @@ def _open_source():
     if path and target:
         raise ValueError("set only one of NGRAM_INDEX (an index directory) and NGRAM_TARGET (HOST:PORT)")
     if path:
-        from engine import NgramIndex
+        from engine.index import NgramIndex
 
         index = NgramIndex.open(path)
         index.warmup()
         return index
     if target:
-        from engine import NgramClient
+        from engine.serve.client import NgramClient
 
         return NgramClient(target)
     return None

@@ -149,7 +149,7 @@ def _token_batches(options: "BuildOptions", documents, workers: int,
     A build is either all text (tokenized in parallel, streaming) or all pre-tokenized; the
     first document decides which. ``tokenizer``: the loaded options.tokenizer, when the caller has it.
     """
-    from engine.build.readers import iter_documents
+    from engine.build.readers import chain_first, iter_documents, text_stream, token_stream
 
     if documents is not None:
         source = (_as_raw_document(d) for d in documents)
@@ -159,12 +159,12 @@ def _token_batches(options: "BuildOptions", documents, workers: int,
     first = next(source, None)
     if first is None:
         raise BuildError("the inputs hold no documents; check the paths, globs and --text-field")
-    rest = _chain_one(first, source)
+    rest = chain_first(first, source)
     limit = min(options.vocab_size, separator_id(options.token_width))
     if first.tokens is not None:
         dtype = NUMPY_TOKEN_DTYPES[options.token_width]
         separator = np.full(1, separator_id(options.token_width), dtype=dtype)
-        for tokens, metadata in _pretokenized(rest):
+        for tokens, metadata in token_stream(rest):
             bad = bool(tokens.size and (tokens.min() < 0 or tokens.max() >= limit))
             payload = separator if bad else np.concatenate([separator, tokens.astype(dtype, copy=False)])
             yield payload, np.array([tokens.size + 1], dtype=np.int64), 0 if bad else -1, [metadata]
@@ -173,29 +173,10 @@ def _token_batches(options: "BuildOptions", documents, workers: int,
         raise BuildError("text documents need a tokenizer; pass tokenizer='bytes', 'gpt2', a tokenizer.json path, ...")
     from engine.tokenizers import tokenize_to_payloads
 
-    for payload, sizes, highest, metadatas in tokenize_to_payloads(_texts(rest), tokenizer or options.tokenizer,
+    for payload, sizes, highest, metadatas in tokenize_to_payloads(text_stream(rest), tokenizer or options.tokenizer,
                                                                    workers, options.token_width):
         wrong = np.flatnonzero(highest >= limit)
         yield payload, sizes, int(wrong[0]) if wrong.size else -1, metadatas
-
-
-def _chain_one(first, rest):
-    yield first
-    yield from rest
-
-
-def _pretokenized(docs) -> Iterator[tuple[np.ndarray, dict | None]]:
-    for doc in docs:
-        if doc.tokens is None:
-            raise BuildError("a build mixes text and pre-tokenized documents; give one kind only")
-        yield np.asarray(doc.tokens), doc.metadata
-
-
-def _texts(docs) -> Iterator[tuple[str, dict | None]]:
-    for doc in docs:
-        if doc.text is None:
-            raise BuildError("a build mixes text and pre-tokenized documents; give one kind only")
-        yield doc.text, doc.metadata
 
 
 def _as_raw_document(doc):
@@ -367,7 +348,7 @@ def build_index(
     ``executor`` runs the shard tasks: "local" (threads here), "ray" (an embedded Ray, or the
     cluster at ``ray_address``) or an engine.build.executors.Executor instance. Every executor writes
     the same bytes. ``serve_targets`` (shard-server addresses) also writes, once the index is
-    complete, per-server views and the router's ``shardmap.json`` (engine.serve.shardmap).
+    complete, per-server views and the router's ``shardmap.json`` (engine.build.shardmap).
 
     Each shard's search directory is written as ``directory.N`` (engine.storage.directory), its samples
     fitting ``directory_budget`` bytes (default engine.storage.directory.DEFAULT_BUDGET), so that opening
@@ -461,7 +442,7 @@ def _remove_stale_temporaries(out: Path) -> None:
 
 def _write_shard_map(out: Path, serve_targets: Iterable[str] | None) -> Path:
     if serve_targets:  # derived from the finished manifest, so written after it
-        from engine.serve.shardmap import write_shard_map
+        from engine.build.shardmap import write_shard_map
 
         write_shard_map(out, list(serve_targets))
     return out

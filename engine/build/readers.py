@@ -32,7 +32,8 @@ import numpy as np
 
 from engine.errors import BuildError
 
-__all__ = ["FORMATS", "RawDocument", "detect_format", "expand_inputs", "iter_documents"]
+__all__ = ["FORMATS", "RawDocument", "chain_first", "detect_format", "expand_inputs", "iter_documents", "text_stream",
+           "token_stream"]
 
 FORMATS = ("auto", "text", "jsonl", "parquet", "npz")
 _COMPRESSED = (".gz", ".zst", ".zstd")
@@ -312,3 +313,25 @@ def iter_documents(
             yield from _read_npz(path)
         else:
             yield from _read_text(path, line_per_doc)
+
+
+def chain_first(first, rest):
+    """``first`` then the items of ``rest`` (a stream whose first item was read to see its kind)."""
+    yield first
+    yield from rest
+
+
+def token_stream(docs) -> Iterator[tuple[np.ndarray, dict | None]]:
+    """``(ids, metadata)`` of pre-tokenized documents; BuildError at a text document."""
+    for doc in docs:
+        if doc.tokens is None:
+            raise BuildError("a build mixes text and pre-tokenized documents; give one kind only")
+        yield np.asarray(doc.tokens), doc.metadata
+
+
+def text_stream(docs) -> Iterator[tuple[str, dict | None]]:
+    """``(text, metadata)`` of text documents; BuildError at a pre-tokenized document."""
+    for doc in docs:
+        if doc.text is None:
+            raise BuildError("a build mixes text and pre-tokenized documents; give one kind only")
+        yield doc.text, doc.metadata

@@ -91,8 +91,7 @@ def tokenize_slice(out: str, index: int, files: list[str], options, tokenizer_sp
             return tokenize_slice(out, index, files, options, tokenizer_spec)
         finally:
             os.chdir(previous)
-    from engine.build.builder import _chain_one, _pretokenized, _texts
-    from engine.build.readers import iter_documents
+    from engine.build.readers import chain_first, iter_documents, text_stream, token_stream
 
     parts = Path(out) / ".build" / PARTS_DIR
     done = _part(parts, index, "json")
@@ -109,7 +108,7 @@ def tokenize_slice(out: str, index: int, files: list[str], options, tokenizer_sp
     if first is None:
         stream = iter(())
     elif kind == "tokens":
-        stream = _pretokenized(_chain_one(first, source))
+        stream = token_stream(chain_first(first, source))
     else:
         if tokenizer_spec is None:
             raise BuildError("text documents need a tokenizer; pass tokenizer='bytes', 'gpt2', a tokenizer.json "
@@ -117,7 +116,7 @@ def tokenize_slice(out: str, index: int, files: list[str], options, tokenizer_sp
         tok = _load_tokenizer(tokenizer_spec, str(Path(out) / "tokenizer"))
         # One document at a time on this task's one CPU (encode_serial: no backend threads competing
         # for the core; tiktoken straight into an array): the same ids as the serial builder's.
-        stream = ((tok.encode_serial(text), metadata) for text, metadata in _texts(_chain_one(first, source)))
+        stream = ((tok.encode_serial(text), metadata) for text, metadata in text_stream(chain_first(first, source)))
 
     kinds = ("tokens", "lens") + (("meta", "metalens") if options.metadata else ())
     tmp = {k: parts / f".part-{index:06d}.{k}.tmp-{os.getpid()}" for k in kinds}

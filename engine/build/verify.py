@@ -33,8 +33,8 @@ def _first_disorder(ds, sa, ps, tw, ranks):
     """First rank r in ``ranks`` whose suffix is greater than the suffix at r + 1 (memcmp), else -1."""
     n = ds.shape[0]
     for r in ranks:
-        a = kernels._ptr(sa, ps, r)
-        b = kernels._ptr(sa, ps, r + 1)
+        a = kernels.pointer_at(sa, ps, r)
+        b = kernels.pointer_at(sa, ps, r + 1)
         if a % tw or b % tw or a >= n or b >= n or a == b:
             return r
         while a < n and b < n and ds[a] == ds[b]:

@@ -6,28 +6,17 @@ import argparse
 import importlib
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from engine.errors import NgramError
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+from engine.units import size_arg
 
 # Subcommands that live in their own modules, each exposing add_parsers(subparsers) or add_parser(subparsers).
-_PLUGIN_MODULES = ("engine.cli.serve", "engine.cli.ngrams", "engine.fetch", "engine.cli.demo", "engine.serve.shardmap",
+_PLUGIN_MODULES = ("engine.cli.serve", "engine.cli.ngrams", "engine.fetch", "engine.cli.demo", "engine.build.shardmap",
                   "engine.storage.pagecache", "engine.storage.directory")
-
-
-def parse_size(text: str) -> int:
-    """'8G', '512MiB', '1000000' -> bytes."""
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 8G, 512M or a number of bytes")
-    value, unit = match.groups()
-    return int(float(value) * (1 << (10 * " kmgt".index(unit.lower() or " "))))
 
 
 def _print_json(payload) -> None:
@@ -89,7 +78,7 @@ def _add_build(sub) -> None:
     p.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
     p.add_argument("--line-per-doc", action="store_true", help="each line of a text file is one document")
     p.add_argument("--vocab-size", type=int, help="vocabulary size for pre-tokenized input without a tokenizer")
-    p.add_argument("--max-memory", type=parse_size,
+    p.add_argument("--max-memory", type=size_arg,
                    help="memory budget for sorting, e.g. 8G (default: 60%% of available memory)")
     p.add_argument("--workers", type=int, help="tokenizer processes and parallel sorts (default: CPU count)")
     p.add_argument("--no-metadata", action="store_true", help="do not store per-document metadata")

@@ -103,12 +103,3 @@ def compile_notice(dispatchers, what: str, seconds: int) -> str | None:
         return None
     return (f"compiling {what} (once per machine: later runs load them from numba's cache), "
             f"about {seconds} s on 2 cores...")
-
-
-def query_kernels() -> list:
-    """The entry kernels NgramIndex.warmup compiles (the rest compile as their callees)."""
-    from engine.kernels import suffix as kernels
-
-    return [kernels.ids_ok, kernels.count_at, kernels.prob_at, kernels.next_tokens_ids,
-            kernels.find_ranges, kernels.count_batch_keys, kernels.prob_batch_keys, kernels.approx_next_keys]
-

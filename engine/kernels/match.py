@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 import engine.kernels.cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
 
-from engine.kernels.suffix import _key, _narrow, _positions, _ptr, _ranges, _shard, longest_suffix
+from engine.kernels.suffix import token_key, narrow_range, shard_positions, pointer_at, shard_ranges, shard_views, longest_suffix
 
 
 @njit(inline="always")
@@ -16,8 +16,8 @@ def _narrow_all(st, tw, lo_a, hi_a, depth, key, lo_out, hi_out):
     total = np.int64(0)
     for s in range(st.shape[0]):
         if hi_a[s] > lo_a[s]:
-            ds, sa, ps, _ = _shard(st, s)
-            lo, hi = _narrow(ds, sa, ps, tw, lo_a[s], hi_a[s], depth, key)
+            ds, sa, ps, _ = shard_views(st, s)
+            lo, hi = narrow_range(ds, sa, ps, tw, lo_a[s], hi_a[s], depth, key)
         else:
             lo, hi = lo_a[s], lo_a[s]
         lo_out[s] = lo
@@ -50,19 +50,19 @@ def longest_matches(st, tw, keys, max_len, j0, j1, out_len, out_count, out_lo,
     bhi = np.empty(n_shards, dtype=np.int64)
     total = np.int64(0)
     for s in range(n_shards):
-        hi[s] = _positions(st, s)
+        hi[s] = shard_positions(st, s)
         total += hi[s]
     length = 0
     count = total
     if j0 > 0:
         length = longest_suffix(st, tw, keys[:j0], max_len)
         if length > 0:
-            count = _ranges(st, tw, keys, j0 - length, j0, lo, hi)
+            count = shard_ranges(st, tw, keys, j0 - length, j0, lo, hi)
     for j in range(j0, j1):
         prompt_count[j] = count
         suffix_len[j] = length
         if length == 0:
-            c = _ranges(st, tw, keys, j, j + 1, nlo, nhi)
+            c = shard_ranges(st, tw, keys, j, j + 1, nlo, nhi)
         else:
             c = _narrow_all(st, tw, lo, hi, length * tw, keys[j], nlo, nhi)
         cont_count[j] = c
@@ -74,7 +74,7 @@ def longest_matches(st, tw, keys, max_len, j0, j1, out_len, out_count, out_lo,
                 hi[s] = nhi[s]
         elif c > 0:
             # At the cap: the last max_len tokens occur (inside the longer span); find their ranges.
-            count = _ranges(st, tw, keys, j - length + 1, j + 1, lo, hi)
+            count = shard_ranges(st, tw, keys, j - length + 1, j + 1, lo, hi)
         else:
             # The span cannot grow: the longest occurring suffix of keys[j-length+1..j] is next.
             good = 0
@@ -82,7 +82,7 @@ def longest_matches(st, tw, keys, max_len, j0, j1, out_len, out_count, out_lo,
             bad = length + 1
             probe = 1
             while probe <= length:
-                c = _ranges(st, tw, keys, j - probe + 1, j + 1, nlo, nhi)
+                c = shard_ranges(st, tw, keys, j - probe + 1, j + 1, nlo, nhi)
                 if c > 0:
                     good = probe
                     good_count = c
@@ -95,7 +95,7 @@ def longest_matches(st, tw, keys, max_len, j0, j1, out_len, out_count, out_lo,
                     break
             while bad - good > 1:
                 mid = (good + bad) >> 1
-                c = _ranges(st, tw, keys, j - mid + 1, j + 1, nlo, nhi)
+                c = shard_ranges(st, tw, keys, j - mid + 1, j + 1, nlo, nhi)
                 if c > 0:
                     good = mid
                     good_count = c
@@ -109,7 +109,7 @@ def longest_matches(st, tw, keys, max_len, j0, j1, out_len, out_count, out_lo,
             if good == 0:
                 for s in range(n_shards):
                     lo[s] = 0
-                    hi[s] = _positions(st, s)
+                    hi[s] = shard_positions(st, s)
             else:
                 for s in range(n_shards):
                     lo[s] = blo[s]
@@ -142,7 +142,7 @@ def range_docs(sa, ps, offsets, lo, hi, step, out_doc, out_ptr):
     n = 0
     r = lo
     while r < hi:
-        p = _ptr(sa, ps, r)
+        p = pointer_at(sa, ps, r)
         out_doc[n] = _doc_of(offsets, p)
         out_ptr[n] = p
         n += 1
@@ -172,7 +172,7 @@ def docs_containing(ds, tw, offsets, docs, term_keys, term_offsets, out_ptr):
                     continue
                 ok = True
                 for k in range(b - a):
-                    if _key(ds, tw, p + k * tw) != term_keys[a + k]:
+                    if token_key(ds, tw, p + k * tw) != term_keys[a + k]:
                         ok = False
                         break
                 if ok:

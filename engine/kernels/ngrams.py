@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 import engine.kernels.cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
 
-from engine.kernels.suffix import _key_at_rank, _lower_bound, _narrow, _run_end, _shard
+from engine.kernels.suffix import key_at_rank, lower_bound, narrow_range, run_end, shard_views
 
 
 @njit(inline="always")
@@ -76,13 +76,13 @@ def _expand(st, tw, sep_key, lo_a, hi_a, depth, min_count, t,
         hi = hi_a[s]
         if lo >= hi:
             continue
-        ds, sa, ps, _ = _shard(st, s)
+        ds, sa, ps, _ = shard_views(st, s)
         r = lo
         prev_end = lo
         while r < hi:
-            key = _key_at_rank(ds, sa, ps, tw, r, depth)
-            a = _lower_bound(ds, sa, ps, tw, prev_end, r, depth, key)
-            b = _run_end(ds, sa, ps, tw, r, hi, depth, key)
+            key = key_at_rank(ds, sa, ps, tw, r, depth)
+            a = lower_bound(ds, sa, ps, tw, prev_end, r, depth, key)
+            b = run_end(ds, sa, ps, tw, r, hi, depth, key)
             if key >= 0 and key != sep_key:
                 tk[nc] = key
                 ts[nc] = s
@@ -124,8 +124,8 @@ def _expand(st, tw, sep_key, lo_a, hi_a, depth, min_count, t,
                 seen[ts[c]] = True
             for s in range(n_shards):
                 if hi_a[s] > lo_a[s] and not seen[s]:
-                    ds, sa, ps, _ = _shard(st, s)
-                    a, b = _narrow(ds, sa, ps, tw, lo_a[s], hi_a[s], depth, key)
+                    ds, sa, ps, _ = shard_views(st, s)
+                    a, b = narrow_range(ds, sa, ps, tw, lo_a[s], hi_a[s], depth, key)
                     clo[row + s] = a
                     chi[row + s] = b
                     total += b - a

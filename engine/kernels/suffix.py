@@ -79,7 +79,7 @@ def tokens_to_keys(tokens: np.ndarray, token_width: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ shard tables
 # Kernels take an index's shards as one "shard table": an int64 array with a row per shard holding
-# the addresses and lengths of its arrays, from which _shard rebuilds them as views. Two reasons:
+# the addresses and lengths of its arrays, from which shard_views rebuilds them as views. Two reasons:
 # numba unboxes each array argument of a call (about 60 ns apiece), and it compiles a kernel afresh
 # for every distinct argument type, so tuples of arrays cost a specialization per shard count and
 # per read-only flag. With a table every kernel has one type signature. The index object keeps the
@@ -120,7 +120,7 @@ _int64_pointer = _pointer_cast(types.int64)
 
 
 @njit(inline="always")
-def _shard(st, s):
+def shard_views(st, s):
     """(tokenized bytes, suffix-array bytes, pointer size, search directory) of shard ``s``."""
     ds = numba.carray(_byte_pointer(st[s, ST_TOKENS]), st[s, ST_TOKENS_LEN])
     sa = numba.carray(_byte_pointer(st[s, ST_TABLE]), st[s, ST_TABLE_LEN])
@@ -129,7 +129,7 @@ def _shard(st, s):
 
 
 @njit(inline="always")
-def _positions(st, s):
+def shard_positions(st, s):
     """How many suffixes shard ``s`` has."""
     return st[s, ST_TABLE_LEN] // st[s, ST_PTR_SIZE]
 
@@ -196,12 +196,12 @@ def ids_to_keys(ids, token_width):
 
 # Pointers are read masked to 62 bits: 8-byte pointers (allowed, see tests) of a damaged table
 # could otherwise be negative, and a pointer plus any offset a kernel adds must stay non-negative
-# for the end-of-data checks (_key, _compare_at, _sample_word) to keep reads inside the data.
+# for the end-of-data checks (token_key, _compare_at, _sample_word) to keep reads inside the data.
 _PTR_MASK = (np.int64(1) << 62) - 1
 
 
 @njit(inline="always")
-def _ptr(sa, ps, rank):
+def pointer_at(sa, ps, rank):
     base = rank * ps
     value = np.int64(0)
     for k in range(ps):
@@ -210,7 +210,7 @@ def _ptr(sa, ps, rank):
 
 
 @njit(inline="always")
-def _key(ds, tw, pos):
+def token_key(ds, tw, pos):
     if pos + tw > ds.shape[0]:
         return np.int64(-1)
     if tw == 1:
@@ -223,15 +223,15 @@ def _key(ds, tw, pos):
 
 
 @njit(inline="always")
-def _key_at_rank(ds, sa, ps, tw, rank, depth):
-    return _key(ds, tw, _ptr(sa, ps, rank) + depth)
+def key_at_rank(ds, sa, ps, tw, rank, depth):
+    return token_key(ds, tw, pointer_at(sa, ps, rank) + depth)
 
 
 @njit(inline="always")
-def _lower_bound(ds, sa, ps, tw, lo, hi, depth, key):
+def lower_bound(ds, sa, ps, tw, lo, hi, depth, key):
     while lo < hi:
         mid = (lo + hi) >> 1
-        if _key_at_rank(ds, sa, ps, tw, mid, depth) < key:
+        if key_at_rank(ds, sa, ps, tw, mid, depth) < key:
             lo = mid + 1
         else:
             hi = mid
@@ -242,7 +242,7 @@ def _lower_bound(ds, sa, ps, tw, lo, hi, depth, key):
 def _upper_bound(ds, sa, ps, tw, lo, hi, depth, key):
     while lo < hi:
         mid = (lo + hi) >> 1
-        if _key_at_rank(ds, sa, ps, tw, mid, depth) <= key:
+        if key_at_rank(ds, sa, ps, tw, mid, depth) <= key:
             lo = mid + 1
         else:
             hi = mid
@@ -250,18 +250,18 @@ def _upper_bound(ds, sa, ps, tw, lo, hi, depth, key):
 
 
 @njit(cache=True)
-def _narrow(ds, sa, ps, tw, lo, hi, depth, key):
+def narrow_range(ds, sa, ps, tw, lo, hi, depth, key):
     """The sub-range of [lo, hi) whose token at byte depth ``depth`` has ``key``."""
     while lo < hi:
         mid = (lo + hi) >> 1
-        k = _key_at_rank(ds, sa, ps, tw, mid, depth)
+        k = key_at_rank(ds, sa, ps, tw, mid, depth)
         if k < key:
             lo = mid + 1
         elif k > key:
             hi = mid
         else:
             return (
-                _lower_bound(ds, sa, ps, tw, lo, mid, depth, key),
+                lower_bound(ds, sa, ps, tw, lo, mid, depth, key),
                 _upper_bound(ds, sa, ps, tw, mid + 1, hi, depth, key),
             )
     return lo, lo
@@ -275,7 +275,7 @@ def _compare_at(ds, sa, ps, tw, rank, keys, start, stop, skip):
     Equal stretches are skipped 8 bytes at a time (suffixes next to each other in the suffix array
     often share long prefixes: copied code, boilerplate); the first differing token is then found
     token by token."""
-    ptr = _ptr(sa, ps, rank)
+    ptr = pointer_at(sa, ps, rank)
     per_word = 8 // tw
     j = start + skip
     pos = ptr + skip * tw
@@ -289,7 +289,7 @@ def _compare_at(ds, sa, ps, tw, rank, keys, start, stop, skip):
         j += per_word
         pos += 8
     for j in range(j, stop):
-        k = _key(ds, tw, ptr + (j - start) * tw)
+        k = token_key(ds, tw, ptr + (j - start) * tw)
         q = keys[j]
         if k != q:
             return -1 if k < q else 1
@@ -356,7 +356,7 @@ def fill_samples(ds, sa, ps, tw, shift, out):
     n = ds.shape[0]
     for i in range(out.shape[0] // SAMPLE_WORDS):
         rank = np.int64(i) << shift
-        pos = _ptr(sa, ps, rank)
+        pos = pointer_at(sa, ps, rank)
         if pos % tw or pos + tw > n:
             return rank
         out[2 * i] = _sample_word(ds, pos)
@@ -468,7 +468,7 @@ def _first_sample_above(dr, a, b, key1, key2, inclusive):
 @njit(inline="always")
 def _prefetch_window(ds, sa, ps, tw, a, b, skip):
     for r in range(a, b):
-        prefetch(ds, _ptr(sa, ps, r) + skip * tw)
+        prefetch(ds, pointer_at(sa, ps, r) + skip * tw)
 
 
 @njit(inline="always")
@@ -485,7 +485,7 @@ def _fetch_pivots(ds, sa, ps, tw, a, step, skip):
     for i in range(1, WIDE_PIVOTS + 1):
         prefetch(sa, (a + i * step) * ps)
     for i in range(1, WIDE_PIVOTS + 1):
-        prefetch(ds, _ptr(sa, ps, a + i * step) + skip * tw)
+        prefetch(ds, pointer_at(sa, ps, a + i * step) + skip * tw)
 
 
 # The searches below are compiled once each, called (not inlined at the numba level): inlining
@@ -636,18 +636,18 @@ def _count(st, tw, keys, start, stop):
     """Occurrences of keys[start:stop] over all shards."""
     total = np.int64(0)
     for s in range(st.shape[0]):
-        ds, sa, ps, dr = _shard(st, s)
+        ds, sa, ps, dr = shard_views(st, s)
         lo, hi = _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop)
         total += hi - lo
     return total
 
 
 @njit(inline="always")
-def _ranges(st, tw, keys, start, stop, lo_out, hi_out):
+def shard_ranges(st, tw, keys, start, stop, lo_out, hi_out):
     """Fill each shard's range of keys[start:stop]; return the total count."""
     total = np.int64(0)
     for s in range(st.shape[0]):
-        ds, sa, ps, dr = _shard(st, s)
+        ds, sa, ps, dr = shard_views(st, s)
         lo, hi = _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop)
         lo_out[s] = lo
         hi_out[s] = hi
@@ -658,7 +658,7 @@ def _ranges(st, tw, keys, start, stop, lo_out, hi_out):
 @njit(nogil=True, cache=True)
 def find_ranges(st, tw, keys, start, stop, lo_out, hi_out):
     """Fill each shard's range of keys[start:stop]; return the total count."""
-    return _ranges(st, tw, keys, start, stop, lo_out, hi_out)
+    return shard_ranges(st, tw, keys, start, stop, lo_out, hi_out)
 
 
 @njit(nogil=True, cache=True)
@@ -730,12 +730,12 @@ def _prompt_and_cont(st, tw, keys, start, stop, cont_key):
     cont_count = np.int64(0)
     scratch = np.empty(0, dtype=np.int64)
     for s in range(st.shape[0]):
-        ds, sa, ps, dr = _shard(st, s)
+        ds, sa, ps, dr = shard_views(st, s)
         lo, hi = _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop)
         prompt_count += hi - lo
         if hi - lo <= (np.int64(4) << dr[D_SHIFT]):
             if hi > lo:
-                clo, chi = _narrow(ds, sa, ps, tw, lo, hi, (stop - start) * tw, cont_key)
+                clo, chi = narrow_range(ds, sa, ps, tw, lo, hi, (stop - start) * tw, cont_key)
                 cont_count += chi - clo
             continue
         if scratch.shape[0] == 0:
@@ -749,14 +749,14 @@ def _prompt_and_cont(st, tw, keys, start, stop, cont_key):
 
 
 @njit(cache=True)
-def _run_end(ds, sa, ps, tw, i, hi, depth, key):
+def run_end(ds, sa, ps, tw, i, hi, depth, key):
     """End (exclusive) of the run of ``key`` that contains rank ``i``: gallop to bracket it, then
     binary search inside the bracket, so a run costs O(log run length)."""
     last_equal = i
     step = 1
     bound = hi
     while i + step < hi:
-        if _key_at_rank(ds, sa, ps, tw, i + step, depth) == key:
+        if key_at_rank(ds, sa, ps, tw, i + step, depth) == key:
             last_equal = i + step
             step <<= 1
         else:
@@ -776,8 +776,8 @@ def _runs_in_range(ds, sa, ps, tw, lo, hi, depth, out_keys, out_counts, n):
     while i < hi:
         if n >= cap:
             return -1
-        key = _key_at_rank(ds, sa, ps, tw, i, depth)
-        j = _run_end(ds, sa, ps, tw, i, hi, depth, key)
+        key = key_at_rank(ds, sa, ps, tw, i, depth)
+        j = run_end(ds, sa, ps, tw, i, hi, depth, key)
         out_keys[n] = key
         out_counts[n] = j - i
         n += 1
@@ -795,7 +795,7 @@ def next_token_runs(st, tw, lo_a, hi_a, depth, out_keys, out_counts):
     """
     n = _ZERO()
     for s in range(st.shape[0]):
-        ds, sa, ps, _ = _shard(st, s)
+        ds, sa, ps, _ = shard_views(st, s)
         n = _runs_in_range(ds, sa, ps, tw, lo_a[s], hi_a[s], depth, out_keys, out_counts, n)
         if n < 0:
             return -1
@@ -833,7 +833,7 @@ def next_tokens_ids(st, tw, ids, use_suffix, max_distinct, separator):
     total = np.int64(0)
     capacity = 0
     for s in range(n_shards):
-        ds, sa, ps, dr = _shard(st, s)
+        ds, sa, ps, dr = shard_views(st, s)
         a, b = _find_in_shard(ds, sa, ps, tw, dr, keys, start, n)
         lo[s] = a
         hi[s] = b
@@ -882,7 +882,7 @@ def approx_next_keys(st, tw, lo_a, hi_a, depth, unit, out_keys, out_weights):
     n = 0
     stack = np.empty(256, dtype=np.int64)
     for s in range(st.shape[0]):
-        ds, sa, ps, _ = _shard(st, s)
+        ds, sa, ps, _ = shard_views(st, s)
         top = 0
         if hi_a[s] > lo_a[s]:
             stack[0] = lo_a[s]
@@ -902,13 +902,13 @@ def approx_next_keys(st, tw, lo_a, hi_a, depth, unit, out_keys, out_weights):
                         mid = (rank + end) >> 1
                         weight = end - rank
                     if n < cap:
-                        out_keys[n] = _key_at_rank(ds, sa, ps, tw, mid, depth)
+                        out_keys[n] = key_at_rank(ds, sa, ps, tw, mid, depth)
                         out_weights[n] = weight
                     n += 1
                     rank += unit
                 continue
-            first = _key_at_rank(ds, sa, ps, tw, start, depth)
-            if first == _key_at_rank(ds, sa, ps, tw, end - 1, depth):
+            first = key_at_rank(ds, sa, ps, tw, start, depth)
+            if first == key_at_rank(ds, sa, ps, tw, end - 1, depth):
                 if n < cap:
                     out_keys[n] = first
                     out_weights[n] = end - start
@@ -938,13 +938,13 @@ def first_key_table(ds, sa, ps, tw, table):
     prev = np.int64(-1)
     i = np.int64(0)
     while i < n_pos:
-        p = _ptr(sa, ps, i)
+        p = pointer_at(sa, ps, i)
         if p % tw or p + tw > n:
             return i
-        key = _key(ds, tw, p)
+        key = token_key(ds, tw, p)
         if key <= prev or key >= n_keys:
             return i
-        j = _run_end(ds, sa, ps, tw, i, n_pos, 0, key)
+        j = run_end(ds, sa, ps, tw, i, n_pos, 0, key)
         while done < key:  # absent keys get an empty range at their insertion point
             table[2 * done] = i
             table[2 * done + 1] = i
@@ -1014,4 +1014,10 @@ def prob_batch_keys(st, tw, keys, offsets, cont_keys, use_suffix, out):
 def pointers_at(sa, ps, lo, hi, out):
     """Suffix-array entries (byte offsets into tokenized.s) for ranks lo..hi-1."""
     for r in range(lo, hi):
-        out[r - lo] = _ptr(sa, ps, r)
+        out[r - lo] = pointer_at(sa, ps, r)
+
+
+def query_kernels() -> list:
+    """The entry kernels NgramIndex.warmup compiles (the rest compile as their callees)."""
+    return [ids_ok, count_at, prob_at, next_tokens_ids, find_ranges, count_batch_keys, prob_batch_keys,
+            approx_next_keys]

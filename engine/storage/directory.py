@@ -36,6 +36,7 @@ import numpy as np
 from engine.kernels import suffix as kernels
 from engine.errors import IndexFormatError
 from engine.format import atomic_write_path, discover_shards, read_in_full, read_manifest, shard_path
+from engine.units import size_arg
 
 log = logging.getLogger("engine.storage.directory")
 
@@ -98,9 +99,7 @@ def directory_bytes(n_positions: int, token_width: int, budget: int = DEFAULT_BU
 
 
 def parse_budget(text: str) -> int:
-    from engine.cli.main import parse_size
-
-    budget = parse_size(text)
+    budget = size_arg(text)
     if budget < SAMPLE_ENTRY_BYTES:
         import argparse
 

@@ -286,7 +286,7 @@ def test_shard_map_views_serve_the_index_across_servers(corpus, serial, tmp_path
 
     from engine.serve.router import NgramRouter, load_shard_map
     from engine.serve.server import create_server
-    from engine.serve.shardmap import plan_server_groups
+    from engine.build.shardmap import plan_server_groups
 
     index = tmp_path / "index"
     shutil.copytree(serial, index)

@@ -13,7 +13,7 @@ To serve it across hosts, the shards are split into contiguous groups, one per s
   entry also records the view (``"index"``, relative to the map) and the shards it holds
   (``"index_shards"``); the router ignores these keys.
 
-    ngram shard-map INDEX --targets host1:50051 host2:50051     # or: python -m engine.serve.shardmap ...
+    ngram shard-map INDEX --targets host1:50051 host2:50051     # or: python -m engine.build.shardmap ...
     host1$ ngram serve INDEX/servers/0 --host 0.0.0.0 --port 50051
     host2$ ngram serve INDEX/servers/1 --host 0.0.0.0 --port 50051
     router$ ngram route INDEX/shardmap.json --host 0.0.0.0 --port 50050   # = ngram serve --shard-map ...
@@ -149,7 +149,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m engine.serve.shardmap", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.build.shardmap", description=__doc__.split("\n\n")[0])
     _configure(parser)
     args = parser.parse_args(argv)
     try:

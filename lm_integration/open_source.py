@@ -9,7 +9,6 @@ import importlib
 def open_source(spec: str, *, load: str = "mmap"):
     """``grpc://HOST:PORT`` (or ``HOST:PORT`` with ``server=True`` callers) -> engine.NgramClient;
     anything else is an index directory -> engine.NgramIndex.open."""
-    engine = importlib.import_module("engine")
     if spec.startswith("grpc://"):
-        return engine.NgramClient(spec[len("grpc://"):])
-    return engine.NgramIndex.open(spec, load=load)
+        return importlib.import_module("engine.serve.client").NgramClient(spec[len("grpc://"):])
+    return importlib.import_module("engine.index").NgramIndex.open(spec, load=load)
