@@ -209,9 +209,9 @@ async function openDocument(docIx, docLen, needle) {
 // ------------------------------------------------------------------------------------------------
 // Attribution tab
 
-function color(len, maxLen) {
-  const t = Math.min(1, len / Math.max(maxLen, 1));
-  return `hsl(${50 - 45 * t}, 95%, ${82 - 22 * t}%)`;  // pale yellow (short) to deep orange (longest)
+function color(len, minLen, maxLen) {
+  const t = maxLen > minLen ? Math.min(1, Math.max(0, (len - minLen) / (maxLen - minLen))) : 1;
+  return `hsl(${50 - 40 * t}, 95%, ${84 - 20 * t}%)`;  // pale yellow (shortest) to orange (longest)
 }
 
 async function runAttribution(ev) {
@@ -227,8 +227,8 @@ async function runAttribution(ev) {
     $("attr-summary").textContent = `${spans.length} spans of at least ${minLen} tokens occur in the corpus; ` +
       `${(100 * (1 - r.creativity)).toFixed(0)}% of the ${ids.length} tokens are covered (creativity ${r.creativity.toFixed(2)})`;
     $("attr-legend").replaceChildren(
-      el("span", {}, el("span", { class: "swatch", style: `background:${color(minLen, maxLen)}` }), ` ${minLen} tokens`),
-      el("span", {}, el("span", { class: "swatch", style: `background:${color(maxLen, maxLen)}` }), ` ${maxLen} tokens`),
+      el("span", {}, el("span", { class: "swatch", style: `background:${color(minLen, minLen, maxLen)}` }), ` ${minLen} tokens`),
+      el("span", {}, el("span", { class: "swatch", style: `background:${color(maxLen, minLen, maxLen)}` }), ` ${maxLen} tokens`),
       el("span", {}, "click a highlighted span for its source documents"));
     // Cut the text at every span edge: each piece is covered by the same spans throughout.
     const cuts = [...new Set([0, ids.length, ...spans.flatMap((s) => [s.start, s.end])])].sort((a, b) => a - b);
@@ -247,7 +247,7 @@ async function runAttribution(ev) {
                                "data-len": longest.end - longest.start, "data-count": longest.count,
                                "data-start": longest.start, "data-end": longest.end, "data-from": p.a, "data-to": p.b },
                        texts[i]);
-      seg.style.background = color(longest.end - longest.start, maxLen);
+      seg.style.background = color(longest.end - longest.start, minLen, maxLen);
       seg.addEventListener("click", () => showSources(seg, p.spans));
       out.append(seg);
     });
@@ -266,7 +266,7 @@ async function showSources(seg, spans) {
   for (const s of [...spans].sort((x, y) => (y.end - y.start) - (x.end - x.start))) {
     const len = s.end - s.start;
     box.append(el("div", { class: "span-info" }, el("mark", {}, await detok(s.token_ids)),
-                  el("span", { class: "muted" }, `  ${len} tokens, ${fmt(s.count)} occurrences`)));
+                  el("span", { class: "muted" }, `  ${len} tokens, ${fmt(s.count)} occurrence${s.count === 1 ? "" : "s"}`)));
     const list = el("ol", { class: "docs" });
     for (const d of s.documents) {
       list.append(el("li", { class: "doc", "data-doc-ix": d.doc_ix },
