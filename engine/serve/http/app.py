@@ -6,7 +6,7 @@ the servicer's own handler runs on a worker thread with a small stand-in for ``g
 (deadline, peer, abort), and the response message goes back as JSON; a server stream is a JSON array
 of its messages, or NDJSON with ``Accept: application/x-ndjson``. Limits, admission, deadlines, the
 access log and error codes are therefore the servicer's, the same as over gRPC. A gRPC status becomes
-an HTTP status (``HTTP_STATUS``) with the body ``{"error": {"code": "INVALID_ARGUMENT", "message": ...}}``.
+an HTTP status (``context.HTTP_STATUS``) with the body ``{"error": {"code": "INVALID_ARGUMENT", "message": ...}}``.
 
 Also: ``GET /openapi.json`` (from the descriptors), ``GET /healthz`` (the gRPC health service's
 overall status: 200 when SERVING, else 503), ``GET /`` the web explorer (static files in
@@ -34,92 +34,24 @@ from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
 from engine._proto.ngram.v1 import ngram_pb2 as pb
+from engine.serve import rpcs
 from engine.serve.http.codec import JsonRequestError, openapi_schema, parse_request, snake_case, to_json
+from engine.serve.http.context import CallContext, RpcError
+from engine.serve.http.infinigram import InfinigramApi
 
-__all__ = ["HTTP_STATUS", "RpcError", "CallContext", "HttpApi", "create_app", "rpc_routes"]
+__all__ = ["HttpApi", "create_app", "rpc_routes"]
 
 access_log = logging.getLogger("engine.access")
 log = logging.getLogger("engine.serve.http")
 
-SERVICE = pb.DESCRIPTOR.services_by_name["NgramService"]
-
 C = grpc.StatusCode
-HTTP_STATUS = {
-    C.OK: 200,
-    C.INVALID_ARGUMENT: 400,
-    C.OUT_OF_RANGE: 400,
-    C.UNAUTHENTICATED: 401,
-    C.PERMISSION_DENIED: 403,
-    C.NOT_FOUND: 404,
-    C.ALREADY_EXISTS: 409,
-    C.ABORTED: 409,
-    C.FAILED_PRECONDITION: 409,  # e.g. a text query to an index without a tokenizer
-    C.RESOURCE_EXHAUSTED: 429,
-    C.CANCELLED: 499,  # the client closed the request (nginx's convention)
-    C.UNIMPLEMENTED: 501,
-    C.UNAVAILABLE: 503,
-    C.DEADLINE_EXCEEDED: 504,
-}  # anything else (INTERNAL, UNKNOWN, DATA_LOSS) is 500
-
 DEFAULT_MAX_BODY_BYTES = 64 << 20
 NDJSON = "application/x-ndjson"
 
 
 def rpc_routes() -> dict[str, Any]:
-    """``/v1/<snake_case>`` -> MethodDescriptor, for every RPC of the service."""
-    return {f"/v1/{snake_case(m.name)}": m for m in SERVICE.methods}
-
-
-class RpcError(Exception):
-    """A call that ends with a gRPC status other than OK (what ``context.abort`` raises here)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, http_status: int | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        # A transport-level status (413) where no gRPC code says it.
-        self.http_status = http_status or HTTP_STATUS.get(code, 500)
-
-    def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"code": self.code.name, "message": self.message}}, status_code=self.http_status)
-
-
-class CallContext:
-    """What the servicer's handlers use of ``grpc.ServicerContext``, for one HTTP request."""
-
-    __slots__ = ("_deadline", "_peer", "_metadata", "cancelled", "code", "details")
-
-    def __init__(self, deadline: float | None, peer: str, metadata: tuple = ()):
-        self._deadline = deadline  # time.monotonic() value, or None
-        self._peer = peer
-        self._metadata = metadata
-        self.cancelled = False
-        self.code: grpc.StatusCode | None = None
-        self.details = ""
-
-    def time_remaining(self) -> float | None:
-        return None if self._deadline is None else self._deadline - time.monotonic()
-
-    def is_active(self) -> bool:
-        return not self.cancelled and (self._deadline is None or time.monotonic() < self._deadline)
-
-    def peer(self) -> str:
-        return self._peer
-
-    def invocation_metadata(self) -> tuple:
-        return self._metadata
-
-    def abort(self, code: grpc.StatusCode, details: str):
-        raise RpcError(code, details)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self.code = code
-
-    def set_details(self, details: str) -> None:
-        self.details = details
-
-    def set_trailing_metadata(self, metadata) -> None:
-        pass
+    """``/v1/<snake_case>`` -> MethodDescriptor, for every RPC of the RPC table (engine.serve.rpcs)."""
+    return {f"/v1/{snake_case(name)}": rpcs.SERVICE.methods_by_name[name] for name in rpcs.RPC_NAMES}
 
 
 def _log(method: str, code: str, t0: float, peer: str, detail: str = "") -> None:
@@ -147,8 +79,6 @@ class HttpApi:
         self.executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="ngram-http")
         self.routes = rpc_routes()
         self._openapi: dict | None = None
-        from engine.serve.http.infinigram import InfinigramApi  # here: it imports this module
-
         self.infinigram = InfinigramApi(self)
         routes = [Route(path, self._endpoint(m), methods=["POST"]) for path, m in self.routes.items()]
         static = resources.files("engine.serve.http") / "static"
@@ -300,7 +230,7 @@ class HttpApi:
 
     async def _openapi_json(self, request: Request) -> Response:
         if self._openapi is None:
-            doc = openapi_schema(SERVICE, self.routes, "ngram-engine HTTP API", _version())
+            doc = openapi_schema(rpcs.SERVICE, self.routes, "ngram-engine HTTP API", _version())
             doc["paths"]["/"] = self.infinigram.openapi_path()
             doc["paths"]["/healthz"] = {"get": {"summary": "200 when the gRPC health status is SERVING, else 503",
                                                 "responses": {"200": {"description": "SERVING"},

@@ -39,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from engine._proto.ngram.v1 import ngram_pb2 as pb
-from engine.serve.http.app import CallContext, RpcError
+from engine.serve.http.context import CallContext, RpcError
 
 __all__ = ["QUERY_TYPES", "InfinigramApi"]
 

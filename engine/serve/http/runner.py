@@ -8,6 +8,7 @@ The socket is bound here, before uvicorn starts, so that port 0 works and a take
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -47,12 +48,8 @@ def _ssl_factory(cert, key):
 
 
 def _http_impl() -> str:
-    try:
-        import httptools  # noqa: F401  (uvicorn's faster parser, when installed)
-
-        return "httptools"
-    except ImportError:  # pragma: no cover
-        return "h11"
+    """uvicorn's faster HTTP parser when it is installed (a core dependency), else its pure-Python one."""
+    return "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
 
 
 class HttpServer:
