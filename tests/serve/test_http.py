@@ -10,7 +10,10 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import socket
 import ssl
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ from engine.serve.http.codec import snake_case
 from engine.serve.server import create_server
 from engine.serve.servicer import ServerLimits
 from tests.helpers.corpora import build_text_index, make_docs
+from tests.helpers.serving import Wrapped
 
 LIMITS = ServerLimits(max_message_bytes=1 << 20, max_query_tokens=64, max_batch_size=100, max_results_per_stream=20)
 
@@ -343,3 +347,40 @@ def test_ngram_serve_http_port_serves_both_and_stops_on_sigterm(index, tmp_path)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class _Endless(Wrapped):
+    """An index whose attribution runs until its stop check raises (the client left, the deadline)."""
+
+    def __init__(self, index):
+        super().__init__(index)
+        self.stopped = threading.Event()
+
+    def attribute(self, text, *args, check_alive=None, **kwargs):
+        try:
+            while True:
+                check_alive()
+                time.sleep(0.005)
+        finally:
+            self.stopped.set()
+
+
+def test_long_work_stops_when_the_client_disconnects_or_the_deadline_passes(index):
+    backend = _Endless(index)
+    server, _ = create_server(backend, http_address="127.0.0.1:0")
+    try:
+        body = json.dumps({"text": {"text": "the cat sat"}}).encode()
+        sock = socket.create_connection(("127.0.0.1", server.http_port))
+        sock.sendall(b"POST /v1/attribute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(0.3)
+        assert not backend.stopped.is_set()  # still working while the client waits
+        sock.close()
+        assert backend.stopped.wait(5), "the work went on after the client left"
+        backend.stopped.clear()
+        t0 = time.monotonic()
+        assert_error(Http(server.http_port).post("/v1/attribute?timeout=0.3", json.loads(body)), 504,
+                     "DEADLINE_EXCEEDED")
+        assert backend.stopped.is_set() and time.monotonic() - t0 < 3
+    finally:
+        server.shutdown(0)

@@ -158,6 +158,15 @@ class HttpApi:
         """``fn(*args)`` on a worker thread (the engine's calls block; the event loop must not)."""
         return asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    async def call(self, request: Request, ctx: CallContext, fn: Callable, *args):
+        """``run(fn, *args)`` for one request: should its client disconnect meanwhile, ``ctx`` turns
+        inactive, and the servicer's stop checks end long work as for a cancelled gRPC call."""
+        watch = asyncio.ensure_future(_watch_disconnect(request, ctx))
+        try:
+            return await self.run(fn, *args)
+        finally:
+            watch.cancel()
+
     def handler(self, m):
         """The servicer's bound handler of RPC ``m``, or None."""
         return getattr(self.servicer, m.name, None)
@@ -186,13 +195,13 @@ class HttpApi:
             ctx = CallContext(deadline, peer)
             if not m.server_streaming:
                 try:
-                    return JSONResponse(await self.run(_unary_json, fn, msg, ctx))
+                    return JSONResponse(await self.call(request, ctx, _unary_json, fn, msg, ctx))
                 except RpcError as exc:
                     return exc.response()
             if NDJSON in request.headers.get("accept", ""):
                 return StreamingResponse(self._ndjson(fn(msg, ctx), ctx), media_type=NDJSON)
             try:
-                return JSONResponse(await self.run(_stream_json, fn, msg, ctx))
+                return JSONResponse(await self.call(request, ctx, _stream_json, fn, msg, ctx))
             except RpcError as exc:
                 return exc.response()
 
@@ -247,6 +256,14 @@ class HttpApi:
 def _too_large(size: int, cap: int) -> RpcError:
     return RpcError(C.RESOURCE_EXHAUSTED, f"the body is {size:,} bytes or more, over the limit of {cap:,} bytes; "
                                           "split the request", http_status=413)
+
+
+async def _watch_disconnect(request: Request, ctx: CallContext) -> None:
+    # The body has been read: the next message is the disconnect (uvicorn also sends one once the
+    # response is out, by when the watch has been cancelled).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    ctx.cancelled = True
 
 
 def _unary_json(fn, msg, ctx) -> dict:

@@ -136,7 +136,7 @@ class InfinigramApi:
         except RpcError as exc:
             return JSONResponse({"error": exc.message}, status_code=exc.http_status)
         ctx = CallContext(deadline, peer)
-        status, body = await self.api.run(self.handle, data, ctx)
+        status, body = await self.api.call(request, ctx, self.handle, data, ctx)
         return JSONResponse(body, status_code=status)
 
     def handle(self, data: Any, ctx: CallContext) -> tuple[int, dict]:
