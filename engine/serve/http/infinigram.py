@@ -24,6 +24,8 @@ Where the answers differ, the response says so instead of pretending:
 - Text queries are tokenized as infini-gram's server does: a space is put before a non-empty query
   for byte-level BPE tokenizers (``hf``, ``tiktoken``), so ``"natural language"`` counts
   ``" natural language"``. ``"leading_space": false`` turns that off.
+- As infini-gram's server does, ``token_ids`` is always the query's, also in a ``get_doc_by_*``
+  answer (whose document text is in ``spans``).
 """
 
 from __future__ import annotations
