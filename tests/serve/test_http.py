@@ -195,6 +195,9 @@ def test_bad_requests_get_clear_4xx_and_the_server_keeps_serving(api, index):
     assert_error(api.post("/v1/count", b"{not json"), 400, "INVALID_ARGUMENT", "not valid JSON")
     assert_error(api.post("/v1/count", b"\xff\xfe"), 400, "INVALID_ARGUMENT", "not valid JSON")
     assert_error(api.post("/v1/count", [1, 2]), 400, "INVALID_ARGUMENT", "JSON object")
+    assert_error(api.post("/v1/count", b"[" * 100_000), 400, "INVALID_ARGUMENT", "deep")
+    status, body = api.post("/", b"[" * 100_000)
+    assert status == 400 and "deep" in body["error"]
     assert_error(api.post("/v1/count", {"query": {"text": 5}}), 400, "INVALID_ARGUMENT", "text")
     assert_error(api.post("/v1/count", {"query": {"txt": "a"}}), 400, "INVALID_ARGUMENT", "txt")
     assert_error(api.post("/v1/count", {"query": {"token_ids": {"ids": ["x"]}}}), 400, "INVALID_ARGUMENT")
@@ -384,3 +387,4 @@ def test_long_work_stops_when_the_client_disconnects_or_the_deadline_passes(inde
         assert backend.stopped.is_set() and time.monotonic() - t0 < 3
     finally:
         server.shutdown(0)
+

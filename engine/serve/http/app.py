@@ -153,6 +153,8 @@ class HttpApi:
             return json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RpcError(C.INVALID_ARGUMENT, f"the body is not valid JSON: {exc}") from None
+        except RecursionError:  # [[[[...: no message of the service nests that deep
+            raise RpcError(C.INVALID_ARGUMENT, "the body's JSON nests too deep") from None
 
     def run(self, fn: Callable, *args):
         """``fn(*args)`` on a worker thread (the engine's calls block; the event loop must not)."""
