@@ -203,7 +203,8 @@ def sha256(path: Path) -> str:
 
 def corpus_dir(limit: int | None, work: Path) -> tuple[Path, list[Path]]:
     """The extracted kernel tree, or a directory of symlinks to its first files up to ``limit`` bytes."""
-    from engine.fetch import fetch
+    sys.path.insert(0, str(ROOT))
+    from bench.corpora import fetch
     from engine.build.readers import expand_inputs
 
     src = fetch("linux-kernel-src")

@@ -97,7 +97,7 @@ def prepare_linux(root: Path, mb: float) -> Path:
     d = root / f"linux-{mb:g}MB"
     if (d / "heldout.jsonl").exists():
         return d
-    from engine.fetch import iter_linux_sources
+    from bench.corpora import iter_linux_sources
 
     d.mkdir(parents=True, exist_ok=True)
     limit, held_limit = int(mb * 1e6), int(HELDOUT_MB * 1e6)

@@ -53,7 +53,7 @@ def kernel_files(root: Path, subdir: str) -> list[tuple[str, str]]:
 
 def load_corpus(name: str):
     """(train texts, [(label, held-out text)], description, index name)."""
-    from engine.fetch import fetch
+    from bench.corpora import fetch  # the catalogue's items and the kernel sources
 
     if name == "kjv":
         train, held = split(chapters(fetch("kjv") / "kjv.jsonl"))

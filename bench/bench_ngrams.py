@@ -58,7 +58,7 @@ TEXT_TOKENS = 1024
 def build_linux(out: Path, workers: int) -> Path:
     """The Linux 6.1 .c/.h files (one document each, tarball order), GPT-2 tokens, one index."""
     from engine.build.builder import build_index
-    from engine.fetch import iter_linux_sources
+    from bench.corpora import iter_linux_sources
 
     if (out / "manifest.json").exists():
         return out
@@ -90,7 +90,7 @@ def texts(index, per_kind: int, seed: int = 0) -> dict[str, list[np.ndarray]]:
     if index.tokenizer is None:
         return out
     try:
-        from engine.fetch import iter_linux_sources
+        from bench.corpora import iter_linux_sources
 
         held = []
         for _, data in iter_linux_sources(select=lambda n: n.endswith((".rs", ".py"))):

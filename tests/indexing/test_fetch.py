@@ -1,11 +1,15 @@
-"""engine.fetch: cache location, archive extraction, atomic and locked item creation, the kernel
-tarball helpers (on a small synthetic tarball), the CLI, and real fetches of the small items."""
+"""engine.fetch: cache location, archive extraction, pinned downloads (a tampered file is refused before
+extraction), atomic and locked item creation, the CLI, and real fetches of the small items; the
+benchmarks' corpora of bench/corpora.py (kernel tarball helpers on a small synthetic tarball)."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -14,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from bench import corpora as B
 from engine import fetch as F
-from engine.fetch import FetchError
+from engine.fetch import Artifact, FetchError
+from engine.fetch import downloader as D
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -147,18 +153,71 @@ def test_result_file_item_and_concurrent_fetches_build_once(tmp_path, fake_item)
     assert results == [tmp_path / "fake-item" / "model.bin"] * 3
 
 
-def test_cached_download_is_reused(tmp_path):
+def _pinned_file(path: Path, data: bytes, registry: str = "npm", spec: str = "@scope/pkg@1.0") -> Artifact:
+    """An artifact pinned to DATA under PATH's name (the file itself is not written)."""
+    return Artifact(registry, spec, path.name, hashlib.sha256(data).hexdigest())
+
+
+def test_cached_download_is_reused(tmp_path, monkeypatch):
     n = []
 
-    def download(d: Path) -> Path:
-        n.append(1)
-        (d / "pkg-1.0.tgz").write_bytes(b"x")
-        return d / "pkg-1.0.tgz"
+    def pack(spec, dest):
+        n.append(spec)
+        (Path(dest) / "pkg-1.0.tgz").write_bytes(b"x")
+        return Path(dest) / "pkg-1.0.tgz"
 
-    a = F._cached_download(tmp_path, "npm-@scope/pkg@1.0", download)
-    b = F._cached_download(tmp_path, "npm-@scope/pkg@1.0", download)
-    assert a == b and a.read_bytes() == b"x" and len(n) == 1
-    assert "/" not in a.parent.name
+    monkeypatch.setattr(D, "npm_pack", pack)
+    artifact = _pinned_file(Path("pkg-1.0.tgz"), b"x")
+    a = D.cached_download(tmp_path, artifact)
+    b = D.cached_download(tmp_path, artifact)
+    assert a == b and a.read_bytes() == b"x" and n == ["@scope/pkg@1.0"]
+    a.write_bytes(b"y")  # a kept file that no longer matches its pin is downloaded again
+    assert D.cached_download(tmp_path, artifact).read_bytes() == b"x" and len(n) == 2
+
+
+def test_a_download_that_does_not_match_its_pin_is_refused(tmp_path):
+    path = tmp_path / "pkg-1.0.tar.gz"
+    path.write_bytes(b"tampered")
+    pin = _pinned_file(path, b"the real package", registry="pypi-sdist", spec="pkg==1.0")
+    actual = hashlib.sha256(b"tampered").hexdigest()
+    with pytest.raises(FetchError) as ei:
+        F.verify_artifact(path, pin)
+    message = str(ei.value)
+    assert "pkg-1.0.tar.gz" in message and "pkg==1.0" in message
+    assert pin.sha256 in message and actual in message
+    assert not path.exists()  # removed: it can never be taken for the package later
+    path.write_bytes(b"the real package")
+    assert F.verify_artifact(path, pin) == path
+
+
+def test_a_tampered_download_leaves_nothing_that_looks_fetched(tmp_path, fake_item, monkeypatch):
+    def pip(requirement, dest, *, source=False):
+        (Path(dest) / "pkg-1.0.tar.gz").write_bytes(b"tampered")
+        return Path(dest) / "pkg-1.0.tar.gz"
+
+    monkeypatch.setattr(D, "pip_download", pip)
+    extracted = []
+    pin = _pinned_file(Path("pkg-1.0.tar.gz"), b"the real package", registry="pypi-sdist", spec="pkg==1.0")
+    monkeypatch.setattr(D, "extract_members", lambda *a, **k: extracted.append(a))
+    fake_item(D.archive_members(pin, {"pkg-1.0/a.txt": "a.txt"}))
+    with pytest.raises(FetchError, match="does not match its pin"):
+        F.fetch("fake-item", cache=tmp_path)
+    shared = Artifact("npm", "@scope/pkg@1.0", "pkg-1.0.tgz", pin.sha256)
+    monkeypatch.setattr(D, "npm_pack", lambda spec, dest: pip(spec, dest).rename(Path(dest) / "pkg-1.0.tgz"))
+    fake_item(D.archive_members(shared, {"package/a.txt": "a.txt"}, shared=True), name="shared-item")
+    with pytest.raises(FetchError, match="does not match its pin"):
+        F.fetch("shared-item", cache=tmp_path)
+    assert not extracted
+    assert not F.is_fetched("fake-item", cache=tmp_path) and not F.is_fetched("shared-item", cache=tmp_path)
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if ".locks" not in p.parts)
+    assert left == [".downloads"]  # empty: no kept download, no item, no temporary directory
+
+
+def test_every_pin_names_an_exact_version_and_a_sha256():
+    for artifact in (*F.catalogue.ARTIFACTS, B.LINUX_DEB):
+        assert artifact.registry in ("pypi", "pypi-sdist", "npm", "apt")
+        assert any(sep in artifact.spec for sep in ("==", "@", "=")) and "*" not in artifact.spec
+        assert len(artifact.sha256) == 64 and int(artifact.sha256, 16) >= 0
 
 
 def test_unknown_item():
@@ -168,12 +227,12 @@ def test_unknown_item():
 
 def test_registry_client_errors_are_fetch_errors(tmp_path, monkeypatch):
     with pytest.raises(FetchError, match="not found"):
-        F._run(["definitely-not-a-command-xyz"], what="probe")
+        D._run(["definitely-not-a-command-xyz"], what="probe")
     with pytest.raises(FetchError, match=r"exit 3"):
-        F._run(["sh", "-c", "echo boom >&2; exit 3"], what="probe")
+        D._run(["sh", "-c", "echo boom >&2; exit 3"], what="probe")
 
 
-# -- Linux kernel tarball helpers (synthetic tarball) --------------------------------------------
+# -- bench/corpora.py: Linux kernel tarball helpers (synthetic tarball) ----------------------------
 
 
 @pytest.fixture
@@ -192,21 +251,21 @@ def kernel_tarball(tmp_path) -> Path:
 
 
 def test_iter_linux_sources_streams_c_and_h(kernel_tarball):
-    got = dict(F.iter_linux_sources(kernel_tarball))
+    got = dict(B.iter_linux_sources(kernel_tarball))
     assert sorted(got) == ["include/linux/list.h", "kernel/sched/core.c", "scripts/kconfig/conf.c"]
     assert got["kernel/sched/core.c"].startswith(b"int sched")
-    docs = dict(F.iter_linux_sources(kernel_tarball, select=F._is_english_doc))
+    docs = dict(B.iter_linux_sources(kernel_tarball, select=B.is_english_doc))
     assert sorted(docs) == ["Documentation/admin-guide/README.txt", "Documentation/process/howto.rst"]
 
 
 def test_extract_linux_sources_atomic_with_progress(kernel_tarball, tmp_path, capsys):
-    dest = F.extract_linux_sources(tmp_path / "src", kernel_tarball, progress=True)
+    dest = B.extract_linux_sources(tmp_path / "src", kernel_tarball, progress=True)
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert files == ["include/linux/list.h", "kernel/sched/core.c", "scripts/kconfig/conf.c"]
     assert not list(tmp_path.glob(".tmp-src-*"))
     assert "extracted 3 files" in capsys.readouterr().err
     # an existing destination is left alone
-    assert F.extract_linux_sources(dest, kernel_tarball) == dest
+    assert B.extract_linux_sources(dest, kernel_tarball) == dest
 
 
 def test_linux_derived_items_use_the_cached_tarball(kernel_tarball, tmp_path):
@@ -233,9 +292,18 @@ def test_cli_help_lists_every_item(capsys):
         F.main(["--help"])
     assert ei.value.code == 0
     out = capsys.readouterr().out
-    for name in ["canterbury", "shakespeare", "kjv", "moby-dick", "sotu", "spam", "linux-kernel", "linux-docs",
-                 "gpt2", "llama3", "mistral", "smollm2"]:
+    for name in ["canterbury", "shakespeare", "kjv", "moby-dick", "sotu", "gpt2", "llama3", "mistral", "smollm2",
+                 "spam", "linux-kernel", "linux-docs"]:  # with bench.corpora imported, as here
         assert f"  {name} " in out
+    assert "python -m bench.corpora" in out
+
+
+def test_the_installed_catalogue_holds_no_benchmark_corpus():
+    script = ("import engine.fetch as F, engine.cli.main as M; "
+              "print(sorted(F.ITEMS)); M.build_parser()")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(sorted(["canterbury", "shakespeare", "kjv", "moby-dick", "sotu", "gpt2", "llama3",
+                                      "mistral", "smollm2"]))
 
 
 def test_cli_unknown_item_and_add_parser(capsys, tmp_path, fake_item):
