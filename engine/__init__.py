@@ -1,9 +1,10 @@
 """ngram-engine: exact n-gram and infini-gram queries over sharded suffix-array indexes.
 
 The public surface is small: build an index, open it, query it (in-process or over gRPC).
+Errors and result types load with the package; NgramIndex, build_index and NgramClient (numba,
+gRPC) load when first named, so that importing an error class or a result type stays light.
 """
 
-from engine.build.builder import build_index
 from engine.errors import (
     BuildError,
     ClientClosedError,
@@ -16,7 +17,6 @@ from engine.errors import (
     TokenizerError,
     TokenizerMismatchError,
 )
-from engine.index import NgramIndex
 from engine.results import (
     Document,
     FindResult,
@@ -30,17 +30,22 @@ from engine.results import (
 )
 
 __all__ = [
-    "BuildError", "ClientClosedError", "Document", "FindResult", "IndexFormatError", "IndexNotFoundError",
+    "NgramClient", "BuildError", "ClientClosedError", "Document", "FindResult", "IndexFormatError", "IndexNotFoundError",
     "InfgramNtdResult", "InfgramProbResult", "InvalidQueryError", "LimitExceededError", "NextTokenDistribution",
     "NgramError", "NgramIndex", "PackedQueries", "ProbBatchResult", "ProbResult", "SearchResult",
     "ShardUnavailableError", "TokenizerError", "TokenizerMismatchError", "build_index",
 ]
 
 
-def __getattr__(name):
-    # The gRPC client is imported lazily so that `import engine` stays light.
-    if name == "NgramClient":
-        from engine.serve.client import NgramClient
+_LAZY = {"NgramIndex": "engine.index", "build_index": "engine.build.builder", "NgramClient": "engine.serve.client"}
 
-        return NgramClient
-    raise AttributeError(name)
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from engine.storage import integrity
@@ -635,13 +635,16 @@ class NgramIndex:
     # ------------------------------------------------------------------ frequent n-grams, matches, CNF
     # Thin delegations to engine.ngrams / engine.match / engine.cnf (issue 4); keep this block last.
     def frequent_ngrams(self, n_min: int = 1, n_max: int | None = None, *, min_count: int | None = None,
-                        top_k: int | None = None, out=None, progress: bool = False, **kwargs):
+                        top_k: int | None = None, chunk_rows: int | None = None, out=None, progress: bool = False,
+                        tmp_dir=None, check_alive: Callable[[], None] | None = None):
         """Every n-gram (n_min..n_max tokens) with count >= min_count, or the top_k most frequent,
-        exact over all shards; an engine.storage.ngram_table.NgramTable (see engine.ngrams.frequent_ngrams)."""
-        from engine.ngrams import frequent_ngrams
+        exact over all shards; an engine.storage.ngram_table.NgramTable (see engine.ngrams.frequent_ngrams:
+        ``chunk_rows`` rows per step of the walk, ``check_alive`` called between steps)."""
+        from engine.ngrams import DEFAULT_CHUNK_ROWS, frequent_ngrams
 
         return frequent_ngrams(self, n_min, n_max, min_count=min_count, top_k=top_k, out=out, progress=progress,
-                               **kwargs)
+                               chunk_rows=DEFAULT_CHUNK_ROWS if chunk_rows is None else chunk_rows, tmp_dir=tmp_dir,
+                               check_alive=check_alive)
 
     def fgram_vocab(self, max_len: int = 3, size: int = 1 << 20, min_count: int = 2, *, out=None,
                     progress: bool = False, **kwargs):
@@ -663,11 +666,16 @@ class NgramIndex:
 
         return infgram_probs(self, text, max_len)
 
-    def attribute(self, text, min_len: int = 8, max_count: int | None = None, **kwargs):
-        """Maximal spans of ``text`` that occur, with counts, source documents and a creativity score."""
+    def attribute(self, text, min_len: int = 8, max_count: int | None = None, *, max_docs: int = 3,
+                  max_disp_len: int = 100, creativity_n: int | None = None, max_len: int | None = None,
+                  check_alive: Callable[[], None] | None = None, admit: Callable[..., None] | None = None):
+        """Maximal spans of ``text`` that occur, with counts, source documents and a creativity score
+        (engine.match.attribute: ``check_alive`` stops it between pieces of work, ``admit`` is told
+        the documents and tokens it will fetch before it fetches them)."""
         from engine.match import attribute
 
-        return attribute(self, text, min_len, max_count, **kwargs)
+        return attribute(self, text, min_len, max_count, max_docs=max_docs, max_disp_len=max_disp_len,
+                         creativity_n=creativity_n, max_len=max_len, check_alive=check_alive, admit=admit)
 
     def creativity(self, text, n=5, max_len: int | None = None):
         """Share of ``text`` not covered by occurring spans of >= n tokens (engine.match.creativity)."""
@@ -675,12 +683,14 @@ class NgramIndex:
 
         return creativity(self, text, n, max_len)
 
-    def count_cnf(self, cnf, max_clause_freq: int | None = None, **kwargs):
+    def count_cnf(self, cnf, max_clause_freq: int | None = None, *, check_alive: Callable[[], None] | None = None,
+                  admit: Callable[..., None] | None = None):
         """Documents containing, for every clause (an OR of n-grams), one of its n-grams (engine.cnf;
         ``check_alive`` / ``admit`` callbacks as engine.cnf.count_cnf takes them)."""
         from engine.cnf import DEFAULT_MAX_CLAUSE_FREQ, count_cnf
 
-        return count_cnf(self, cnf, DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq, **kwargs)
+        return count_cnf(self, cnf, DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq,
+                         check_alive=check_alive, admit=admit)
 
     def warmup_ngrams(self) -> None:
         """Compile (or load from numba's cache) the kernels of the block above; a server may call it
@@ -691,13 +701,14 @@ class NgramIndex:
         self.search_docs_cnf([[probe], [probe]], max_docs=1, max_clause_freq=1)
 
     def search_docs_cnf(self, cnf, max_docs: int = 10, max_clause_freq: int | None = None,
-                        max_disp_len: int = DEFAULT_MAX_DISP_LEN, **kwargs):
+                        max_disp_len: int = DEFAULT_MAX_DISP_LEN, *, check_alive: Callable[[], None] | None = None,
+                        admit: Callable[..., None] | None = None):
         """The first max_docs documents matching a CNF query, with the exact count (engine.cnf)."""
         from engine.cnf import DEFAULT_MAX_CLAUSE_FREQ, search_docs_cnf
 
         return search_docs_cnf(self, cnf, max_docs,
                                DEFAULT_MAX_CLAUSE_FREQ if max_clause_freq is None else max_clause_freq, max_disp_len,
-                               **kwargs)
+                               check_alive=check_alive, admit=admit)
 
 
 class _DeferredTokenizer:

@@ -1,12 +1,14 @@
-"""Exceptions raised by lm_integration (it imports nothing from engine but engine.results)."""
+"""Exceptions raised by lm_integration. A tokenizer mismatch is the engine's one
+TokenizerMismatchError (engine.errors), whether the index is in process or behind a server."""
+
+from engine.errors import TokenizerMismatchError
 
 
 class LMIntegrationError(Exception):
     """Base class of the errors lm_integration raises on purpose."""
 
 
-class TokenizerMismatchError(LMIntegrationError, ValueError):
-    """The model's tokenizer is not the index's: n-gram statistics would be about other tokens."""
+__all__ = ["LMIntegrationError", "TokenizerMismatchError", "FgramVocabError", "UnsupportedTransformersError"]
 
 
 class FgramVocabError(LMIntegrationError, ValueError):

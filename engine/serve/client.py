@@ -30,76 +30,13 @@ import numpy as np
 
 from engine._proto.ngram.v1 import ngram_pb2 as pb
 from engine._proto.ngram.v1 import ngram_pb2_grpc as pb_grpc
-from engine.errors import (
-    ClientClosedError,
-    IndexFormatError,
-    InvalidQueryError,
-    LimitExceededError,
-    NgramError,
-    ShardUnavailableError,
-    TokenizerError,
-)
+from engine.errors import ClientClosedError, DeadlineExceededError, InvalidQueryError, NgramError
 from engine.results import PackedQueries
 from engine.serve.codec import as_ids, concat_results, pack_queries, slice_packed, tokenize_mixed
 from engine.serve.rpcs import QUERIES, SERVICE_NAME, Query
+from engine.serve.status import error_from_rpc
 
-__all__ = [
-    "NgramClient",
-    "RemoteTokenizer",
-    "DeadlineExceededError",
-    "AuthenticationError",
-    "RpcFailedError",
-    "NotSupportedError",
-    "error_from_rpc",
-]
-
-
-# ------------------------------------------------------------------------------------------------
-# Errors
-
-
-class DeadlineExceededError(NgramError, TimeoutError):
-    """The call's deadline passed before the server answered."""
-
-
-class AuthenticationError(NgramError, PermissionError):
-    """The server requires a bearer token that was missing or wrong."""
-
-
-class RpcFailedError(NgramError):
-    """A gRPC failure with no more specific engine error (CANCELLED, INTERNAL, ...)."""
-
-
-class NotSupportedError(NgramError, NotImplementedError):
-    """The server cannot answer this request (UNIMPLEMENTED): e.g. a router asked for an answer
-    that cannot be merged exactly from its shard servers. The message says what to ask instead."""
-
-
-_ERRORS = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidQueryError,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidQueryError,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceededError,
-    grpc.StatusCode.FAILED_PRECONDITION: TokenizerError,
-    grpc.StatusCode.UNAVAILABLE: ShardUnavailableError,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
-    grpc.StatusCode.UNAUTHENTICATED: AuthenticationError,
-    grpc.StatusCode.PERMISSION_DENIED: AuthenticationError,
-    grpc.StatusCode.DATA_LOSS: IndexFormatError,
-    grpc.StatusCode.UNIMPLEMENTED: NotSupportedError,
-}
-
-
-def error_from_rpc(exc: grpc.RpcError, where: str = "") -> NgramError:
-    """The engine exception for a failed call (``.code`` holds the status code)."""
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
-    cls = _ERRORS.get(code, RpcFailedError)
-    msg = f"{details}" if not where else f"{where}: {details}"
-    if cls is RpcFailedError:
-        msg = f"{code.name}: {msg}"
-    err = cls(msg)
-    err.code = code
-    return err
+__all__ = ["NgramClient", "RemoteTokenizer", "retry_service_config"]
 
 
 # ------------------------------------------------------------------------------------------------

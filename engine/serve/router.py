@@ -78,6 +78,8 @@ from engine.errors import (
     NgramError,
     ShardUnavailableError,
     TokenizerMismatchError,
+    DeadlineExceededError,
+    NotSupportedError,
 )
 from engine.ngrams import check_n, positive_int
 from engine.results import (
@@ -91,7 +93,8 @@ from engine.results import (
     ProbResult,
     SearchResult,
 )
-from engine.serve.client import DeadlineExceededError, NgramClient, NotSupportedError, RemoteTokenizer, error_from_rpc
+from engine.serve.client import NgramClient, RemoteTokenizer
+from engine.serve.status import error_from_rpc
 from engine.serve.codec import (
     I8,
     as_ids,
@@ -731,8 +734,9 @@ class NgramRouter:
         return _padded_rows(table, n_max), np.asarray(table.counts, dtype=np.int64)
 
     def frequent_ngrams(self, n_min: int = 1, n_max: int | None = None, *, min_count: int | None = None,
-                        top_k: int | None = None, **ignored):
-        """NgramIndex.frequent_ngrams over the shard servers, exact (an in-memory NgramTable).
+                        top_k: int | None = None, chunk_rows: int | None = None):
+        """NgramIndex.frequent_ngrams over the shard servers, exact (an in-memory NgramTable);
+        ``chunk_rows`` is how many rows each shard server sends per message.
 
         With S servers, an n-gram whose total count reaches T occurs at least ceil(T / S) times
         on one of them (pigeonhole). So:

@@ -43,16 +43,16 @@ from engine._proto.ngram.v1 import ngram_pb2 as pb
 from engine._proto.ngram.v1 import ngram_pb2_grpc as pb_grpc
 from engine.serve.admission import Admission, Ticket
 from engine.errors import (
-    IndexFormatError,
+    DeadlineExceededError,
     InvalidQueryError,
     LimitExceededError,
-    NgramError,
+    NotSupportedError,
     ShardUnavailableError,
-    TokenizerError,
 )
 from engine.results import PackedQueries, ProbBatchResult
 from engine.serve.codec import DistPacker, I8, checked_le_array, slice_packed, to_json
 from engine.serve.rpcs import SERVICE, SERVICE_NAME, Query, queries_of
+from engine.serve.status import ERROR_METADATA_KEY, status_of
 
 __all__ = [
     "SERVICE_NAME",
@@ -133,11 +133,11 @@ def time_left() -> float | None:
     return None if d is None else d - time.monotonic()
 
 
-class _Expired(Exception):
+class _Expired(DeadlineExceededError):
     """The call's deadline passed or the client cancelled it: stop working."""
 
 
-class _ShuttingDown(Exception):
+class _ShuttingDown(ShardUnavailableError):
     """The server is shutting down: stop working (UNAVAILABLE, another server can answer)."""
 
 
@@ -146,33 +146,9 @@ class _ShuttingDown(Exception):
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The status code of an exception raised while serving a call.
-
-    InvalidQueryError -> INVALID_ARGUMENT; LimitExceededError -> RESOURCE_EXHAUSTED;
-    TokenizerError -> FAILED_PRECONDITION; ShardUnavailableError -> UNAVAILABLE;
-    TimeoutError -> DEADLINE_EXCEEDED; IndexFormatError -> DATA_LOSS; NotImplementedError (the
-    router's engine.serve.client.NotSupportedError: no exact merge) -> UNIMPLEMENTED; any other NgramError
-    -> FAILED_PRECONDITION; anything else is a bug -> INTERNAL.
-    """
-    if isinstance(exc, ShardUnavailableError):
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, LimitExceededError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, InvalidQueryError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, TokenizerError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(exc, (TimeoutError, _Expired)):
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    if isinstance(exc, _ShuttingDown):
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, IndexFormatError):
-        return grpc.StatusCode.DATA_LOSS
-    if isinstance(exc, NgramError) and isinstance(exc, NotImplementedError):
-        return grpc.StatusCode.UNIMPLEMENTED
-    if isinstance(exc, NgramError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    return grpc.StatusCode.INTERNAL
+    """The status code of an exception raised while serving a call (engine.serve.status's table;
+    a user error is never INTERNAL, anything else is a bug)."""
+    return status_of(exc)[0]
 
 
 class _Malformed:
@@ -219,7 +195,9 @@ def _log_call(method: str, code: grpc.StatusCode, t0: float, context, detail: st
 
 
 def _fail(method: str, exc: BaseException, context, t0: float):
-    code = status_for(exc)
+    code, name = status_of(exc)
+    if name is not None:
+        context.set_trailing_metadata(((ERROR_METADATA_KEY, name),))
     if code is grpc.StatusCode.INTERNAL:
         log.exception("%s failed", method)
         detail = f"internal error ({type(exc).__name__}); see the server log"
@@ -842,7 +820,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     def _backend_method(self, name: str):
         fn = getattr(self.backend, name, None)
         if fn is None:
-            raise NgramError(f"{name} is not served by this backend ({type(self.backend).__name__}); "
+            raise NotSupportedError(f"{name} is not served by this backend ({type(self.backend).__name__}); "
                              "ask a server that holds the index itself")
         return fn
 

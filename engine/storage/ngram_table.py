@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ import numpy as np
 
 TOKENS_DTYPE = np.dtype("<u4")
 FORMAT_VERSION = 1
+
+_HEADER_LOCK = threading.Lock()
 
 
 @dataclass
@@ -89,11 +92,15 @@ class NgramTable:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no n-gram table at {path}")
-        if mmap:
-            arrays = _npz_memmap(path)
-        else:
-            with np.load(path) as z:
-                arrays = {k: z[k] for k in z.files}
+        # numpy parses .npy headers with ast.literal_eval, which CPython 3.11 does not make safe to
+        # run on several threads at once ("AST constructor recursion depth mismatch", seen with
+        # in-process shard servers loading tables together): one table is read at a time.
+        with _HEADER_LOCK:
+            if mmap:
+                arrays = _npz_memmap(path)
+            else:
+                with np.load(path) as z:
+                    arrays = {k: z[k] for k in z.files}
         for need in ("tokens", "offsets", "counts"):
             if need not in arrays:
                 raise ValueError(f"{path} is not an n-gram table: it lacks the {need!r} array")

@@ -27,6 +27,10 @@ def build_from_token_docs(directory, docs, token_width, shard_bytes=None):
     return NgramIndex.open(directory)
 
 
+# Phrases that occur in one partition only of the router tests' corpus, so the shards' own longest
+# suffixes differ.
+UNIQUE = ["the red hat sat on the big log", "a dog ran to the mat and sat", "big cat and red dog ran on"]
+
 WORDS = ["the", "cat", "sat", "on", "mat", "dog", "a", "log", "and", "ran", "to", "red", "hat", "big"]
 
 

@@ -9,14 +9,9 @@ import numpy as np
 import pytest
 
 from engine import NgramIndex
-from engine.serve.client import (
-    DeadlineExceededError,
-    NgramClient,
-    RpcFailedError,
-    error_from_rpc,
-    retry_service_config,
-)
-from engine.errors import InvalidQueryError, ShardUnavailableError
+from engine.serve.client import NgramClient, retry_service_config
+from engine.serve.status import error_from_rpc
+from engine.errors import DeadlineExceededError, InvalidQueryError, RpcFailedError, ShardUnavailableError
 from engine.serve.server import create_server
 from tests.helpers.corpora import build_text_index, make_docs
 from tests.helpers.serving import Wrapped, assert_same

@@ -129,7 +129,7 @@ def test_frequent_ngrams_stops_at_its_deadline(corpus):
     after it: the client gets DEADLINE_EXCEEDED and the server's computation raises."""
     import time
 
-    from engine.serve.client import DeadlineExceededError
+    from engine.errors import DeadlineExceededError
     from tests.helpers.serving import Wrapped
 
     index, _ = corpus
