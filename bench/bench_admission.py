@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from engine import NgramIndex
-    from engine.serve.admission import parse_bytes
+    from engine.units import parse_size
 
     index_path = ensure_index(args.index)
     index = NgramIndex.open(index_path)
@@ -328,7 +328,7 @@ def main(argv=None) -> int:
         p.join(timeout=30)
 
     lat = np.array(count_result["latencies"]) * 1e3
-    budget = parse_bytes(args.max_memory)
+    budget = parse_size(args.max_memory)
     tallies: dict[str, dict[str, int]] = {}
     durations: dict[str, list[float]] = {}
     for r in heavy_results:

@@ -144,10 +144,10 @@ def run_serve(args) -> int:
         return _error(args, str(exc))
     max_memory = None
     if args.max_memory is not None:
-        from engine.serve.admission import parse_bytes
+        from engine.units import parse_size
 
         try:
-            max_memory = parse_bytes(args.max_memory)
+            max_memory = parse_size(args.max_memory)
         except ValueError as exc:
             return _error(args, f"--max-memory: {exc}")
         if max_memory <= 0:

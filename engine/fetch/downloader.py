@@ -425,8 +425,8 @@ def is_fetched(name: str, cache: str | os.PathLike | None = None) -> bool:
 
 
 def fetch(name: str, cache: str | os.PathLike | None = None) -> Path:
-    """Make sure item NAME is in the cache and return its local path (a directory, or a file for
-    ``linux-kernel`` (the .tar.xz) and ``smollm2`` (the .gguf)). Downloads only the first time."""
+    """Make sure item NAME is in the cache and return its local path (a directory, or the file an item
+    names as its result, e.g. ``smollm2``'s .gguf). Downloads only the first time."""
     item = _item(name)
     root = Path(cache).expanduser() if cache is not None else cache_dir()
     result = _result_path(item, root)

@@ -31,7 +31,7 @@ from typing import Callable
 
 from engine.errors import LimitExceededError
 
-__all__ = ["Admission", "Ticket", "private_memory", "parse_bytes", "default_heavy_slots"]
+__all__ = ["Admission", "Ticket", "private_memory", "default_heavy_slots"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -54,23 +54,6 @@ def resident_memory() -> int | None:
             return int(fh.read().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return None
-
-
-def parse_bytes(text: str) -> int:
-    """'2G', '512M', '1.5GiB', '1000000' -> bytes (binary units: K = 1024)."""
-    s = str(text).strip().upper().removesuffix("IB").removesuffix("B")
-    scale = 1
-    for suffix, factor in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
-        if s.endswith(suffix):
-            s, scale = s[:-1], factor
-            break
-    try:
-        value = float(s)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a size: give bytes, or a number with K, M, G or T") from None
-    if value < 0:
-        raise ValueError(f"{text!r} is negative")
-    return int(value * scale)
 
 
 def default_heavy_slots() -> int:

@@ -24,7 +24,8 @@ import pytest
 from engine import NgramIndex
 from engine._proto.ngram.v1 import ngram_pb2 as pb
 from engine._proto.ngram.v1 import ngram_pb2_grpc as pb_grpc
-from engine.serve.admission import Admission, parse_bytes, private_memory
+from engine.serve.admission import Admission, private_memory
+from engine.units import parse_size
 from engine.serve.client import NgramClient
 from engine.errors import LimitExceededError
 from engine.serve.server import create_server
@@ -311,9 +312,11 @@ def test_memory_budget(corpus):
 
 
 def test_admission_units():
-    assert parse_bytes("2G") == 2 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("1000") == 1000
-    with pytest.raises(ValueError):
-        parse_bytes("lots")
+    assert parse_size("2G") == 2 << 30 and parse_size("512MiB") == 512 << 20 and parse_size("1000") == 1000
+    assert parse_size("1.5GiB") == 3 << 29 and parse_size(" 8 kb ") == 8 << 10
+    for bad in ("lots", "-1G", "2X", ""):
+        with pytest.raises(ValueError):
+            parse_size(bad)
     adm = Admission(max_memory=1 << 40, heavy_slots=1, max_waiting=0)
     adm.set_baseline()
     with adm.call("A", lambda: None, heavy=True):
