@@ -29,17 +29,8 @@ from engine.format import (
     read_in_full,
     separator_id,
 )
-from engine.results import (
-    Document,
-    FindResult,
-    InfgramNtdResult,
-    InfgramProbResult,
-    NextTokenDistribution,
-    PackedQueries,
-    ProbBatchResult,
-    ProbResult,
-    SearchResult,
-)
+from engine.results import (Document, FindResult, InfgramNtdResult, InfgramProbResult, NextTokenDistribution,
+                            PackedQueries, ProbBatchResult, ProbResult, SearchResult)
 
 _INT64 = np.dtype(np.int64)
 _BOOL_TYPES = frozenset((bool, np.bool_))

@@ -203,27 +203,24 @@ class NgramClient:
         except grpc.RpcError as exc:
             raise error_from_rpc(exc) from exc
 
+    def _options(self, timeout: float | None) -> dict:
+        return {"timeout": self.timeout if timeout is None else timeout, "metadata": self._metadata,
+                "wait_for_ready": self._wait_for_ready}
+
     def call_raw(self, method: str, request, timeout: float | None = None):
         """A unary call that raises grpc.RpcError (for callers that map errors themselves: the router)."""
         self._check_open()
-        return self._unary[method](
-            request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata,
-            wait_for_ready=self._wait_for_ready,
-        )
+        return self._unary[method](request, **self._options(timeout))
 
     def future_raw(self, method: str, request, timeout: float | None = None):
         """Start a unary call; ``.result()`` returns the response or raises grpc.RpcError."""
         self._check_open()
-        return self._unary[method].future(
-            request, timeout=self._timeout(timeout), metadata=self._metadata, wait_for_ready=self._wait_for_ready
-        )
+        return self._unary[method].future(request, **self._options(timeout))
 
     def stream_raw(self, method: str, request, timeout: float | None = None):
         """Start a server-streaming call: an iterator of messages that raises grpc.RpcError."""
         self._check_open()
-        return getattr(self._stub, method)(
-            request, timeout=self._timeout(timeout), metadata=self._metadata, wait_for_ready=self._wait_for_ready
-        )
+        return getattr(self._stub, method)(request, **self._options(timeout))
 
     def _read_stream(self, method: str, request, timeout: float | None) -> list:
         try:
@@ -272,25 +269,11 @@ class NgramClient:
 
     # -- index properties (fetched once with GetIndexInfo) -------------------------------------
 
-    @property
-    def vocab_size(self) -> int:
-        return int(self.index_info().vocab_size)
-
-    @property
-    def token_width(self) -> int:
-        return int(self.index_info().token_width)
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.index_info().num_tokens)
-
-    @property
-    def num_docs(self) -> int:
-        return int(self.index_info().num_docs)
-
-    @property
-    def num_shards(self) -> int:
-        return int(self.index_info().num_shards)
+    vocab_size = property(lambda self: int(self.index_info().vocab_size))
+    token_width = property(lambda self: int(self.index_info().token_width))
+    num_tokens = property(lambda self: int(self.index_info().num_tokens))
+    num_docs = property(lambda self: int(self.index_info().num_docs))
+    num_shards = property(lambda self: int(self.index_info().num_shards))
 
     @property
     def eos_token_id(self) -> int | None:

@@ -82,17 +82,8 @@ from engine.errors import (
     NotSupportedError,
 )
 from engine.ngrams import check_n, positive_int
-from engine.results import (
-    Document,
-    FindResult,
-    InfgramNtdResult,
-    InfgramProbResult,
-    NextTokenDistribution,
-    PackedQueries,
-    ProbBatchResult,
-    ProbResult,
-    SearchResult,
-)
+from engine.results import (Document, FindResult, InfgramNtdResult, InfgramProbResult, NextTokenDistribution,
+                            PackedQueries, ProbBatchResult, ProbResult, SearchResult)
 from engine.serve.client import NgramClient, RemoteTokenizer
 from engine.serve.status import error_from_rpc
 from engine.serve.codec import (

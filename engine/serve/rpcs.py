@@ -88,43 +88,39 @@ def _set_opt(req, field: str, value, what: str | None = None):
     return req
 
 
+def _filled(cls, field: str, fill, value, **fields):
+    """A ``cls`` request with ``fields`` set and its query (or batch) ``field`` filled from ``value``."""
+    req = cls(**fields)
+    fill(getattr(req, field), value, field)
+    return req
+
+
 def _on_query(cls, field: str = "query"):
-    def build(query):
-        req = cls()
-        fill_query(getattr(req, field), query, field)
-        return req
-    return build
+    return lambda query: _filled(cls, field, fill_query, query)
 
 
 def _on_prompt_cont(cls):
     def build(prompt, cont_id: int):
-        req = cls(cont_id=int_arg(cont_id, "cont_id"))
-        fill_query(req.prompt, prompt, "prompt")
-        return req
+        return _filled(cls, "prompt", fill_query, prompt, cont_id=int_arg(cont_id, "cont_id"))
     return build
 
 
 def _on_prompts_conts(cls):
     def build(prompts, cont_ids):
-        req = cls(cont_ids=np.ascontiguousarray(as_ids(cont_ids, "cont_ids"), dtype=I8).tobytes())
-        fill_batch(req.prompts, prompts, "prompts")
-        return req
+        cont = np.ascontiguousarray(as_ids(cont_ids, "cont_ids"), dtype=I8).tobytes()
+        return _filled(cls, "prompts", fill_batch, prompts, cont_ids=cont)
     return build
 
 
 def _on_prompt_support(cls):
     def build(prompt, max_support: int | None = None):
-        req = _set_opt(cls(), "max_support", max_support)
-        fill_query(req.prompt, prompt, "prompt")
-        return req
+        return _set_opt(_filled(cls, "prompt", fill_query, prompt), "max_support", max_support)
     return build
 
 
 def _on_prompts_support(cls):
     def build(prompts, max_support: int | None = None):
-        req = _set_opt(cls(), "max_support", max_support)
-        fill_batch(req.prompts, prompts, "prompts")
-        return req
+        return _set_opt(_filled(cls, "prompts", fill_batch, prompts), "max_support", max_support)
     return build
 
 
@@ -138,9 +134,7 @@ def _tokenize_request(text: str):
 
 
 def _count_batch_request(queries):
-    req = pb.CountBatchRequest()
-    fill_batch(req.queries, queries, "queries")
-    return req
+    return _filled(pb.CountBatchRequest, "queries", fill_batch, queries)
 
 
 def _search_request(query, max_docs: int = 10, max_disp_len: int = 1000):

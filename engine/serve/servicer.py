@@ -755,15 +755,6 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     def _ProbBatch(self, request, context):
         return self._prob_batch(request, context, self.backend.prob_batch, "ProbBatch")
 
-    def _NextTokenDistribution(self, request, context):
-        prompt = self._query(request, "prompt")
-        return self._distribution(context, "NextTokenDistribution", prompt, self._max_support(request), infgram=False)
-
-    def _NextTokenDistributionBatch(self, request, context):
-        pq = self._batch(request, "prompts")
-        return self._distributions(context, "NextTokenDistributionBatch", pq, self._max_support(request),
-                                   infgram=False)
-
     def _InfgramProb(self, request, context):
         prompt = self._query(request, "prompt")
         return self.backend.infgram_prob(prompt, self._cont_id(request))
@@ -771,15 +762,22 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     def _InfgramProbBatch(self, request, context):
         return self._prob_batch(request, context, self.backend.infgram_prob_batch, "InfgramProbBatch")
 
-    def _InfgramNextTokenDistribution(self, request, context):
-        prompt = self._query(request, "prompt")
-        return self._distribution(context, "InfgramNextTokenDistribution", prompt, self._max_support(request),
-                                  infgram=True)
 
-    def _InfgramNextTokenDistributionBatch(self, request, context):
-        pq = self._batch(request, "prompts")
-        return self._distributions(context, "InfgramNextTokenDistributionBatch", pq, self._max_support(request),
-                                   infgram=True)
+    def _distribution_handler(rpc: str, infgram: bool, batch: bool):
+        """The handler of one of the four distribution RPCs (single or batch, n-gram or ∞-gram)."""
+        def handler(self, request, context):
+            if batch:
+                pq = self._batch(request, "prompts")
+                return self._distributions(context, rpc, pq, self._max_support(request), infgram=infgram)
+            prompt = self._query(request, "prompt")
+            return self._distribution(context, rpc, prompt, self._max_support(request), infgram=infgram)
+        return handler
+
+    _NextTokenDistribution = _distribution_handler("NextTokenDistribution", False, False)
+    _NextTokenDistributionBatch = _distribution_handler("NextTokenDistributionBatch", False, True)
+    _InfgramNextTokenDistribution = _distribution_handler("InfgramNextTokenDistribution", True, False)
+    _InfgramNextTokenDistributionBatch = _distribution_handler("InfgramNextTokenDistributionBatch", True, True)
+    del _distribution_handler
 
     # -- documents -----------------------------------------------------------------------------
 
