@@ -129,10 +129,10 @@ def serve_relay(targets: list[str]) -> None:
     the first reply: the router's shape with no protobuf, validation or merging."""
     import grpc
 
-    from engine.serve.router import _Fanout
+    from engine.serve.fanout import Fanout
 
     calls = [grpc.insecure_channel(t).unary_unary("/bench.Echo/Echo", _registered_method=True) for t in targets]
-    pool = _Fanout(8 * max(1, len(calls) - 1), "relay")
+    pool = Fanout(8 * max(1, len(calls) - 1), "relay")
 
     def relay(request, context):
         tasks = [pool.submit(c, request, 30.0) for c in calls[1:]]

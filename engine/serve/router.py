@@ -5,7 +5,7 @@ the shard servers of a shard map (in parallel) and merging the answers:
 
 - counts add; Find concatenates the per-shard suffix-array segments in map order;
 - Prob / NextTokenDistribution add prompt, continuation and per-token counts (a distribution
-  capped by max_support is approximate: the shards' estimates add, see _merge_dists);
+  capped by max_support is approximate: the shards' estimates add, see merge_dists);
 - the infinity-gram backs off over the union: the suffix used is the longest suffix of the
   prompt with a nonzero count summed over all shards (the maximum of the shards' own suffix
   lengths); shards whose own suffix was shorter hold no occurrence of it and add nothing;
@@ -36,35 +36,19 @@ router's limits and hands it to the router's merge method for its RPC (engine.se
 it), which forwards it to the shard servers as it came: text is tokenized once, on the shard
 servers, in the same round trip, and nothing is decoded and re-encoded on the way.
 
-Shard map (JSON):
-
-    {
-      "shards": [
-        {"name": "shard-0", "target": "10.0.0.1:50051"},
-        {"name": "shard-1", "target": "10.0.0.2:50051", "root_cert": "ca.pem"}
-      ],
-      "root_cert": "ca.pem",            # optional: TLS to every shard (PEM of the CA/cert)
-      "auth_token_file": "token.txt",   # optional: bearer token sent to every shard
-      "timeout": 30                     # optional: per-call deadline (s) without a client deadline
-    }
-
-Relative paths are relative to the map file. ``name`` defaults to "shard-<i>"; per-shard
-"root_cert" / "auth_token_file" / "server_name" override the top-level ones.
+The shard map's format is in engine/serve/shard_map.py.
 """
 
 from __future__ import annotations
 
-import _thread
 import dataclasses
 import functools
 import inspect
 import json
 import logging
 import os
-import queue
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import grpc
@@ -83,7 +67,7 @@ from engine.errors import (
 )
 from engine.ngrams import check_n, positive_int
 from engine.results import (Document, FindResult, InfgramNtdResult, InfgramProbResult, NextTokenDistribution,
-                            PackedQueries, ProbBatchResult, ProbResult, SearchResult)
+                            ProbBatchResult, ProbResult, SearchResult)
 from engine.serve.client import NgramClient, RemoteTokenizer
 from engine.serve.status import error_from_rpc
 from engine.serve.codec import (
@@ -98,131 +82,18 @@ from engine.serve.codec import (
     le_array,
     tokenize_mixed,
 )
+from engine.serve.fanout import Fanout
+from engine.serve.merge import (first_occurrence, local_anchor, merge_dists, packed_rows, padded_rows, probs,
+                                take_documents, union_backoff, union_rows)
 from engine.serve.rpcs import QUERIES, Query
+from engine.serve.shard_map import ShardSpec, load_shard_map
 from engine.serve.servicer import time_left
 
-__all__ = ["NgramRouter", "ShardSpec", "load_shard_map"]
+__all__ = ["NgramRouter"]
 
 log = logging.getLogger("engine.serve.router")
 _F8 = np.dtype("<f8")
 DEFAULT_MAX_CLAUSE_FREQ = 1_000_000  # engine.cnf.DEFAULT_MAX_CLAUSE_FREQ
-
-
-@dataclasses.dataclass(frozen=True)
-class ShardSpec:
-    """One shard server of a shard map."""
-
-    name: str
-    target: str
-    root_cert: str | None = None
-    auth_token_file: str | None = None
-    server_name: str | None = None
-
-
-def load_shard_map(path: str | os.PathLike) -> tuple[list[ShardSpec], dict]:
-    """Parse a shard-map file; return (shards, top-level options)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise IndexFormatError(f"shard map {path} does not exist") from exc
-    except json.JSONDecodeError as exc:
-        raise IndexFormatError(f"shard map {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("shards"), list) or not data["shards"]:
-        raise IndexFormatError(
-            f'shard map {path} must be an object with a non-empty "shards" list, e.g. '
-            '{"shards": [{"name": "shard-0", "target": "host:port"}]}'
-        )
-    base = path.parent
-
-    def rel(p):
-        return None if p is None else str(p if Path(p).is_absolute() else base / p)
-
-    shards = []
-    seen = set()
-    for i, entry in enumerate(data["shards"]):
-        if isinstance(entry, str):
-            entry = {"target": entry}
-        if not isinstance(entry, dict) or not isinstance(entry.get("target"), str) or not entry["target"]:
-            raise IndexFormatError(f'shard map {path}: shards[{i}] needs a "target": "host:port"')
-        name = str(entry.get("name") or f"shard-{i}")
-        if name in seen:
-            raise IndexFormatError(f"shard map {path}: shard name {name!r} appears twice")
-        seen.add(name)
-        shards.append(
-            ShardSpec(
-                name=name,
-                target=entry["target"],
-                root_cert=rel(entry.get("root_cert", data.get("root_cert"))),
-                auth_token_file=rel(entry.get("auth_token_file", data.get("auth_token_file"))),
-                server_name=entry.get("server_name", data.get("server_name")),
-            )
-        )
-    options = {k: v for k, v in data.items() if k in ("timeout",)}
-    return shards, options
-
-
-# ------------------------------------------------------------------------------------------------
-# Fan-out threads
-
-
-class _Task:
-    """One call handed to a fan-out thread; ``result()`` waits for it (a bare lock, no Condition)."""
-
-    __slots__ = ("fn", "args", "value", "error", "done")
-
-    def __init__(self, fn, args):
-        self.fn = fn
-        self.args = args
-        self.value = None
-        self.error: BaseException | None = None
-        self.done = _thread.allocate_lock()
-        self.done.acquire()
-
-    def result(self):
-        self.done.acquire()
-        self.done.release()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-
-class _Fanout:
-    """Long-lived threads that run blocking shard calls.
-
-    Measured on the 2-core machine: a blocking gRPC call on a worker thread beats grpc's own
-    futures (which all complete through one polling thread per channel) by 1.3x for a 3-shard
-    Count, and handing two calls over and collecting them through a C-level SimpleQueue and a
-    bare lock per call takes 16 us against 37 us with concurrent.futures (a Future with its
-    Condition, a work item and the idle-thread semaphore per call).
-    """
-
-    def __init__(self, workers: int, name: str):
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
-        for t in self._threads:
-            t.start()
-
-    def _work(self) -> None:
-        get = self._queue.get
-        while True:
-            task = get()
-            if task is None:
-                return
-            try:
-                task.value = task.fn(*task.args)
-            except BaseException as exc:  # handed to the caller
-                task.error = exc
-            task.done.release()
-
-    def submit(self, fn, *args) -> _Task:
-        task = _Task(fn, args)
-        self._queue.put(task)
-        return task
-
-    def close(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -295,7 +166,7 @@ class NgramRouter:
         # Each routed call runs len(shards) - 1 shard calls on these threads (the first on the
         # caller's thread); size them for the server's worker threads all fanning out at once.
         workers = fanout_workers or min(128, max(4, 8 * (len(specs) - 1)))
-        self._pool = _Fanout(workers, "ngram-fanout")
+        self._pool = Fanout(workers, "ngram-fanout")
         self._ready = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -617,7 +488,7 @@ class NgramRouter:
         rs = [decode_prob_batch(r, False) for r in self._all("ProbBatch", req)]
         pc = np.sum([r.prompt_counts for r in rs], axis=0, dtype=np.int64)
         cc = np.sum([r.cont_counts for r in rs], axis=0, dtype=np.int64)
-        return ProbBatchResult(pc, cc, _probs(pc, cc))
+        return ProbBatchResult(pc, cc, probs(pc, cc))
 
     # The infinity-gram over the union. A suffix has a nonzero count in the union iff it occurs in
     # some shard, so the union's longest occurring suffix has length L = max of the shards' own
@@ -634,27 +505,27 @@ class NgramRouter:
 
     def infgram_prob_batch_request(self, req: pb.InfgramProbBatchRequest) -> ProbBatchResult:
         rs = [decode_prob_batch(r, True) for r in self._all("InfgramProbBatch", req)]
-        pc, cc, L = _union_backoff(np.stack([r.suffix_lens for r in rs]), np.stack([r.prompt_counts for r in rs]),
+        pc, cc, L = union_backoff(np.stack([r.suffix_lens for r in rs]), np.stack([r.prompt_counts for r in rs]),
                                    np.stack([r.cont_counts for r in rs]))
-        return ProbBatchResult(pc, cc, _probs(pc, cc), L)
+        return ProbBatchResult(pc, cc, probs(pc, cc), L)
 
     @staticmethod
     def _support(req) -> int | None:
         return int(req.max_support) if req.HasField("max_support") else None
 
     def ntd_request(self, req: pb.NextTokenDistributionRequest) -> NextTokenDistribution:
-        return _merge_dists([decode_dist(r.distribution) for r in self._all("NextTokenDistribution", req)],
+        return merge_dists([decode_dist(r.distribution) for r in self._all("NextTokenDistribution", req)],
                             max_support=self._support(req))
 
     def ntd_batch_request(self, req: pb.NextTokenDistributionBatchRequest) -> list[NextTokenDistribution]:
         per_shard = [decode_packed_dists(r.distributions, False) for r in self._all("NextTokenDistributionBatch", req)]
         ms = self._support(req)
-        return [_merge_dists(list(ds), max_support=ms) for ds in zip(*per_shard)]
+        return [merge_dists(list(ds), max_support=ms) for ds in zip(*per_shard)]
 
     def infgram_ntd_request(self, req: pb.InfgramNextTokenDistributionRequest) -> InfgramNtdResult:
         rs = self._all("InfgramNextTokenDistribution", req)
         L = max(int(r.suffix_len) for r in rs)
-        return _merge_dists([decode_dist(r.distribution) for r in rs if int(r.suffix_len) == L], suffix_len=L,
+        return merge_dists([decode_dist(r.distribution) for r in rs if int(r.suffix_len) == L], suffix_len=L,
                             max_support=self._support(req))
 
     def infgram_ntd_batch_request(self, req: pb.InfgramNextTokenDistributionBatchRequest) -> list[InfgramNtdResult]:
@@ -664,7 +535,7 @@ class NgramRouter:
         out = []
         for ds in zip(*per_shard):
             L = max(d.suffix_len for d in ds)
-            out.append(_merge_dists([d for d in ds if d.suffix_len == L], suffix_len=L, max_support=ms))
+            out.append(merge_dists([d for d in ds if d.suffix_len == L], suffix_len=L, max_support=ms))
         return out
 
     def _global_doc(self, sh: _Shard, doc: Document) -> Document:
@@ -722,7 +593,7 @@ class NgramRouter:
     def _shard_ngrams(self, sh: _Shard, n_min: int, n_max: int, kwargs: dict, timeout) -> tuple[np.ndarray, np.ndarray]:
         """One shard server's FrequentNgrams rows, (rows x n_max ids padded with -1, counts)."""
         table = sh.client.frequent_ngrams(n_min, n_max, timeout=timeout, **kwargs)
-        return _padded_rows(table, n_max), np.asarray(table.counts, dtype=np.int64)
+        return padded_rows(table, n_max), np.asarray(table.counts, dtype=np.int64)
 
     def frequent_ngrams(self, n_min: int = 1, n_max: int | None = None, *, min_count: int | None = None,
                         top_k: int | None = None, chunk_rows: int | None = None):
@@ -775,7 +646,7 @@ class NgramRouter:
         passes.append({"step": 1, "min_count": t1, "top_k": k, "rows": [len(c) for _, c in lists]})
         threshold = floor
         if k is not None:
-            uniq, inverse = _union_rows([r for r, _ in lists], n_max)
+            uniq, inverse = union_rows([r for r, _ in lists], n_max)
             partial = np.zeros(len(uniq), dtype=np.int64)
             np.add.at(partial, inverse, np.concatenate([c for _, c in lists]) if lists else np.zeros(0, np.int64))
             if len(partial) >= k:
@@ -795,7 +666,7 @@ class NgramRouter:
                            "rows": [len(c) for _, c in more]})
 
         # 3. exact totals of every n-gram that can reach the threshold
-        uniq, inverse = _union_rows([r for r, _ in lists], n_max)
+        uniq, inverse = union_rows([r for r, _ in lists], n_max)
         known = np.full((S, len(uniq)), -1, dtype=np.int64)
         at = 0
         for s, (rows, counts) in enumerate(lists):
@@ -808,7 +679,7 @@ class NgramRouter:
         for s, sh in enumerate(shards):
             need = cand[known[s, cand] < 0]
             if len(need):
-                jobs.append((sh, functools.partial(sh.client.count_batch, timeout=timeout), (_packed_rows(uniq[need]),)))
+                jobs.append((sh, functools.partial(sh.client.count_batch, timeout=timeout), (packed_rows(uniq[need]),)))
                 where.append((s, need))
         if jobs:
             for (s, need), got in zip(where, self._run(jobs)):
@@ -854,12 +725,12 @@ class NgramRouter:
         lengths = np.stack([le_array(r.lengths) for r in rs])
         L = lengths.max(axis=0)
         counts = np.where(lengths == L, np.stack([le_array(r.counts) for r in rs]), 0).sum(axis=0).astype(np.int64)
-        pc, cc, suffix = _union_backoff(np.stack([le_array(r.suffix_lens) for r in rs]),
+        pc, cc, suffix = union_backoff(np.stack([le_array(r.suffix_lens) for r in rs]),
                                         np.stack([le_array(r.prompt_counts) for r in rs]),
                                         np.stack([le_array(r.cont_counts) for r in rs]))
         if req.HasField("infgram") and not req.infgram:
             return LongestMatches(tokens, L.astype(np.int64), counts)
-        return LongestMatches(tokens, L.astype(np.int64), counts, ProbBatchResult(pc, cc, _probs(pc, cc), suffix))
+        return LongestMatches(tokens, L.astype(np.int64), counts, ProbBatchResult(pc, cc, probs(pc, cc), suffix))
 
     def creativity(self, text, n=5, max_len: int | None = None):
         """NgramIndex.creativity over the shard servers."""
@@ -942,11 +813,11 @@ class NgramRouter:
                     occurrences = int(msgs[0].summary.count) if msgs and msgs[0].WhichOneof("item") == "summary" else 0
                     got = [self._global_doc(sh, decode_document(m.document)) for m in msgs
                            if m.WhichOneof("item") == "document"]
-                    budget = _take(got, docs, seen, max_docs, budget)
+                    budget = take_documents(got, docs, seen, max_docs, budget)
                     if len(docs) < max_docs and budget > 0 and len(got) < occurrences:
                         # the server capped the stream (its max_results_per_stream): the rest by rank
                         more = self._occurrences(sh, toks, len(got), min(budget, occurrences - len(got)), max_disp_len)
-                        budget = _take(more, docs, seen, max_docs, budget)
+                        budget = take_documents(more, docs, seen, max_docs, budget)
                     if len(docs) >= max_docs or budget <= 0:
                         break
                 out.append(docs)
@@ -1027,7 +898,7 @@ class NgramRouter:
             # rarest clause one index enumerates). A server whose own counts pick another anchor
             # centred its windows elsewhere: those windows are cut again from the whole document.
             anchor = min((i for i, c in enumerate(counts) if c <= cap), key=lambda i: (counts[i], i))
-            redo = [i for i, (sh, summary, _) in enumerate(docs) if _local_anchor(summary) != anchor]
+            redo = [i for i, (sh, summary, _) in enumerate(docs) if local_anchor(summary) != anchor]
             if redo:
                 terms = [self._term_ids(t) for t in req.clauses[anchor].terms]
                 fixed = self._rewindow([docs[i][0] for i in redo], [docs[i][2] for i in redo], terms, disp)
@@ -1058,123 +929,12 @@ class NgramRouter:
         out = []
         for doc, r in zip(docs, self._gather(calls)):
             full = np.array(r.document.token_ids, dtype=np.int64)
-            pos = _first_occurrence(full, terms)
+            pos = first_occurrence(full, terms)
             start = max(0, pos - disp // 2)
             end = max(start, min(len(full), pos + (disp + 1) // 2))
             out.append(dataclasses.replace(doc, disp_len=end - start, needle_offset=pos - start,
                                            token_ids=full[start:end].copy()))
         return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Merging helpers
-
-
-def _probs(pc: np.ndarray, cc: np.ndarray) -> np.ndarray:
-    out = np.full(len(pc), -1.0, dtype=np.float64)
-    nz = pc > 0
-    out[nz] = cc[nz] / pc[nz]
-    return out
-
-
-def _union_backoff(lens: np.ndarray, pcs: np.ndarray, ccs: np.ndarray):
-    """The ∞-gram over the union from shards x positions arrays: (prompt counts, cont counts,
-    suffix lengths), summing the shards whose own suffix reached the longest."""
-    L = lens.max(axis=0)
-    reached = lens == L
-    pc = np.where(reached, pcs, 0).sum(axis=0).astype(np.int64)
-    cc = np.where(reached, ccs, 0).sum(axis=0).astype(np.int64)
-    return pc, cc, L.astype(np.int64)
-
-
-def _local_anchor(summary) -> int | None:
-    """The clause a server anchored its SearchDocumentsCnf windows on: its rarest enumerated clause."""
-    scanned = set(int(i) for i in summary.scanned_clauses)
-    counts = [int(c) for c in summary.clause_counts]
-    enumerated = [i for i in range(len(counts)) if i not in scanned]
-    return min(enumerated, key=lambda i: (counts[i], i)) if enumerated else None
-
-
-def _take(found: list[Document], docs: list[Document], seen: set, max_docs: int, budget: int) -> int:
-    """Add the documents of ``found`` occurrences not seen yet, one budget unit per occurrence
-    (engine.match._span_documents); return the budget left."""
-    for doc in found:
-        if len(docs) >= max_docs or budget <= 0:
-            break
-        budget -= 1
-        if doc.doc_ix not in seen:
-            seen.add(doc.doc_ix)
-            docs.append(doc)
-    return budget
-
-
-def _first_occurrence(tokens: np.ndarray, terms: list[np.ndarray]) -> int:
-    """The first position of tokens where one of the terms starts (the lowest pointer)."""
-    best = len(tokens)
-    for t in terms:
-        m = len(t)
-        if m == 0 or m > len(tokens):
-            continue
-        windows = np.lib.stride_tricks.sliding_window_view(tokens, m)[:best]
-        hits = np.flatnonzero((windows == t).all(axis=1))
-        if len(hits):
-            best = min(best, int(hits[0]))
-    if best == len(tokens):  # pragma: no cover - the server said the document matches
-        raise ShardUnavailableError("a document returned for a CNF query holds none of its anchor clause's n-grams")
-    return best
-
-
-def _padded_rows(table, width: int) -> np.ndarray:
-    rows = table.padded(-1) if len(table) else np.zeros((0, 1), dtype=np.int64)
-    out = np.full((len(rows), width), -1, dtype=np.int64)
-    out[:, : min(width, rows.shape[1])] = rows[:, :width]
-    return out
-
-
-def _union_rows(parts: list[np.ndarray], width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct rows of the concatenated parts and, per input row, the index of its distinct row."""
-    rows = np.concatenate(parts) if parts else np.zeros((0, width), dtype=np.int64)
-    if len(rows) == 0:
-        return rows.reshape(0, width), np.zeros(0, dtype=np.int64)
-    uniq, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return uniq, inverse.reshape(-1)
-
-
-def _packed_rows(rows: np.ndarray) -> PackedQueries:
-    lengths = (rows >= 0).sum(axis=1)
-    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    return PackedQueries(rows[rows >= 0].astype(np.int64), offsets)
-
-
-def _merge_dists(dists: list, suffix_len: int | None = None, max_support: int | None = None):
-    """Sum distributions token by token (tokens ascending).
-
-    Exact distributions merge exactly. With max_support, one index samples when the prompt's
-    total count exceeds max_support (with a sampling unit chosen from that total); here each
-    shard server sampled by its own count, so the merged counts are the sum of the shards'
-    estimates: prompt_count stays exact, counts still sum to it, and approx is set exactly when
-    one index would set it (total count > max_support).
-    """
-    pc = sum(int(d.prompt_count) for d in dists)
-    ec = sum(int(d.end_count) for d in dists)
-    approx = any(bool(d.approx) for d in dists) or (max_support is not None and pc > int(max_support))
-    nonempty = [d for d in dists if len(d.tokens)]
-    if len(nonempty) == 1:
-        tokens = np.asarray(nonempty[0].tokens, dtype=np.int64)
-        counts = np.asarray(nonempty[0].counts, dtype=np.int64)
-    elif not nonempty:
-        tokens = counts = np.zeros(0, dtype=np.int64)
-    else:
-        t = np.concatenate([np.asarray(d.tokens, dtype=np.int64) for d in nonempty])
-        c = np.concatenate([np.asarray(d.counts, dtype=np.int64) for d in nonempty])
-        order = np.argsort(t, kind="stable")
-        t, c = t[order], c[order]
-        starts = np.flatnonzero(np.r_[True, t[1:] != t[:-1]])
-        tokens, counts = t[starts], np.add.reduceat(c, starts)
-    if suffix_len is None:
-        return NextTokenDistribution(prompt_count=pc, tokens=tokens, counts=counts, end_count=ec, approx=approx)
-    return InfgramNtdResult(prompt_count=pc, tokens=tokens, counts=counts, end_count=ec, approx=approx, suffix_len=int(suffix_len))
 
 
 def _router_method(q: Query):

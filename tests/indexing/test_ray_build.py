@@ -284,7 +284,8 @@ def test_shard_map_views_serve_the_index_across_servers(corpus, serial, tmp_path
     views answers like the whole index (counts and global document numbers)."""
     import shutil
 
-    from engine.serve.router import NgramRouter, load_shard_map
+    from engine.serve.router import NgramRouter
+    from engine.serve.shard_map import load_shard_map
     from engine.serve.server import create_server
     from engine.build.shardmap import plan_server_groups
 

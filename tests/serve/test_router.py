@@ -13,7 +13,8 @@ from engine import NgramIndex, build_index
 from engine.serve.client import NgramClient
 from engine.errors import IndexFormatError, InvalidQueryError, NgramError, ShardUnavailableError
 from engine.results import PackedQueries
-from engine.serve.router import NgramRouter, load_shard_map
+from engine.serve.router import NgramRouter
+from engine.serve.shard_map import load_shard_map
 from engine.serve.server import create_server
 from engine.serve.servicer import ServerLimits
 from engine.serve import servicer as service
