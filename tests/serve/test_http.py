@@ -388,3 +388,20 @@ def test_long_work_stops_when_the_client_disconnects_or_the_deadline_passes(inde
     finally:
         server.shutdown(0)
 
+
+def test_a_router_serves_http_too(router, parts):
+    """`ngram route SHARDMAP --http-port`: the router's servicer behind the same routes."""
+    _, full, _ = parts
+    server, _ = create_server(router, http_address="127.0.0.1:0")
+    try:
+        api = Http(server.http_port)
+        for text in ("the cat", "a", "zebra"):
+            assert api.post("/v1/count", {"query": {"text": text}}) == (200, {"count": full.count(text)})
+        d = full.ntd("the ")
+        status, body = api.post("/", {"query_type": "ntd", "query": "the "})
+        assert status == 200 and body["prompt_cnt"] == d.prompt_count and body["exact"] is True
+        assert {int(t): v["cont_cnt"] for t, v in body["result_by_token_id"].items()} == \
+               dict(zip(d.tokens.tolist(), d.counts.tolist()))
+        assert api.request("GET", "/healthz") == (200, {"status": "SERVING"})
+    finally:
+        server.shutdown(0)
