@@ -27,6 +27,7 @@ from engine.serve.server import create_server
 from engine.serve.servicer import ServerLimits
 from tests.helpers.corpora import build_text_index, make_docs
 from tests.helpers.serving import Wrapped
+from tests.serve.test_service import _self_signed  # the gRPC tests' certificate, for both transports
 
 LIMITS = ServerLimits(max_message_bytes=1 << 20, max_query_tokens=64, max_batch_size=100, max_results_per_stream=20)
 
@@ -270,20 +271,6 @@ def test_healthz_follows_the_grpc_health_state(index):
     finally:
         web.stop(0)
         server.shutdown(0)
-
-
-def _self_signed(tmp_path):
-    import shutil
-    import subprocess
-
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True, timeout=60)
-    return cert, key
 
 
 def test_tls_bearer_token_and_access_log(index, tmp_path, caplog):
