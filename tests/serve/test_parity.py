@@ -98,3 +98,16 @@ def test_equal_answers_four_ways(parts, router):
     finally:
         server.shutdown(0)
         routed.shutdown(0)
+
+
+def test_the_readme_lists_the_table():
+    """README's RPC table: one row per query method, naming its RPC, plus GetIndexInfo."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = re.findall(r"^\| `(\w+)`(?: \(stream\))? \| `(\w+)` \|", readme, flags=re.M)
+    assert sorted(rows) == sorted((q.rpc, q.method) for q in QUERIES)
+    assert "| `GetIndexInfo` |" in readme
+    streams = set(re.findall(r"^\| `(\w+)` \(stream\) \|", readme, flags=re.M))
+    assert streams == {m.name for m in SERVICE.methods if m.server_streaming}
