@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import http.client
+import json
+import ssl
+import shutil
+import subprocess
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -62,3 +68,39 @@ class Wrapped:
 
     def __getattr__(self, name):
         return getattr(self._index, name)
+
+
+def self_signed_cert(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate and key for localhost / 127.0.0.1 (openssl), for the TLS tests of both transports."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+class Http:
+    """A keep-alive HTTP client of one server: ``post(path, body)`` -> (status, decoded JSON)."""
+
+    def __init__(self, port: int, *, tls: ssl.SSLContext | None = None, headers: dict | None = None):
+        self.conn = (http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=30) if tls
+                     else http.client.HTTPConnection("127.0.0.1", port, timeout=30))
+        self.headers = headers or {}
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        self.conn.request(method, path, body=body, headers={**self.headers, **(headers or {})})
+        r = self.conn.getresponse()
+        data = r.read()
+        ctype = r.getheader("content-type", "")
+        if "ndjson" in ctype:
+            return r.status, [json.loads(line) for line in data.splitlines()]
+        return r.status, (json.loads(data) if "json" in ctype else data)
+
+    def post(self, path: str, body=None, **kw):
+        raw = body if isinstance(body, bytes) else json.dumps({} if body is None else body).encode()
+        return self.request("POST", path, raw, {"Content-Type": "application/json", **kw.pop("headers", {})})

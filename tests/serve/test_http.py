@@ -26,8 +26,7 @@ from engine.serve.http.codec import snake_case
 from engine.serve.server import create_server
 from engine.serve.servicer import ServerLimits
 from tests.helpers.corpora import build_text_index, make_docs
-from tests.helpers.serving import Wrapped
-from tests.serve.test_service import _self_signed  # the gRPC tests' certificate, for both transports
+from tests.helpers.serving import Http, Wrapped, self_signed_cert
 
 LIMITS = ServerLimits(max_message_bytes=1 << 20, max_query_tokens=64, max_batch_size=100, max_results_per_stream=20)
 
@@ -36,28 +35,6 @@ LIMITS = ServerLimits(max_message_bytes=1 << 20, max_query_tokens=64, max_batch_
 def index(tmp_path_factory) -> NgramIndex:
     return NgramIndex.open(build_text_index(tmp_path_factory.mktemp("http") / "idx", make_docs(3, 200),
                                             shard_bytes=2048))
-
-
-class Http:
-    """A keep-alive HTTP client of one server: ``post(path, body)`` -> (status, decoded JSON)."""
-
-    def __init__(self, port: int, *, tls: ssl.SSLContext | None = None, headers: dict | None = None):
-        self.conn = (http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=30) if tls
-                     else http.client.HTTPConnection("127.0.0.1", port, timeout=30))
-        self.headers = headers or {}
-
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        self.conn.request(method, path, body=body, headers={**self.headers, **(headers or {})})
-        r = self.conn.getresponse()
-        data = r.read()
-        ctype = r.getheader("content-type", "")
-        if "ndjson" in ctype:
-            return r.status, [json.loads(line) for line in data.splitlines()]
-        return r.status, (json.loads(data) if "json" in ctype else data)
-
-    def post(self, path: str, body=None, **kw):
-        raw = body if isinstance(body, bytes) else json.dumps({} if body is None else body).encode()
-        return self.request("POST", path, raw, {"Content-Type": "application/json", **kw.pop("headers", {})})
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +251,7 @@ def test_healthz_follows_the_grpc_health_state(index):
 
 
 def test_tls_bearer_token_and_access_log(index, tmp_path, caplog):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     token = "s3cret"
     # One server, both transports, one token and one certificate (PEM bytes: create_server takes paths too).
     server, port = create_server(index, auth_token=token, tls_cert=cert.read_bytes(), tls_key=key.read_bytes(),

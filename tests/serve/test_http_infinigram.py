@@ -24,7 +24,7 @@ from engine import NgramIndex, build_index  # noqa: E402
 from engine.serve.http import HttpServer, create_app  # noqa: E402
 from engine.serve.server import create_server  # noqa: E402
 from tests.helpers.corpora import build_text_index, make_docs  # noqa: E402
-from tests.serve.test_http import Http  # noqa: E402
+from tests.helpers.serving import Http  # noqa: E402
 
 DOCS = make_docs(11, 300)
 IG_MAX_SUPPORT = 1000  # infini-gram's default: distributions of prompts occurring more often are sampled

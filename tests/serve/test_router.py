@@ -18,7 +18,7 @@ from engine.serve.shard_map import load_shard_map
 from engine.serve.server import create_server
 from engine.serve.servicer import ServerLimits
 from engine.serve import servicer as service
-from tests.helpers.corpora import UNIQUE, build_text_index, make_docs, sample_queries
+from tests.helpers.corpora import UNIQUE, sample_queries
 from tests.helpers.serving import Wrapped, assert_same
 
 

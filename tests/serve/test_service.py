@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,18 +21,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine import NgramIndex, build_index
 from engine._proto.ngram.v1 import ngram_pb2 as pb
 from engine._proto.ngram.v1 import ngram_pb2_grpc as pb_grpc
 from engine.serve.client import NgramClient
 from engine.errors import InvalidQueryError, LimitExceededError, NgramError, ShardUnavailableError, TokenizerError
-from engine.results import PackedQueries, ProbBatchResult
+from engine.results import PackedQueries
 from engine.serve.server import create_server
 from engine.serve.servicer import ServerLimits
 from tests.helpers.corpora import build_text_index, make_docs, sample_queries
-from tests.helpers.serving import Wrapped, assert_same, health_status, rpc_code
+from tests.helpers.serving import Wrapped, assert_same, health_status, rpc_code, self_signed_cert
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -526,22 +524,9 @@ def test_cli_serve_registers_on_subparsers():
 # TLS and bearer tokens
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is not installed")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
-
-
 def test_tls_and_bearer_token(corpus, tmp_path):
     index, _ = corpus
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     token = "s3cret-token"
     server, port = create_server(index, tls_cert=cert, tls_key=key, auth_token=token)
     target = f"127.0.0.1:{port}"
