@@ -175,7 +175,7 @@ def _may_import(importer: str, target: str) -> bool:
     low, high = layer_of(target), layer_of(importer)
     if low is None or high is None:
         return False
-    if high == LM_LAYER + 0.5 and layer_of(target) != LM_LAYER + 0.5:
+    if high == LM_LAYER + 0.5 and low != high:  # lm_integration importing the engine
         return low <= LM_LAYER
     return low <= high
 
