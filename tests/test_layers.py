@@ -36,6 +36,7 @@ LAYERS: list[tuple[int, str]] = [
     (3, "engine.match"),
     (3, "engine.cnf"),
     (3, "engine.backend"),  # the QueryBackend protocol (issue 17's RPC table work)
+    (3, "engine.warmup"),  # compiling the query kernels, in worker processes when numba's cache is empty
     (4, "engine.build"),
     (5, "engine.serve"),
     (6, "engine.cli"),

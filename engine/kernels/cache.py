@@ -79,7 +79,7 @@ install()
 # ------------------------------------------------------------------------------------- first use
 # Compile times of the entry kernels on a 2-core machine with an empty cache (seconds, rounded up;
 # measured with `NUMBA_CACHE_DIR=$(mktemp -d) ngram query ...`): what the notice below announces.
-COMPILE_SECONDS = {"count": 10, "prob": 15, "ntd": 15, "search": 10, "warmup": 45}
+COMPILE_SECONDS = {"count": 10, "prob": 15, "ntd": 15, "search": 10, "warmup": 30}
 
 
 def is_cached(dispatcher) -> bool:

@@ -285,6 +285,9 @@ def create_server(
             log.info("warming up: %s", compile_notice(query_kernels(), "the query kernels",
                                                       COMPILE_SECONDS["warmup"]) or "loading the compiled kernels")
         try:
+            from engine.warmup import compile_in_workers
+
+            compile_in_workers(backend)  # an empty numba cache: compile on every core at once
             backend.warmup()
             # Longest matches, attribution and CNF too (an index has them; a router has nothing to compile).
             warmup_ngrams = getattr(backend, "warmup_ngrams", None)

@@ -1,0 +1,92 @@
+"""Compiling every query kernel before a server reports SERVING.
+
+With numba's cache already filled (every run after the first on a machine) a server only loads the
+compiled kernels: under a second. With an empty cache, compiling them takes about 34 s on one core
+of the 2-core machine, almost all of it LLVM optimizing each entry kernel's module; the kernels are
+independent, so they compile in worker processes at once (one per core, at most one per group
+below), each writing numba's cache, and this process then loads them (measured 25 s in all).
+
+    python -m engine.warmup GROUP < pickled NgramIndex     # the worker (engine/warmup.py runs it)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+log = logging.getLogger("engine.warmup")
+
+_P = [0]
+# Probe calls in two groups of about equal compile time (with an empty cache, on 2 cores: about
+# 21 s and 25 s); every kernel a query, a batch, a distribution, a longest match, an attribution
+# or a CNF search runs is compiled by one of them.
+GROUPS: tuple[tuple[tuple[str, tuple, dict], ...], ...] = (
+    (("count", (_P,), {}), ("find", (_P,), {}), ("ntd", (_P,), {}), ("ntd", (_P,), {"max_support": 2}),
+     ("count_batch", ([_P, _P],), {}), ("longest_matches", (_P,), {"infgram": True})),
+    (("prob", (_P, 0), {}), ("infgram_prob", (_P, 0), {}), ("infgram_ntd", (_P,), {}),
+     ("prob_batch", ([_P], [0]), {}), ("infgram_prob_batch", ([_P], [0]), {}),
+     ("attribute", (_P,), {"min_len": 1, "max_docs": 1}),
+     ("search_docs_cnf", ([[_P], [_P]],), {"max_docs": 1, "max_clause_freq": 1})),
+)
+
+
+def run_group(index, group: int) -> None:
+    for name, args, kwargs in GROUPS[group]:
+        getattr(index, name)(*args, **kwargs)
+
+
+def kernels_cached() -> bool:
+    """Whether numba's cache (or this process) already holds the entry kernels compiled."""
+    from engine.kernels.cache import is_cached
+    from engine.kernels.suffix import query_kernels
+
+    return all(is_cached(k) for k in query_kernels())
+
+
+def compile_in_workers(index, workers: int | None = None, timeout: float = 600.0) -> bool:
+    """With an empty numba cache and several cores, compile the kernels of ``index`` in worker
+    processes at once (they fill the cache that this process then loads); True when they ran.
+    Nothing happens when the cache is warm, on one core, or for a backend that is no NgramIndex.
+    A worker that fails only costs time: this process compiles what is still missing itself."""
+    from engine.index import NgramIndex
+
+    workers = min(len(GROUPS), workers or os.cpu_count() or 1)
+    if not isinstance(index, NgramIndex) or workers < 2 or kernels_cached():
+        return False
+    t0 = time.perf_counter()
+    payload = pickle.dumps(index)
+    groups = [list(range(len(GROUPS)))[i::workers] for i in range(workers)]
+    procs = []
+    for part in groups:
+        p = subprocess.Popen([sys.executable, "-m", "engine.warmup", *map(str, part)], stdin=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        p.stdin.write(payload)
+        p.stdin.close()
+        procs.append(p)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        if p.returncode != 0:
+            err = p.stderr.read().decode(errors="replace").strip().splitlines()
+            log.warning("a kernel-compiling worker failed (%s); compiling here instead", err[-1] if err else p.returncode)
+        p.stderr.close()
+    log.info("kernels compiled in %d processes in %.1fs", len(procs), time.perf_counter() - t0)
+    return True
+
+
+def main(argv: list[str]) -> int:
+    index = pickle.loads(sys.stdin.buffer.read())
+    for group in map(int, argv):
+        run_group(index, group)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
