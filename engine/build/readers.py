@@ -155,25 +155,9 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def _read_text(path: Path, line_per_doc: bool) -> Iterator[RawDocument]:
-    try:
-        fh = _open_text(path)
-    except OSError as exc:
-        raise BuildError(f"{path}: cannot open ({exc})") from exc
-    with fh:
-        try:
-            if not line_per_doc:
-                yield RawDocument(fh.read(), None, {"path": str(path)})
-                return
-            for lineno, line in enumerate(fh, 1):
-                line = line.rstrip("\r\n")
-                if line.strip():
-                    yield RawDocument(line, None, {"path": str(path), "line": lineno})
-        except _read_errors() as exc:  # truncated / corrupt compressed stream
-            raise BuildError(f"{path}: cannot read ({exc})") from exc
-
-
-def _read_jsonl(path: Path, text_field: str) -> Iterator[RawDocument]:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line with its ending) of a text file; failing to open it or to read it (a
+    truncated or corrupt compressed stream) is a BuildError naming the file and the line."""
     try:
         fh = _open_text(path)
     except OSError as exc:
@@ -182,27 +166,40 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[RawDocument]:
         lineno = 0
         try:
             for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as exc:
-                    raise BuildError(f"{path}:{lineno}: invalid JSON ({exc})") from None
-                if not isinstance(obj, dict):
-                    raise BuildError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
-                if text_field not in obj:
-                    raise BuildError(
-                        f"{path}:{lineno}: no field {text_field!r} (fields: {sorted(obj)}); "
-                        f"pass text_field= to name the text field"
-                    )
-                text = obj.pop(text_field)
-                if not isinstance(text, str):
-                    raise BuildError(
-                        f"{path}:{lineno}: field {text_field!r} must be a string, got {type(text).__name__}"
-                    )
-                yield RawDocument(text, None, obj or None)
-        except _read_errors() as exc:  # truncated / corrupt compressed stream
+                yield lineno, line
+        except _read_errors() as exc:
             raise BuildError(f"{path}:{lineno + 1}: cannot read ({exc})") from exc
+
+
+def _read_text(path: Path, line_per_doc: bool) -> Iterator[RawDocument]:
+    if not line_per_doc:
+        yield RawDocument("".join(line for _, line in _lines(path)), None, {"path": str(path)})
+        return
+    for lineno, line in _lines(path):
+        line = line.rstrip("\r\n")
+        if line.strip():
+            yield RawDocument(line, None, {"path": str(path), "line": lineno})
+
+
+def _read_jsonl(path: Path, text_field: str) -> Iterator[RawDocument]:
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise BuildError(f"{path}:{lineno}: invalid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise BuildError(f"{path}:{lineno}: expected a JSON object per line, got {type(obj).__name__}")
+        if text_field not in obj:
+            raise BuildError(
+                f"{path}:{lineno}: no field {text_field!r} (fields: {sorted(obj)}); "
+                f"pass text_field= to name the text field"
+            )
+        text = obj.pop(text_field)
+        if not isinstance(text, str):
+            raise BuildError(f"{path}:{lineno}: field {text_field!r} must be a string, got {type(text).__name__}")
+        yield RawDocument(text, None, obj or None)
 
 
 def _read_parquet(path: Path, text_field: str, batch_rows: int = 1024) -> Iterator[RawDocument]:

@@ -21,6 +21,7 @@ writes files under the output directory only, so any machine that mounts it can 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from array import array
@@ -60,6 +61,26 @@ def plan_slices(files: list[Path], parallelism: int) -> list[list[str]]:
     if current:
         slices.append(current)
     return slices
+
+
+@contextlib.contextmanager
+def _replacing(tmp: dict[str, Path], final):
+    """Files ``tmp`` (kind -> temporary path) open for writing; when the block ends without an error
+    each is synced and moved to ``final(kind)``, and on any error none is left behind (a killed task
+    leaves only temporary names, which no reader takes for a finished file)."""
+    fh = {k: open(p, "wb") for k, p in tmp.items()}
+    try:
+        yield fh
+        for k, f in fh.items():
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            os.replace(tmp[k], final(k))
+    finally:
+        for k, f in fh.items():
+            f.close()
+            if tmp[k].exists():
+                tmp[k].unlink()
 
 
 def _part(parts: Path, index: int, kind: str) -> Path:
@@ -120,11 +141,10 @@ def tokenize_slice(out: str, index: int, files: list[str], options, tokenizer_sp
 
     kinds = ("tokens", "lens") + (("meta", "metalens") if options.metadata else ())
     tmp = {k: parts / f".part-{index:06d}.{k}.tmp-{os.getpid()}" for k in kinds}
-    fh = {k: open(p, "wb") for k, p in tmp.items()}
     lens = array("Q")
     metalens = array("Q")
     total = meta_total = 0
-    try:
+    with _replacing(tmp, lambda k: _part(parts, index, k)) as fh:
         for n, (tokens, metadata) in enumerate(stream):
             if tokens.size and (tokens.min() < 0 or tokens.max() >= limit):
                 where = f" ({metadata['path']})" if isinstance(metadata, dict) and "path" in metadata else ""
@@ -144,16 +164,6 @@ def tokenize_slice(out: str, index: int, files: list[str], options, tokenizer_sp
         fh["lens"].write(lens.tobytes())
         if options.metadata:
             fh["metalens"].write(metalens.tobytes())
-        for k, f in fh.items():
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            os.replace(tmp[k], _part(parts, index, k))
-    finally:
-        for k, f in fh.items():
-            f.close()
-            if tmp[k].exists():
-                tmp[k].unlink()
     summary = {"part": index, "kind": kind, "docs": len(lens), "bytes": total, "meta_bytes": meta_total}
     write_json_atomic(done, summary)
     return summary
@@ -182,9 +192,8 @@ def assemble_shard(out: str, shard: int, pieces: list[tuple[int, int, int]], met
     parts = out_dir / ".build" / PARTS_DIR
     kinds = ("tokenized", "offset") + (("metadata", "metaoff") if metadata else ())
     tmp = {k: out_dir / f".{k}.{shard}.partial" for k in kinds}
-    fh = {k: open(p, "wb") for k, p in tmp.items()}
     position = meta_position = docs = 0
-    try:
+    with _replacing(tmp, lambda k: shard_path(out_dir, k, shard)) as fh:
         for part, first, end in pieces:
             lens = np.fromfile(_part(parts, part, "lens"), dtype="<u8")
             starts = _exclusive_cumsum(lens)
@@ -201,16 +210,6 @@ def assemble_shard(out: str, shard: int, pieces: list[tuple[int, int, int]], met
                 fh["metaoff"].write(
                     (mstarts[first:end] - mstarts[first] + np.uint64(meta_position)).astype("<u8").tobytes())
                 meta_position += int(mstarts[end] - mstarts[first])
-        for k, f in fh.items():
-            f.flush()
-            os.fsync(f.fileno())
-            f.close()
-            os.replace(tmp[k], shard_path(out_dir, k, shard))
-    finally:
-        for k, f in fh.items():
-            f.close()
-            if tmp[k].exists():
-                tmp[k].unlink()
     return {"shard": shard, "bytes": position, "num_docs": docs}
 
 

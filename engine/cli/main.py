@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cli.args import add, command
 from engine.errors import NgramError
 from engine.units import size_arg
 
 # Subcommands that live in their own modules, each exposing add_parsers(subparsers) or add_parser(subparsers).
 _PLUGIN_MODULES = ("engine.cli.serve", "engine.cli.ngrams", "engine.fetch", "engine.cli.demo", "engine.build.shardmap",
-                  "engine.storage.pagecache", "engine.storage.directory")
+                  "engine.cli.storage")
 
 
 def _print_json(payload) -> None:
@@ -104,6 +105,7 @@ def _open(args):
 
 
 def _cmd_info(args) -> int:
+    """Print an index's size, tokenizer and build facts."""
     from engine.storage.directory import describe
 
     index = _open(args)
@@ -130,6 +132,8 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_verify(args) -> int:
+    """Re-check an index: file sizes and sha256 against the manifest, and the order of adjacent suffixes (a
+    random sample by default). Exits 1 on any problem."""
     from engine.build.verify import verify_index
 
     report = verify_index(args.index, full=args.full, samples=args.samples, checksums=not args.no_checksums,
@@ -146,20 +150,14 @@ def _cmd_verify(args) -> int:
 
 
 def _add_info_verify(sub) -> None:
-    p = sub.add_parser("info", help="print what an index holds", description="Print an index's size, tokenizer "
-                       "and build facts.")
+    p = command(sub, "info", _cmd_info, "print what an index holds")
     p.add_argument("index", nargs="+", help="index directory (several: opened together)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("verify", help="check sizes, checksums and suffix-array order",
-                       description="Re-check an index: file sizes and sha256 against the manifest, and the order of "
-                                   "adjacent suffixes (a random sample by default). Exits 1 on any problem.")
-    p.add_argument("index", help="index directory")
+    add(p, "json")
+    p = command(sub, "verify", _cmd_verify, "check sizes, checksums and suffix-array order", "index")
     p.add_argument("--full", action="store_true", help="check every adjacent suffix pair, not a sample")
     p.add_argument("--samples", type=int, default=100_000, help="adjacent pairs to check per shard (default 100000)")
     p.add_argument("--no-checksums", action="store_true", help="skip sha256 (fast)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_cmd_verify)
+    add(p, "json")
 
 
 # ---------------------------------------------------------------------------------------------- query

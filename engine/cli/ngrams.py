@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.cli.args import add, command
 from engine.errors import NgramError
 
 
@@ -53,6 +54,9 @@ def _summary(table) -> dict:
 
 # ---------------------------------------------------------------------------------------------- ngrams
 def _cmd_ngrams(args) -> int:
+    """List every n-gram of --n tokens occurring at least --min-count times in the whole index, or the
+    --top-k most frequent, sorted by count then token ids, into an .npz table (engine.storage.ngram_table).
+    Exact over all shards; bounded memory."""
     from engine.ngrams import frequent_ngrams, parse_n_range
 
     if args.top_k is None and args.min_count is None:
@@ -76,6 +80,8 @@ def _cmd_ngrams(args) -> int:
 
 
 def _cmd_view(args) -> int:
+    """Print the rows of an n-gram table (from `ngram ngrams` or `ngram scone-vocab`), decoded with an
+    index's tokenizer."""
     from engine.storage.ngram_table import NgramTable
 
     table = NgramTable.open(args.table)
@@ -89,6 +95,8 @@ def _cmd_view(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- scone
 def _cmd_scone(args) -> int:
+    """The --size most frequent n-grams of 2..--max-len tokens with count >= --min-count, ranked together
+    (f-gram id = rank), saved as an .npz table that lm_integration.fgram.load_fgram_vocab reads."""
     from engine.ngrams import build_fgram_vocab
 
     index = _open(args.index, args.load)
@@ -115,6 +123,8 @@ def _text_ids(index, args):
 
 
 def _cmd_attribute(args) -> int:
+    """The maximal spans of a text that occur in the index, with counts and source documents, and a
+    creativity score."""
     index = _open(args.index, args.load)
     ids = _text_ids(index, args)
     result = index.attribute(ids, min_len=args.min_len, max_count=args.max_count, max_docs=args.max_docs,
@@ -139,6 +149,8 @@ def _cmd_attribute(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- cnf
 def _cmd_cnf(args) -> int:
+    """Each --clause lists the n-grams of one OR-clause; a document matches when it contains one n-gram of
+    every clause. Example: --clause 'kmalloc' 'kzalloc' --clause 'GFP_ATOMIC'."""
     index = _open(args.index, args.load)
     if args.ids:
         cnf = [[[int(t) for t in term.replace(",", " ").split()] for term in clause] for clause in args.clause]
@@ -162,52 +174,30 @@ def _cmd_cnf(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- parsers
 def add_parsers(sub) -> None:
-    p = sub.add_parser(
-        "ngrams", help="the most frequent n-grams of an index (exact, streamed to a file)",
-        description="List every n-gram of --n tokens occurring at least --min-count times in the whole index, or "
-                    "the --top-k most frequent, sorted by count then token ids, into an .npz table "
-                    "(engine.storage.ngram_table). Exact over all shards; bounded memory.")
-    p.add_argument("index", help="index directory")
+    p = command(sub, "ngrams", _cmd_ngrams, "the most frequent n-grams of an index (exact, streamed to a file)", "index")
     p.add_argument("--n", default="2-5", help="n-gram lengths, e.g. 2-5 or 3 (default 2-5)")
     p.add_argument("--top-k", type=int, help="keep the K most frequent (ties broken by token ids)")
     p.add_argument("--min-count", type=int, help="keep those occurring at least C times (a floor with --top-k)")
     p.add_argument("--out", required=True, help="output table (.npz)")
     p.add_argument("--text", help="also write the decoded text view (TSV: count, n, ids, text) here; - for stdout")
     p.add_argument("--show", type=int, default=20, help="rows to print decoded (default 20; 0 for none)")
-    p.add_argument("--tmp-dir", help="where the temporary files go (default: next to --out)")
-    p.add_argument("--load", choices=["mmap", "ram"], default="mmap")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print a JSON summary")
-    p.set_defaults(func=_cmd_ngrams)
+    add(p, "tmp-dir", "load", "quiet", "json")
 
-    p = sub.add_parser("ngrams-view", help="print an n-gram table decoded",
-                       description="Print the rows of an n-gram table (from `ngram ngrams` or `ngram scone-vocab`), "
-                                   "decoded with an index's tokenizer.")
+    p = command(sub, "ngrams-view", _cmd_view, "print an n-gram table decoded")
     p.add_argument("table", help="table file (.npz)")
     p.add_argument("--index", help="index whose tokenizer decodes the ids")
     p.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
     p.add_argument("--json", action="store_true", help="print the table's metadata instead")
-    p.set_defaults(func=_cmd_view)
 
-    p = sub.add_parser("scone-vocab", help="build a SCONE f-gram vocabulary",
-                       description="The --size most frequent n-grams of 2..--max-len tokens with count >= "
-                                   "--min-count, ranked together (f-gram id = rank), saved as an .npz table that "
-                                   "lm_integration.fgram.load_fgram_vocab reads.")
-    p.add_argument("index", help="index directory")
+    p = command(sub, "scone-vocab", _cmd_scone, "build a SCONE f-gram vocabulary", "index")
     p.add_argument("--max-len", type=int, default=3, help="longest f-gram (default 3)")
     p.add_argument("--size", type=int, default=1 << 20, help="f-grams to keep (default 1048576)")
     p.add_argument("--min-count", type=int, default=2, help="minimum count (default 2)")
     p.add_argument("--out", required=True, help="output file (.npz)")
     p.add_argument("--coverage", help="a text file to report the vocabulary's coverage on")
-    p.add_argument("--tmp-dir", help="where the temporary files go")
-    p.add_argument("--load", choices=["mmap", "ram"], default="mmap")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_scone)
+    add(p, "tmp-dir", "load", "quiet")
 
-    p = sub.add_parser("attribute", help="trace a text back to the index (maximal matching spans)",
-                       description="The maximal spans of a text that occur in the index, with counts and source "
-                                   "documents, and a creativity score.")
-    p.add_argument("index", help="index directory")
+    p = command(sub, "attribute", _cmd_attribute, "trace a text back to the index (maximal matching spans)", "index")
     p.add_argument("text", nargs="?", help="the text")
     p.add_argument("--file", help="read the text from a file")
     p.add_argument("--ids", help="the text as token ids")
@@ -215,21 +205,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-count", type=int, help="report only spans occurring at most this often")
     p.add_argument("--max-docs", type=int, default=3, help="source documents per span (default 3)")
     p.add_argument("--max-disp-len", type=int, default=60, help="tokens per source document window (default 60)")
-    p.add_argument("--load", choices=["mmap", "ram"], default="mmap")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_attribute)
+    add(p, "load", "json")
 
-    p = sub.add_parser("cnf", help="documents containing an AND of OR-clauses of n-grams",
-                       description="Each --clause lists the n-grams of one OR-clause; a document matches when it "
-                                   "contains one n-gram of every clause. Example: --clause 'kmalloc' 'kzalloc' "
-                                   "--clause 'GFP_ATOMIC'.")
-    p.add_argument("index", help="index directory")
+    p = command(sub, "cnf", _cmd_cnf, "documents containing an AND of OR-clauses of n-grams", "index")
     p.add_argument("--clause", action="append", nargs="+", required=True, metavar="TERM",
                    help="one OR-clause (repeat for AND)")
     p.add_argument("--ids", action="store_true", help="terms are token ids ('1 2 3') instead of text")
     p.add_argument("--max-docs", type=int, default=5, help="documents to show (default 5)")
     p.add_argument("--max-clause-freq", type=int, help="clauses more frequent than this are verified by scanning")
-    p.add_argument("--max-disp-len", type=int, default=100)
-    p.add_argument("--load", choices=["mmap", "ram"], default="mmap")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_cmd_cnf)
+    p.add_argument("--max-disp-len", type=int, default=100, help="tokens per document window (default 100)")
+    add(p, "load", "json")

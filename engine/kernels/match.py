@@ -43,11 +43,9 @@ def longest_matches(st, tw, keys, max_len, j0, j1, out_len, out_count, out_lo,
     """
     n_shards = st.shape[0]
     lo = np.zeros(n_shards, dtype=np.int64)
-    hi = np.empty(n_shards, dtype=np.int64)
-    nlo = np.empty(n_shards, dtype=np.int64)
-    nhi = np.empty(n_shards, dtype=np.int64)
-    blo = np.empty(n_shards, dtype=np.int64)
-    bhi = np.empty(n_shards, dtype=np.int64)
+    # hi, then the ranges of the probe (nlo, nhi) and of the longest match so far (blo, bhi)
+    ranges = np.empty((5, n_shards), dtype=np.int64)
+    hi, nlo, nhi, blo, bhi = ranges[0], ranges[1], ranges[2], ranges[3], ranges[4]
     total = np.int64(0)
     for s in range(n_shards):
         hi[s] = shard_positions(st, s)
@@ -77,33 +75,32 @@ def longest_matches(st, tw, keys, max_len, j0, j1, out_len, out_count, out_lo,
             count = shard_ranges(st, tw, keys, j - length + 1, j + 1, lo, hi)
         else:
             # The span cannot grow: the longest occurring suffix of keys[j-length+1..j] is next.
+            # Galloping (probe lengths 1, 2, 4, ... until one does not occur), then bisection between
+            # the longest length that occurs (good) and the shortest that does not (bad).
             good = 0
             good_count = total
             bad = length + 1
             probe = 1
-            while probe <= length:
-                c = shard_ranges(st, tw, keys, j - probe + 1, j + 1, nlo, nhi)
-                if c > 0:
-                    good = probe
-                    good_count = c
-                    for s in range(n_shards):
-                        blo[s] = nlo[s]
-                        bhi[s] = nhi[s]
-                    probe *= 2
+            galloping = True
+            while True:
+                if galloping and probe > length:
+                    galloping = False
+                if galloping:
+                    mid = probe
+                elif bad - good > 1:
+                    mid = (good + bad) >> 1
                 else:
-                    bad = probe
                     break
-            while bad - good > 1:
-                mid = (good + bad) >> 1
                 c = shard_ranges(st, tw, keys, j - mid + 1, j + 1, nlo, nhi)
                 if c > 0:
                     good = mid
                     good_count = c
-                    for s in range(n_shards):
-                        blo[s] = nlo[s]
-                        bhi[s] = nhi[s]
+                    blo[:] = nlo
+                    bhi[:] = nhi
+                    probe *= 2
                 else:
                     bad = mid
+                    galloping = False
             length = good
             count = good_count
             if good == 0:

@@ -160,14 +160,7 @@ def expand_node(st, tw, sep_key, lo_a, hi_a, depth, min_count):
     n_shards = st.shape[0]
     t = _stride(lo_a, hi_a, min_count)
     need = _expand_need(lo_a, hi_a, t)
-    tk = np.empty(need, dtype=np.int64)
-    ts = np.empty(need, dtype=np.int64)
-    tlo = np.empty(need, dtype=np.int64)
-    thi = np.empty(need, dtype=np.int64)
-    ck = np.empty(need, dtype=np.int64)
-    cn = np.empty(need, dtype=np.int64)
-    clo = np.empty(need * n_shards, dtype=np.int64)
-    chi = np.empty(need * n_shards, dtype=np.int64)
+    tk, ts, tlo, thi, ck, cn, clo, chi = _new_buffers(need, n_shards)
     n = _expand(st, tw, sep_key, lo_a, hi_a, depth, min_count, t, tk, ts, tlo, thi, ck, cn, clo, chi, 0)
     return ck[:n].copy(), cn[:n].copy(), clo[:n * n_shards].reshape(n, n_shards).copy(), \
         chi[:n * n_shards].reshape(n, n_shards).copy()
@@ -180,6 +173,20 @@ def _grow(a, need):
     b = np.empty(max(need, 2 * a.shape[0]), dtype=a.dtype)
     b[:a.shape[0]] = a
     return b
+
+
+@njit(inline="always")
+def _grow_buffers(tk, ts, tlo, thi, ck, cn, clo, chi, need, children, n_shards):
+    """_expand's buffers grown for ``need`` candidates, and room for ``children`` children in all."""
+    return (_grow(tk, need), _grow(ts, need), _grow(tlo, need), _grow(thi, need), _grow(ck, children),
+            _grow(cn, children), _grow(clo, children * n_shards), _grow(chi, children * n_shards))
+
+
+@njit(inline="always")
+def _new_buffers(size, n_shards):
+    """Empty buffers for _expand: room for ``size`` candidates and children."""
+    z = np.empty(0, dtype=np.int64)
+    return _grow_buffers(z, z, z, z, z, z, z, z, max(size, 1), max(size, 1), n_shards)
 
 
 @njit(nogil=True, cache=True)
@@ -201,15 +208,7 @@ def enumerate_frequent(st, tw, sep_key, root_paths, root_depths, root_lo, root_h
     seg_n = np.zeros(levels, dtype=np.int64)
     cur = np.zeros(levels, dtype=np.int64)
     path = np.full(n_max, -1, dtype=np.int64)
-    size = 1024
-    ck = np.empty(size, dtype=np.int64)
-    cn = np.empty(size, dtype=np.int64)
-    clo = np.empty(size * n_shards, dtype=np.int64)
-    chi = np.empty(size * n_shards, dtype=np.int64)
-    tk = np.empty(size, dtype=np.int64)
-    ts = np.empty(size, dtype=np.int64)
-    tlo = np.empty(size, dtype=np.int64)
-    thi = np.empty(size, dtype=np.int64)
+    tk, ts, tlo, thi, ck, cn, clo, chi = _new_buffers(1024, n_shards)
     n_out = 0
     for r in range(first_root, root_depths.shape[0]):
         start_out = n_out
@@ -232,14 +231,7 @@ def enumerate_frequent(st, tw, sep_key, root_paths, root_depths, root_lo, root_h
         hi_a = root_hi[r]
         t = _stride(lo_a, hi_a, min_count)
         need = _expand_need(lo_a, hi_a, t)
-        tk = _grow(tk, need)
-        ts = _grow(ts, need)
-        tlo = _grow(tlo, need)
-        thi = _grow(thi, need)
-        ck = _grow(ck, need)
-        cn = _grow(cn, need)
-        clo = _grow(clo, need * n_shards)
-        chi = _grow(chi, need * n_shards)
+        tk, ts, tlo, thi, ck, cn, clo, chi = _grow_buffers(tk, ts, tlo, thi, ck, cn, clo, chi, need, need, n_shards)
         seg_start[0] = 0
         seg_n[0] = _expand(st, tw, sep_key, lo_a, hi_a, d0 * tw, min_count, t,
                            tk, ts, tlo, thi, ck, cn, clo, chi, 0)
@@ -269,14 +261,8 @@ def enumerate_frequent(st, tw, sep_key, root_paths, root_depths, root_lo, root_h
                 hi_c = chi[c * n_shards:(c + 1) * n_shards]
                 t = _stride(lo_c, hi_c, min_count)
                 need = _expand_need(lo_c, hi_c, t)
-                tk = _grow(tk, need)
-                ts = _grow(ts, need)
-                tlo = _grow(tlo, need)
-                thi = _grow(thi, need)
-                ck = _grow(ck, base + need)
-                cn = _grow(cn, base + need)
-                clo = _grow(clo, (base + need) * n_shards)
-                chi = _grow(chi, (base + need) * n_shards)
+                tk, ts, tlo, thi, ck, cn, clo, chi = _grow_buffers(tk, ts, tlo, thi, ck, cn, clo, chi, need,
+                                                                   base + need, n_shards)
                 n = _expand(st, tw, sep_key, lo_c, hi_c, depth * tw, min_count, t,
                             tk, ts, tlo, thi, ck, cn, clo, chi, base)
                 lev += 1

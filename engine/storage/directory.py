@@ -28,7 +28,6 @@ import logging
 import mmap
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -486,33 +485,3 @@ def describe(index) -> list[dict]:
     """Per shard: where its directory came from, its bytes and sample stride (for `ngram info`)."""
     return [{"shard": i, "source": src, "bytes": int(d.nbytes), "sample_stride": 1 << int(d[kernels.D_SHIFT])}
             for i, (d, src) in enumerate(zip(index._dirs, index.directory_sources))]
-
-
-def _cmd_index_directory(args) -> int:
-    started = time.perf_counter()
-    total = 0
-    for index_dir in args.index:
-        files = index_directories(index_dir, args.directory_budget, progress=not args.quiet, force=args.force,
-                                  cache=True if args.cache else None)
-        for f in files:
-            total += f.stat().st_size
-            print(f"{f}: {f.stat().st_size:,} bytes")
-    print(f"search directories ready: {total:,} bytes in {time.perf_counter() - started:.1f} s")
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "index-directory", help="write the search directories of an index that lacks them (opens instantly after)",
-        description="Build each shard's search directory (first-token ranges and sampled suffixes) and store it "
-                    "beside the index as directory.N (recorded in its manifest), or in the user cache when the index "
-                    "directory is read-only. `ngram build` writes them itself; this is for indexes built by "
-                    "infini-gram or by older versions. Without them every open reads every sampled suffix.")
-    p.add_argument("index", nargs="+", help="index directory (several allowed)")
-    p.add_argument("--directory-budget", type=parse_budget, default=DEFAULT_BUDGET, metavar="BYTES",
-                   help="most bytes of sampled suffixes per shard, e.g. 64M (default 256 MiB; smaller: sparser "
-                        "samples, one more page read per search end each time it halves)")
-    p.add_argument("--cache", action="store_true", help="store in the user cache even if the index is writable")
-    p.add_argument("--force", action="store_true", help="rebuild directories that exist")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_index_directory)

@@ -100,28 +100,3 @@ def cache_index(directories, progress: bool = True) -> list[CachedFile]:
             done.append(cache_file(path))
             bar.update(done[-1].bytes)
     return done
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def _cmd_cache(args) -> int:
-    files = cache_index(args.index, progress=not args.quiet)
-    for f in files:
-        share = f"{100 * f.huge_bytes / f.bytes:.0f}%" if f.bytes else "-"
-        print(f"{f.path}: {f.bytes:,} bytes, {share} in 2 MiB pages")
-    total = sum(f.bytes for f in files)
-    huge = sum(f.huge_bytes for f in files)
-    print(f"cached {total:,} bytes; {huge:,} in 2 MiB pages")
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser(
-        "cache", help="load an index into the OS page cache as 2 MiB pages (lower query latency)",
-        description="Read an index's shard files into the operating system's page cache, as 2 MiB pages where "
-                    "the kernel and file system support it (recent Linux, ext4 or XFS). Queries jump around "
-                    "the suffix array and tokens, and 2 MiB pages spare them most TLB misses: run this before "
-                    "serving or benchmarking. Clean cached pages of these files are dropped and read again; "
-                    "nothing is written. Every process that maps the files afterwards gets the large pages.")
-    p.add_argument("index", nargs="+", help="index directory (several allowed)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_cache)
