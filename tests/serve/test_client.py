@@ -10,7 +10,6 @@ import pytest
 
 from engine import NgramIndex
 from engine.serve.client import NgramClient, retry_service_config
-from engine.serve.status import error_from_rpc
 from engine.errors import DeadlineExceededError, InvalidQueryError, RpcFailedError, ShardUnavailableError
 from engine.serve.server import create_server
 from tests.helpers.corpora import build_text_index, make_docs
@@ -124,23 +123,6 @@ def test_internal_errors_stay_generic_and_typed(index):
             assert c.find([116]) == index.find([116])  # still serving
     finally:
         server.shutdown(0)
-
-
-def test_error_from_rpc_maps_codes():
-    class FakeRpcError(grpc.RpcError):
-        def __init__(self, code):
-            self._code = code
-
-        def code(self):
-            return self._code
-
-        def details(self):
-            return "why"
-
-    assert isinstance(error_from_rpc(FakeRpcError(grpc.StatusCode.INVALID_ARGUMENT)), InvalidQueryError)
-    assert isinstance(error_from_rpc(FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED)), TimeoutError)
-    err = error_from_rpc(FakeRpcError(grpc.StatusCode.CANCELLED))
-    assert isinstance(err, RpcFailedError) and err.code == grpc.StatusCode.CANCELLED and "why" in str(err)
 
 
 def test_remote_tokenizer(target, index):

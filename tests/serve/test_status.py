@@ -64,7 +64,9 @@ def test_a_code_without_a_class_name_maps_to_its_default():
 
     for code, cls in CODE_DEFAULT.items():
         assert type(error_from_rpc(Bare(code))) is cls
-    assert type(error_from_rpc(Bare(grpc.StatusCode.CANCELLED))) is errors.RpcFailedError
+    assert isinstance(error_from_rpc(Bare(grpc.StatusCode.DEADLINE_EXCEEDED)), TimeoutError)
+    err = error_from_rpc(Bare(grpc.StatusCode.CANCELLED))
+    assert type(err) is errors.RpcFailedError and err.code == grpc.StatusCode.CANCELLED and "no name sent" in str(err)
 
 
 def test_one_tokenizer_mismatch_error():
