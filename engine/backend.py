@@ -29,6 +29,10 @@ from engine.results import (
 class QueryBackend(Protocol):
     """Every query takes token ids (a list or 1-D int array) or text (tokenized by the backend)."""
 
+    #: False for a backend that computes here (NgramIndex); True for one that forwards each request to
+    #: servers (NgramRouter: it then also offers ``health_status()``, and takes requests as they came).
+    forwards_requests: bool
+
     def tokenize(self, text: str) -> np.ndarray: ...
 
     def detokenize(self, ids) -> str: ...

@@ -44,6 +44,8 @@ class NgramIndex:
     (a ``str``, tokenized with the index's own tokenizer). Thread-safe: kernels release the GIL.
     """
 
+    forwards_requests = False  # it computes its answers here (engine.backend.QueryBackend)
+
     def __init__(self, shards: list[Shard], *, token_width: int, vocab_size: int, eos_token_id: int | None,
                  tokenizer=None, manifests: list[dict | None] | None = None, paths: list[Path] | None = None,
                  load: str = "mmap", directories: list[tuple[np.ndarray, str] | None] | None = None):

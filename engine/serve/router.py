@@ -122,9 +122,10 @@ class _Shard:
 class NgramRouter:
     """The NgramIndex query API over shard servers (see the module docstring)."""
 
-    # The servicer does not wrap long calls (FrequentNgrams) in its own stop checks: the router
-    # forwards the call's deadline to the shard servers, which stop themselves.
-    forwards_deadlines = True
+    # A backend that forwards requests to servers (engine.backend.QueryBackend.forwards_requests): the
+    # servicer hands it requests as they came, does not wrap its long calls in stop checks (the shard
+    # servers get the call's deadline and stop themselves), and mirrors its health_status().
+    forwards_requests = True
 
     def __init__(
         self,

@@ -139,7 +139,7 @@ class NgramServer:
                 self.set_serving(ok)
 
     def start_health_watch(self, interval: float) -> None:
-        if hasattr(self.backend, "health_status") and self._watcher is None:
+        if self.backend.forwards_requests and self._watcher is None:  # a router: its shards' health
             self._watcher = threading.Thread(target=self._watch_backend, args=(interval,), name="ngram-health", daemon=True)
             self._watcher.start()
 
@@ -278,7 +278,7 @@ def create_server(
     server.start()
     if warmup:
         t0 = time.perf_counter()
-        if getattr(backend, "warmup_ngrams", None) is not None:  # an index (a router has nothing to compile)
+        if not backend.forwards_requests:  # an index (a router has nothing to compile)
             from engine.kernels.cache import COMPILE_SECONDS, compile_notice
             from engine.kernels.suffix import query_kernels
 
@@ -289,10 +289,8 @@ def create_server(
 
             compile_in_workers(backend)  # an empty numba cache: compile on every core at once
             backend.warmup()
-            # Longest matches, attribution and CNF too (an index has them; a router has nothing to compile).
-            warmup_ngrams = getattr(backend, "warmup_ngrams", None)
-            if warmup_ngrams is not None:
-                warmup_ngrams()
+            if not backend.forwards_requests:  # longest matches, attribution and CNF too
+                backend.warmup_ngrams()
         except BaseException:
             ngram_server.stop(0)  # a server that cannot warm up must not linger (and keep the process alive)
             raise

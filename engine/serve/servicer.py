@@ -387,7 +387,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     def _local(self) -> bool:
         """The backend computes here (an NgramIndex), rather than forwarding (a router, whose shard
         servers bound and stop their own work)."""
-        return not getattr(self.backend, "forwards_deadlines", False)
+        return not self.backend.forwards_requests
 
     # -- admission (engine.serve.admission) -----------------------------------------------------------
 
@@ -706,7 +706,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
             )
             if b.eos_token_id is not None:
                 resp.eos_token_id = int(b.eos_token_id)
-            if hasattr(b, "health_status"):  # a router: its info (shard health) changes, do not cache
+            if b.forwards_requests:  # a router: its info (shard health) changes, do not cache
                 return resp
             self._info_response = resp
         return self._info_response
