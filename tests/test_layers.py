@@ -49,15 +49,6 @@ LM_PACKAGE = "lm_integration"
 #: The one private module other modules may import (generated protobuf code).
 PRIVATE_MODULES_ALLOWED = ("engine._proto",)
 
-#: Violations in engine/serve/servicer.py, client.py and router.py (rewritten around the one RPC table,
-#: engine/serve/rpcs.py) and in engine/serve/http/ (issue 18's work), left to their owners to fix. The
-#: test fails when a violation outside this set appears and when one of its entries no longer occurs,
-#: so it cannot rot: fixing one means deleting its line.
-KNOWN_SERVE_VIOLATIONS: set[str] = set()
-KNOWN_FILES = ("engine.serve.servicer", "engine.serve.client", "engine.serve.router", "engine.serve.http.app",
-               "engine.serve.http.infinigram")
-
-
 # --------------------------------------------------------------------------------------------------
 # Reading the source
 # --------------------------------------------------------------------------------------------------
@@ -285,10 +276,6 @@ def _cycle_path(graph: dict[str, set[str]], component: list[str]) -> list[str]:
     return component  # pragma: no cover (a component always holds a cycle)
 
 
-def _known(finding: str) -> bool:
-    return finding.split(":", 1)[0] in KNOWN_FILES or any(f" {m} " in f" {finding} " for m in KNOWN_FILES)
-
-
 # --------------------------------------------------------------------------------------------------
 # Tests
 # --------------------------------------------------------------------------------------------------
@@ -301,16 +288,7 @@ def test_every_module_has_a_layer():
 
 def test_imports_go_down_without_private_names_or_cycles():
     findings, _ = find_violations()
-    new = [f for f in findings if f not in KNOWN_SERVE_VIOLATIONS]
-    assert not new, "layering violations:\n  " + "\n  ".join(new)
-
-
-def test_known_serve_violations_still_occur():
-    findings, _ = find_violations()
-    gone = sorted(KNOWN_SERVE_VIOLATIONS - set(findings))
-    assert not gone, "fixed: remove these from KNOWN_SERVE_VIOLATIONS:\n  " + "\n  ".join(gone)
-    outside = sorted(f for f in KNOWN_SERVE_VIOLATIONS if not _known(f))
-    assert not outside, f"KNOWN_SERVE_VIOLATIONS may only excuse {KNOWN_FILES}: {outside}"
+    assert not findings, "layering violations:\n  " + "\n  ".join(findings)
 
 
 def test_the_checker_sees_what_it_must(tmp_path):
