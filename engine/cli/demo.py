@@ -75,11 +75,12 @@ def _cmd_demo(args) -> int:
     show_examples(index)
     if args.no_serve:
         return 0
-    return serve_with_example(index, args.host, args.port)
+    return serve_with_example(index, args.host, args.port, None if args.no_http else args.http_port)
 
 
-def serve_with_example(index, host: str, port: int) -> int:
-    """Serve ``index`` over gRPC until SIGTERM / Ctrl-C, showing one query made through the server."""
+def serve_with_example(index, host: str, port: int, http_port: int | None = None) -> int:
+    """Serve ``index`` over gRPC (and HTTP with the web explorer on ``http_port``) until SIGTERM /
+    Ctrl-C, showing one query made through the server."""
     import threading
 
     from engine.serve.client import NgramClient
@@ -92,11 +93,12 @@ def serve_with_example(index, host: str, port: int) -> int:
             best = int(dist.tokens[dist.counts.argmax()]) if len(dist.tokens) else None
             shown = repr(client.detokenize([best])) if best is not None else "nothing"
             print(f"over gRPC at {host}:{port}: count({text!r}) = {client.count(text):,}; most likely next "
-                  f"token {shown}. Try `ngram query` locally, or any gRPC client (reflection is on). "
-                  "Ctrl-C stops the server.", flush=True)
+                  f"token {shown}. Try `ngram query` locally, or any gRPC client (reflection is on)"
+                  + (f"; open http://{host}:{http_port}/ in a browser for the explorer, or curl its JSON API"
+                     if http_port is not None else "") + ". Ctrl-C stops the server.", flush=True)
 
     threading.Thread(target=query_through_grpc, daemon=True).start()
-    return serve(index, host, port)
+    return serve(index, host, port, http_port=http_port)
 
 
 def add_parsers(sub) -> None:
@@ -108,13 +110,16 @@ def add_parsers(sub) -> None:
     p.add_argument("name", help=f"recipe name ({names})")
     p.add_argument("-o", "--output", type=Path, help="index directory (default NAME under the folder above)")
     p.set_defaults(func=_cmd_build_recipe)
-    p = sub.add_parser("demo", help="build the default index, show example queries and serve it over gRPC",
+    p = sub.add_parser("demo", help="build the default index, show example queries and serve it (gRPC, HTTP)",
                        description="The main job out of the box: build the demo index (Shakespeare + KJV, GPT-2 "
                                    f"tokens; under {where}) if missing, answer example queries, then serve it "
-                                   "over gRPC.")
+                                   "over gRPC and over HTTP with the web explorer.")
     p.add_argument("--recipe", default="demo", help=f"which recipe to build and serve (default: demo; {names})")
     p.add_argument("-o", "--output", type=Path, help="index directory (default RECIPE under the folder above)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="port to listen on (default 50051)")
+    p.add_argument("--http-port", type=int, default=50052,
+                   help="HTTP/JSON API and web explorer port (default 50052)")
+    p.add_argument("--no-http", action="store_true", help="serve gRPC only")
     p.add_argument("--no-serve", action="store_true", help="stop after the example queries")
     p.set_defaults(func=_cmd_demo)
