@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from bench.common import fmt, log, machine_info, machine_line, markdown_table  # noqa: E402
+from bench.common import fmt, heldout_ids, log, machine_info, machine_line, markdown_table  # noqa: E402
 
 MADV_DONTNEED = 4
 COUNT_NS = (2, 5, 10)
@@ -169,8 +169,6 @@ def _spans(tokens: np.ndarray, sep: int, n: int, k: int, rng) -> list[list[int]]
 
 
 def make_queries(index_dir: Path, heldout: Path, k: int) -> dict[str, list]:
-    from engine.tokenizers import load_tokenizer
-
     rng = np.random.default_rng(SEED)
     tokens = np.memmap(index_dir / "tokenized.0", dtype="<u2", mode="r")
     sep = 0xFFFF
@@ -179,15 +177,7 @@ def make_queries(index_dir: Path, heldout: Path, k: int) -> dict[str, list]:
         q[f"count n={n}"] = [(s,) for s in _spans(tokens, sep, n, k, rng)]
     q["prob (5-token prompt)"] = [(s[:-1], s[-1]) for s in _spans(tokens, sep, 6, k, rng)]
     q["ntd (3-token prompt)"] = [(s,) for s in _spans(tokens, sep, 3, k, rng)]
-    tok = load_tokenizer("gpt2")
-    held = []
-    with open(heldout, encoding="utf-8") as fh:
-        for line in fh:
-            ids = np.asarray(tok.encode(json.loads(line)["text"]), dtype=np.int64)
-            if len(ids) > INFGRAM_CONTEXT + 1:
-                held.append(ids)
-            if len(held) >= 200:
-                break
+    held = heldout_ids(heldout, INFGRAM_CONTEXT + 1, limit=200)
     inf = []
     while len(inf) < k:
         ids = held[int(rng.integers(len(held)))]

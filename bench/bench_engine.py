@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 from bench.common import (  # noqa: E402
     Latency,
     drop_into_page_cache,
+    heldout_ids,
     fmt,
     log,
     machine_info,
@@ -356,8 +357,6 @@ def _spans(tokens: np.ndarray, sep: int, n: int, k: int, rng) -> list[list[int]]
 
 
 def make_queries(index_dir: Path, heldout_jsonl: Path, k: int) -> Queries:
-    from engine.tokenizers import load_tokenizer
-
     rng = np.random.default_rng(SEED)
     tokens = np.fromfile(index_dir / "tokenized.0", dtype="<u2").astype(np.int64)
     sep = 0xFFFF
@@ -371,13 +370,7 @@ def make_queries(index_dir: Path, heldout_jsonl: Path, k: int) -> Queries:
     per_n = BATCH // 4
     q.batch = [np.asarray(s, dtype=np.int64) for n in (1, 2, 5, 10) for s in _spans(tokens, sep, n, per_n, rng)]
     # held-out contexts: INFGRAM_CONTEXT tokens and the token that follows them
-    tok = load_tokenizer("gpt2")
-    held = []
-    with open(heldout_jsonl, encoding="utf-8") as fh:
-        for line in fh:
-            ids = np.asarray(tok.encode(json.loads(line)["text"]), dtype=np.int64)
-            if len(ids) > INFGRAM_CONTEXT + 1:
-                held.append(ids)
+    held = heldout_ids(heldout_jsonl, INFGRAM_CONTEXT + 1)
     while len(q.infgram) < k and held:
         ids = held[int(rng.integers(len(held)))]
         e = int(rng.integers(INFGRAM_CONTEXT, len(ids)))

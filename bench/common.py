@@ -287,6 +287,25 @@ def drop_into_page_cache(path: Path) -> None:
     log(f"{path}: {sum(f.bytes for f in files):,} bytes in page cache, {huge:,} in 2 MiB pages")
 
 
+def heldout_ids(path: str | os.PathLike, min_len: int, limit: int | None = None) -> list[np.ndarray]:
+    """GPT-2 token ids of the held-out JSONL documents (``text`` field) longer than ``min_len`` tokens,
+    the first ``limit`` of them (all when None)."""
+    import json
+
+    from engine.tokenizers import load_tokenizer
+
+    tok = load_tokenizer("gpt2")
+    held = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            ids = np.asarray(tok.encode(json.loads(line)["text"]), dtype=np.int64)
+            if len(ids) > min_len:
+                held.append(ids)
+            if limit is not None and len(held) >= limit:
+                break
+    return held
+
+
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 

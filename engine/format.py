@@ -75,6 +75,16 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def sha256_parts(*parts: bytes) -> str:
+    """sha256 over ``parts``, each prefixed by its length (so that no two splits of the same bytes
+    hash alike): the tokenizer fingerprints a manifest records, which lm_integration recomputes."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()
+
+
 def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -38,6 +38,21 @@ _BOOL_TYPES = frozenset((bool, np.bool_))
 DEFAULT_MAX_DISP_LEN = 1000
 
 
+# Calls on token 0 that compile every kernel of the queries (QUERY_PROBES, NgramIndex.warmup) and of
+# longest matches, attribution and CNF search (NGRAM_PROBES, warmup_ngrams); engine.warmup splits them
+# among worker processes. ntd with max_support=2 runs the sampling kernel where token 0 is frequent.
+_P = [0]
+QUERY_PROBES = (
+    ("count", (_P,), {}), ("prob", (_P, 0), {}), ("infgram_prob", (_P, 0), {}), ("find", (_P,), {}),
+    ("ntd", (_P,), {}), ("ntd", (_P,), {"max_support": 2}), ("infgram_ntd", (_P,), {}),
+    ("count_batch", ([_P, _P],), {}), ("prob_batch", ([_P], [0]), {}), ("infgram_prob_batch", ([_P], [0]), {}),
+)
+NGRAM_PROBES = (
+    ("longest_matches", (_P,), {"infgram": True}), ("attribute", (_P,), {"min_len": 1, "max_docs": 1}),
+    ("search_docs_cnf", ([[_P], [_P]],), {"max_docs": 1, "max_clause_freq": 1}),
+)
+
+
 class NgramIndex:
     """Exact n-gram, infini-gram and document queries over memory-mapped suffix-array shards.
 
@@ -70,8 +85,8 @@ class NgramIndex:
         # argument instead of five on every call.
         self._handle = kernels.index_handle(self._search[0], token_width, self.vocab_size, self.separator_id)
         self._handle_address = self._handle.ctypes.data
-        self._shard_counts = _ShardCounts(self._search[0], token_width, self.vocab_size, self.separator_id) \
-            if len(shards) > 1 else None
+        self._shard_counts = _ShardCounts(self._handle_address, self._search[0], token_width, self.vocab_size,
+                                          self.separator_id) if len(shards) > 1 else None
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
         self._max_distinct = min(self.vocab_size, self.separator_id) + 2
@@ -240,19 +255,13 @@ class NgramIndex:
         with self._warm_lock:
             if self._warm:
                 return
-            probe = [0]
-            for query in (probe, np.zeros(1, dtype=np.int64)):  # lists and arrays
-                self.count(query)
-                self.prob(query, 0)
-                self.infgram_prob(query, 0)
-            self.find(probe)
-            self.ntd(probe)
-            self.ntd(probe, max_support=2)
-            self.infgram_ntd(probe)
-            self.count_batch([probe, probe])
-            self.prob_batch([probe], [0])
-            self.infgram_prob_batch([probe], [0])
+            self.probe(QUERY_PROBES)
             self._warm = True
+
+    def probe(self, calls) -> None:
+        """Run probe ``calls`` ((method, args, kwargs), see QUERY_PROBES): they compile kernels."""
+        for name, args, kwargs in calls:
+            getattr(self, name)(*args, **kwargs)
 
     def __repr__(self) -> str:
         return (f"NgramIndex({[str(p) for p in self.paths]}, shards={self.num_shards}, tokens={self.num_tokens}, "
@@ -692,10 +701,7 @@ class NgramIndex:
     def warmup_ngrams(self) -> None:
         """Compile (or load from numba's cache) the kernels of the block above; a server may call it
         from warmup() so that LongestMatches, Attribute and the CNF RPCs answer fast from the start."""
-        probe = [0]
-        self.longest_matches(probe, infgram=True)
-        self.attribute(probe, min_len=1, max_docs=1)
-        self.search_docs_cnf([[probe], [probe]], max_docs=1, max_clause_freq=1)
+        self.probe(NGRAM_PROBES)
 
     def search_docs_cnf(self, cnf, max_docs: int = 10, max_clause_freq: int | None = None,
                         max_disp_len: int = DEFAULT_MAX_DISP_LEN, *, check_alive: Callable[[], None] | None = None,
@@ -720,8 +726,8 @@ class _ShardCounts:
 
     DISK_US = 300
 
-    def __init__(self, st: np.ndarray, token_width: int, vocab_size: int, separator: int):
-        self._all = kernels.index_handle(st, token_width, vocab_size, separator)
+    def __init__(self, handle_address: int, st: np.ndarray, token_width: int, vocab_size: int, separator: int):
+        self._all = handle_address  # the index's own handle, for the single call over every shard
         self._tables = [np.ascontiguousarray(st[s:s + 1]) for s in range(st.shape[0])]  # kept alive: the handles
         self._rows = [kernels.index_handle(row, token_width, vocab_size, separator) for row in self._tables]
         self._pool = None
@@ -735,7 +741,7 @@ class _ShardCounts:
             self.on_disk = any(faults for _, faults in results)
             return -1 if min(n for n, _ in results) < 0 else sum(n for n, _ in results)
         t0 = time.perf_counter_ns()
-        n = kernels.count_at(self._all.ctypes.data, ids)
+        n = kernels.count_at(self._all, ids)
         if time.perf_counter_ns() - t0 > self.DISK_US * 1000:  # slow: the disk, or a busy CPU?
             faults = _major_faults(resource.RUSAGE_SELF)
             self.on_disk, self._faults = faults > self._faults, faults

@@ -18,25 +18,19 @@ import subprocess
 import sys
 import time
 
+from engine.index import NGRAM_PROBES, QUERY_PROBES, NgramIndex
+
 log = logging.getLogger("engine.warmup")
 
-_P = [0]
-# Probe calls in two groups of about equal compile time (with an empty cache, on 2 cores: about
-# 21 s and 25 s); every kernel a query, a batch, a distribution, a longest match, an attribution
-# or a CNF search runs is compiled by one of them.
-GROUPS: tuple[tuple[tuple[str, tuple, dict], ...], ...] = (
-    (("count", (_P,), {}), ("find", (_P,), {}), ("ntd", (_P,), {}), ("ntd", (_P,), {"max_support": 2}),
-     ("count_batch", ([_P, _P],), {}), ("longest_matches", (_P,), {"infgram": True})),
-    (("prob", (_P, 0), {}), ("infgram_prob", (_P, 0), {}), ("infgram_ntd", (_P,), {}),
-     ("prob_batch", ([_P], [0]), {}), ("infgram_prob_batch", ([_P], [0]), {}),
-     ("attribute", (_P,), {"min_len": 1, "max_docs": 1}),
-     ("search_docs_cnf", ([[_P], [_P]],), {"max_docs": 1, "max_clause_freq": 1})),
-)
+# The index's probe calls in two groups of about equal compile time with an empty cache on 2 cores
+# (about 21 s and 25 s): group 0 holds the calls of these methods, group 1 the rest.
+_GROUP_0 = frozenset({"count", "find", "ntd", "count_batch", "longest_matches"})
+GROUPS: tuple[tuple[tuple[str, tuple, dict], ...], ...] = tuple(
+    tuple(call for call in QUERY_PROBES + NGRAM_PROBES if (call[0] in _GROUP_0) == (g == 0)) for g in (0, 1))
 
 
 def run_group(index, group: int) -> None:
-    for name, args, kwargs in GROUPS[group]:
-        getattr(index, name)(*args, **kwargs)
+    index.probe(GROUPS[group])
 
 
 def kernels_cached() -> bool:
@@ -52,8 +46,6 @@ def compile_in_workers(index, workers: int | None = None, timeout: float = 600.0
     processes at once (they fill the cache that this process then loads); True when they ran.
     Nothing happens when the cache is warm, on one core, or for a backend that is no NgramIndex.
     A worker that fails only costs time: this process compiles what is still missing itself."""
-    from engine.index import NgramIndex
-
     workers = min(len(GROUPS), workers or os.cpu_count() or 1)
     if not isinstance(index, NgramIndex) or workers < 2 or kernels_cached():
         return False

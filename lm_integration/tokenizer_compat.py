@@ -26,6 +26,7 @@ import json
 import warnings
 from typing import Any, Callable, Sequence
 
+from engine.format import sha256_parts
 from lm_integration.errors import TokenizerMismatchError
 
 FINGERPRINT_VERSION = "probe-v1"
@@ -100,13 +101,6 @@ def tokenizer_fingerprint(tokenizer: Any, vocab_size: int | None = None) -> str:
     return f"{FINGERPRINT_VERSION}:{h.hexdigest()}"
 
 
-def _sha256(*parts: bytes) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(len(p).to_bytes(8, "little"))
-        h.update(p)
-    return h.hexdigest()
-
 
 def content_fingerprint(tokenizer: Any) -> set[str]:
     """The engine's content fingerprint(s) of ``tokenizer`` (engine/tokenizers/huggingface.py's ``fingerprint()``:
@@ -125,14 +119,14 @@ def content_fingerprint(tokenizer: Any) -> set[str]:
                 obj[setting] = None
         canon = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         for ps in (False, True):
-            out.add(_sha256(b"huggingface", canon, json.dumps({"parse_special": ps}).encode()))
+            out.add(sha256_parts(b"huggingface", canon, json.dumps({"parse_special": ps}).encode()))
         return out
     ranks = getattr(tokenizer, "_mergeable_ranks", None)
     if ranks is not None and hasattr(tokenizer, "_pat_str"):  # tiktoken.Encoding
         canon = b"".join(base64.b64encode(t) + b" " + str(r).encode() + b"\n"
                          for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
         specials = json.dumps(dict(getattr(tokenizer, "_special_tokens", {})), sort_keys=True).encode()
-        out.add(_sha256(b"tiktoken", canon, tokenizer._pat_str.encode("utf-8"), specials))
+        out.add(sha256_parts(b"tiktoken", canon, tokenizer._pat_str.encode("utf-8"), specials))
     return out
 
 

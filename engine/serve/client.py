@@ -238,10 +238,10 @@ class NgramClient:
     def _batch_size(self) -> int:
         return int(self.index_info().limits.max_batch_size) or 1 << 62
 
-    def _batched(self, q: Query, args: tuple, kwargs: dict, timeout: float | None):
-        """A batch query in requests of at most the server's max_batch_size queries (asked for only
-        when the batch is large), the answers concatenated."""
-        call = inspect.signature(q.build).bind(*args, **kwargs)
+    def _batched(self, q: Query, call: inspect.BoundArguments, timeout: float | None):
+        """A batch query (``call``: its arguments bound to the request builder's signature) in requests
+        of at most the server's max_batch_size queries (asked for only when the batch is large), the
+        answers concatenated."""
         queries = tokenize_mixed(call.arguments[q.batch], self.tokenize)
         call.arguments[q.batch] = queries
         n = len(queries) if not isinstance(queries, (str, bytes)) else 0
@@ -345,9 +345,10 @@ class NgramClient:
 def _client_method(q: Query):
     """NgramClient's method for one entry of the RPC table: build the request, call, decode."""
     build, decode, pick, rpc = q.build, q.decode, q.pick, q.rpc
+    sig = inspect.signature(build)
     if q.batch is not None:
         def method(self, *args, timeout: float | None = None, **kwargs):
-            return self._batched(q, args, kwargs, timeout)
+            return self._batched(q, sig.bind(*args, **kwargs), timeout)
     elif q.stream:
         def method(self, *args, timeout: float | None = None, **kwargs):
             req = build(*args, **kwargs)
@@ -356,7 +357,6 @@ def _client_method(q: Query):
         def method(self, *args, timeout: float | None = None, **kwargs):
             req = build(*args, **kwargs)
             return pick(decode(self._call(rpc, req, timeout), req))
-    sig = inspect.signature(build)
     params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *sig.parameters.values(),
               inspect.Parameter("timeout", inspect.Parameter.KEYWORD_ONLY, default=None)]
     method.__signature__ = sig.replace(parameters=params)

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from engine._proto.ngram.v1 import ngram_pb2 as pb
-from engine.errors import InvalidQueryError
+from engine.errors import InvalidQueryError, ShardUnavailableError
 from engine.results import (
     Document,
     InfgramNtdResult,
@@ -240,6 +240,16 @@ def decode_prob_batch(r, infgram: bool) -> ProbBatchResult:
         probs=le_array(r.probs, F8),
         suffix_lens=le_array(r.suffix_lens) if infgram else None,
     )
+
+
+def summary_and_documents(msgs: list, stream: str):
+    """(summary, documents) of a finished SearchDocuments / SearchDocumentsCnf stream; a stream without
+    its summary message is a ShardUnavailableError naming ``stream``."""
+    summary = next((m.summary for m in msgs if m.WhichOneof("item") == "summary"), None)
+    if summary is None:
+        raise ShardUnavailableError(f"{stream} ended without its summary message")
+    return summary, [decode_document(m.document) for m in msgs if m.WhichOneof("item") == "document"]
+
 
 
 # ------------------------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ from engine.serve.codec import (
     fill_query,
     int_arg,
     le_array,
+    summary_and_documents,
     tokenize_mixed,
 )
 from engine.serve.fanout import Fanout
@@ -545,12 +546,10 @@ class NgramRouter:
     def search_docs_request(self, req: pb.SearchDocumentsRequest) -> SearchResult:
         count, approx, docs = 0, False, []
         for sh, msgs in self._all_streams("SearchDocuments", req):
-            for m in msgs:
-                if m.WhichOneof("item") == "summary":
-                    count += int(m.summary.count)
-                    approx = approx or bool(m.summary.approx)
-                else:
-                    docs.append(self._global_doc(sh, decode_document(m.document)))
+            summary, found = summary_and_documents(msgs, f"{sh.where()}'s SearchDocuments stream")
+            count += int(summary.count)
+            approx = approx or bool(summary.approx)
+            docs += [self._global_doc(sh, d) for d in found]
         max_docs = int(req.max_docs) if req.HasField("max_docs") else 10
         return SearchResult(count=count, documents=docs[:max_docs], approx=approx)
 
@@ -886,12 +885,9 @@ class NgramRouter:
         disp = int(req.max_disp_len) if req.HasField("max_disp_len") else 1000
         summaries, docs = [], []
         for sh, msgs in self._all_streams("SearchDocumentsCnf", req):
-            summary = next((m.summary for m in msgs if m.WhichOneof("item") == "summary"), None)
-            if summary is None:
-                raise ShardUnavailableError(f"{sh.where()} ended a SearchDocumentsCnf stream without its summary")
+            summary, found = summary_and_documents(msgs, f"{sh.where()}'s SearchDocumentsCnf stream")
             summaries.append(summary)
-            docs += [(sh, summary, self._global_doc(sh, decode_document(m.document)))
-                     for m in msgs if m.WhichOneof("item") == "document"]
+            docs += [(sh, summary, self._global_doc(sh, d)) for d in found]
         counts, scanned, count = self._cnf_merge(summaries, cap)
         docs = docs[:max_docs]
         if docs:

@@ -53,6 +53,7 @@ from engine.serve.codec import (
     pack_dists,
     search_cnf_messages,
     search_messages,
+    summary_and_documents,
     to_json,
     wire_text,
 )
@@ -199,15 +200,8 @@ def _search_cnf_request(cnf, max_docs: int = 10, max_clause_freq: int | None = N
 # Results from responses (a list of messages for a stream)
 
 
-def _summary_and_documents(msgs: list, rpc: str):
-    summary = next((m.summary for m in msgs if m.WhichOneof("item") == "summary"), None)
-    if summary is None:
-        raise ShardUnavailableError(f"the {rpc} stream ended without its summary message")
-    return summary, [decode_document(m.document) for m in msgs if m.WhichOneof("item") == "document"]
-
-
 def _decode_search(msgs: list, req) -> SearchResult:
-    summary, docs = _summary_and_documents(msgs, "SearchDocuments")
+    summary, docs = summary_and_documents(msgs, "the SearchDocuments stream")
     return SearchResult(count=int(summary.count), documents=docs, approx=bool(summary.approx))
 
 
@@ -261,7 +255,7 @@ def _decode_count_cnf(r, req):
 def _decode_search_cnf(msgs: list, req):
     from engine.cnf import CnfResult
 
-    summary, docs = _summary_and_documents(msgs, "SearchDocumentsCnf")
+    summary, docs = summary_and_documents(msgs, "the SearchDocumentsCnf stream")
     return CnfResult(int(summary.count), bool(summary.approx), tuple(int(c) for c in summary.clause_counts),
                      tuple(int(c) for c in summary.scanned_clauses),
                      np.array([d.doc_ix for d in docs], dtype=np.int64), docs)

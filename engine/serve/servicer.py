@@ -7,7 +7,7 @@ wire rather than the index:
 - decoding requests (token ids or text, packed batches) and encoding typed results;
 - the server's limits (``ServerLimits``): query length, text size, batch size, documents per
   stream, ``max_support`` and ``max_disp_len``; over a limit is RESOURCE_EXHAUSTED naming it;
-- mapping engine errors to status codes (``status_for``); a user error is never INTERNAL;
+- mapping engine errors to status codes (engine.serve.status); a user error is never INTERNAL;
 - deadlines and cancellation: the remaining time is published to the backend through
   ``time_left()`` (the router forwards it to its shard servers), and batches run in chunks so
   that an expired or cancelled call stops working between chunks; the long operations (frequent
@@ -50,7 +50,7 @@ from engine.errors import (
     ShardUnavailableError,
 )
 from engine.results import PackedQueries, ProbBatchResult
-from engine.serve.codec import DistPacker, I8, checked_le_array, slice_packed, to_json
+from engine.serve.codec import DistPacker, I8, checked_le_array, concat_results, slice_packed, to_json
 from engine.serve.rpcs import SERVICE, SERVICE_NAME, Query, queries_of
 from engine.serve.status import ERROR_METADATA_KEY, status_of
 
@@ -59,7 +59,6 @@ __all__ = [
     "ServerLimits",
     "NgramServicer",
     "add_to_server",
-    "status_for",
     "time_left",
     "current_deadline",
 ]
@@ -143,12 +142,6 @@ class _ShuttingDown(ShardUnavailableError):
 
 # ------------------------------------------------------------------------------------------------
 # Status codes
-
-
-def status_for(exc: BaseException) -> grpc.StatusCode:
-    """The status code of an exception raised while serving a call (engine.serve.status's table;
-    a user error is never INTERNAL, anything else is a bug)."""
-    return status_of(exc)[0]
 
 
 class _Malformed:
@@ -726,7 +719,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
     def _CountBatch(self, request, context):
         pq = self._batch(request, "queries")
         parts = self._chunked(pq, context, self.backend.count_batch, "CountBatch")
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return concat_results(parts)
 
     def _Find(self, request, context):
         return self.backend.find(self._query(request, "query"))
@@ -749,8 +742,7 @@ class NgramServicer(pb_grpc.NgramServiceServicer):
                     t.check()
                 stop = min(len(pq), start + self.batch_chunk)
                 parts.append(fn(slice_packed(pq, start, stop), cont[start:stop]))
-        cat = lambda name: None if getattr(parts[0], name) is None else np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
-        return ProbBatchResult(cat("prompt_counts"), cat("cont_counts"), cat("probs"), cat("suffix_lens"))
+        return concat_results(parts)
 
     def _ProbBatch(self, request, context):
         return self._prob_batch(request, context, self.backend.prob_batch, "ProbBatch")

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from engine.kernels import suffix as kernels
 from engine.errors import IndexFormatError
-from engine.format import atomic_write_path, discover_shards, read_in_full, read_manifest, shard_path
+from engine.format import atomic_write_path, discover_shards, file_sha256, read_in_full, read_manifest, shard_path
 from engine.units import size_arg
 
 log = logging.getLogger("engine.storage.directory")
@@ -286,12 +286,6 @@ def check(dr: np.ndarray, n_positions: int, token_width: int, source: str) -> No
             bad("its first-token ranges do not tile the shard")
 
 
-def sha256(path: Path) -> str:
-    from engine.format import file_sha256
-
-    return file_sha256(path)
-
-
 # ------------------------------------------------------------------------------------- where they live
 def cache_root() -> Path:
     from engine.fetch import cache_dir
@@ -475,7 +469,7 @@ def record_in_manifest(index_dir: Path, budget: int) -> dict:
     for entry in manifest["shards"]:
         path = shard_path(index_dir, KIND, entry["shard"])
         if path.is_file():
-            entry["files"][path.name] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
+            entry["files"][path.name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     manifest["build"]["directory_budget"] = int(budget)
     write_json_atomic(Path(index_dir) / MANIFEST_NAME, manifest)
     return manifest

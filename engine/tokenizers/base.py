@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.errors import InvalidQueryError, TokenizerError
+from engine.format import sha256_parts
 
 __all__ = ["BYTE_FALLBACK", "EOS_CANDIDATES", "SPEC_HELP", "Tokenizer", "clean_text", "token_width_for"]
 
@@ -54,13 +54,6 @@ def token_width_for(vocab_size: "int | Tokenizer", *, byte_level: bool = False) 
         return 4
     raise TokenizerError(f"vocab_size {n} does not fit 32-bit token ids (the maximum is {0xFFFFFFFF})")
 
-
-def _sha256(*parts: bytes) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        h.update(len(p).to_bytes(8, "little"))
-        h.update(p)
-    return h.hexdigest()
 
 
 def clean_text(text: str) -> str:
@@ -126,7 +119,7 @@ class Tokenizer(abc.ABC):
         """sha256 hex over the kind and the canonical content; independent of where files live."""
         fp = getattr(self, "_fp", None)
         if fp is None:
-            fp = _sha256(self.kind.encode(), *self._fingerprint_parts())
+            fp = sha256_parts(self.kind.encode(), *self._fingerprint_parts())
             self._fp = fp
         return fp
 

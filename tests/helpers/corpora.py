@@ -62,3 +62,17 @@ def sample_queries(index: NgramIndex, docs: list[dict], seed: int, n: int) -> li
         out.append(ids[a:b])
     out += [index.tokenize(s) for s in ("zebra", "the cat sat on the mat and the dog", "x", "hat big red")]
     return out
+
+
+def draw_token_corpus(draw, *, letters: int, doc_len: int, docs: int, shard_tokens: int, parts: int):
+    """A hypothesis draw of (width, alphabet, docs, shard_bytes): a token width, 2..``letters`` ids of its
+    alphabet, 1..``docs`` documents of up to ``doc_len`` ids, and either one shard (None) or shards of
+    about 1/``parts`` of the corpus (at least ``shard_tokens`` tokens) so that it spreads over several."""
+    from hypothesis import strategies as st
+
+    width = draw(st.sampled_from([1, 2, 4]))
+    alphabet = ALPHABETS[width][: draw(st.integers(2, letters))]
+    drawn = draw(st.lists(st.lists(st.sampled_from(alphabet), max_size=doc_len), min_size=1, max_size=docs))
+    total_bytes = sum(len(d) + 1 for d in drawn) * width
+    shard_bytes = draw(st.sampled_from([None, max(width * shard_tokens, total_bytes // parts + width)]))
+    return width, alphabet, drawn, shard_bytes

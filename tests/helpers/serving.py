@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import json
 import ssl
+import time
 import shutil
 import subprocess
 from pathlib import Path
@@ -104,3 +106,41 @@ class Http:
     def post(self, path: str, body=None, **kw):
         raw = body if isinstance(body, bytes) else json.dumps({} if body is None else body).encode()
         return self.request("POST", path, raw, {"Content-Type": "application/json", **kw.pop("headers", {})})
+
+
+class LateNgrams(Wrapped):
+    """An index whose frequent_ngrams starts ``delay`` seconds late (after a short deadline has passed)
+    and records in ``outcome`` what the engine's run then ended with (the table, or the exception)."""
+
+    def __init__(self, index, outcome: list, delay: float = 0.6):
+        super().__init__(index)
+        self._outcome, self._delay = outcome, delay
+
+    def frequent_ngrams(self, *args, **kwargs):
+        time.sleep(self._delay)
+        try:
+            table = self._index.frequent_ngrams(*args, **kwargs)
+        except BaseException as exc:
+            self._outcome.append(exc)
+            raise
+        self._outcome.append(table)
+        return table
+
+
+@contextlib.contextmanager
+def router_over(backends):
+    """A server for each backend, a router over them and a server in front of the router; yields the
+    front server's port and shuts everything down after."""
+    from engine.serve.router import NgramRouter
+    from engine.serve.server import create_server
+
+    servers = [create_server(b) for b in backends]
+    router = NgramRouter([f"127.0.0.1:{port}" for _, port in servers])
+    front, port = create_server(router)
+    try:
+        yield port
+    finally:
+        front.shutdown(0)
+        router.close()
+        for server, _ in servers:
+            server.shutdown(0)

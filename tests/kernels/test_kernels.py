@@ -12,19 +12,14 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.helpers import oracle
-from tests.helpers.corpora import ALPHABETS, build_from_token_docs
+from tests.helpers.corpora import build_from_token_docs, draw_token_corpus
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
 def corpora(draw):
-    width = draw(st.sampled_from([1, 2, 4]))
-    alphabet = ALPHABETS[width][: draw(st.integers(2, 5))]
-    docs = draw(st.lists(st.lists(st.sampled_from(alphabet), max_size=25), min_size=1, max_size=12))
-    total_bytes = sum(len(d) + 1 for d in docs) * width
-    # None: one shard; otherwise small shards so the corpus spreads over several.
-    shard_bytes = draw(st.sampled_from([None, max(width * 27, total_bytes // 3 + width)]))
+    width, alphabet, docs, shard_bytes = draw_token_corpus(draw, letters=5, doc_len=25, docs=12, shard_tokens=27, parts=3)
     queries = []
     for _ in range(draw(st.integers(3, 8))):
         if draw(st.booleans()) and any(docs):

@@ -1,5 +1,5 @@
-"""lm_integration imports neither numba nor grpc (of engine, only its errors and result types), and its
-torch-free parts import without torch."""
+"""lm_integration imports neither numba nor grpc (of engine, only its errors, file format and result
+types), and its torch-free parts import without torch."""
 
 import subprocess
 import sys
@@ -29,7 +29,7 @@ def test_no_numba_no_grpc():
         "import importlib, sys\n"
         f"for m in {ALL_MODULES!r}: importlib.import_module(m)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('numba', 'grpc', 'llvmlite'))\n"
-        "eng = sorted(m for m in sys.modules if m.startswith('engine') and m not in ('engine', 'engine.errors', 'engine.results'))\n"
+        "eng = sorted(m for m in sys.modules if m.startswith('engine') and m not in ('engine', 'engine.errors', 'engine.format', 'engine.results'))\n"
         "print(bad, eng)\n"
     )
     assert _run(code) == "[] []"

@@ -10,18 +10,14 @@ from engine import build_index, NgramIndex
 from engine.cnf import count_cnf, search_docs_cnf
 from engine.errors import InvalidQueryError
 from tests.helpers import oracle_ngrams as oracle
-from tests.helpers.corpora import ALPHABETS, build_from_token_docs
+from tests.helpers.corpora import build_from_token_docs, draw_token_corpus
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
 def cases(draw):
-    width = draw(st.sampled_from([1, 2, 4]))
-    alphabet = ALPHABETS[width][: draw(st.integers(2, 5))]
-    docs = draw(st.lists(st.lists(st.sampled_from(alphabet), max_size=15), min_size=1, max_size=12))
-    total_bytes = sum(len(d) + 1 for d in docs) * width
-    shard_bytes = draw(st.sampled_from([None, max(width * 17, total_bytes // 3 + width)]))
+    width, alphabet, docs, shard_bytes = draw_token_corpus(draw, letters=5, doc_len=15, docs=12, shard_tokens=17, parts=3)
     term = st.lists(st.sampled_from(alphabet), min_size=1, max_size=3)
     cnf = draw(st.lists(st.lists(term, min_size=1, max_size=3), min_size=1, max_size=3))
     return width, docs, shard_bytes, cnf

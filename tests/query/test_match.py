@@ -10,18 +10,14 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from engine.errors import InvalidQueryError
 from engine.match import _check_max_len, _pass, attribute, creativity, infgram_probs, longest_matches, maximal_spans
 from tests.helpers import oracle_ngrams as oracle
-from tests.helpers.corpora import ALPHABETS, build_from_token_docs
+from tests.helpers.corpora import build_from_token_docs, draw_token_corpus
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @st.composite
 def cases(draw):
-    width = draw(st.sampled_from([1, 2, 4]))
-    alphabet = ALPHABETS[width][: draw(st.integers(2, 4))]
-    docs = draw(st.lists(st.lists(st.sampled_from(alphabet), max_size=20), min_size=1, max_size=8))
-    total_bytes = sum(len(d) + 1 for d in docs) * width
-    shard_bytes = draw(st.sampled_from([None, max(width * 22, total_bytes // 3 + width)]))
+    width, alphabet, docs, shard_bytes = draw_token_corpus(draw, letters=4, doc_len=20, docs=8, shard_tokens=22, parts=3)
     # A text partly copied from a document (long matches) and partly random (short ones); the
     # last alphabet letter never occurs in the corpus unless drawn, so empty matches happen too.
     text = draw(st.lists(st.sampled_from(alphabet), max_size=12))

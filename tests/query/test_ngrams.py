@@ -13,7 +13,7 @@ from engine.errors import InvalidQueryError
 from engine.storage.ngram_table import NgramTable
 from engine.ngrams import FgramVocab, build_fgram_vocab, frequent_ngrams, parse_n_range
 from tests.helpers import oracle_ngrams as oracle
-from tests.helpers.corpora import ALPHABETS, build_from_token_docs
+from tests.helpers.corpora import build_from_token_docs, draw_token_corpus
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,12 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @st.composite
 def corpora(draw):
-    width = draw(st.sampled_from([1, 2, 4]))
-    alphabet = ALPHABETS[width][: draw(st.integers(2, 4))]
-    docs = draw(st.lists(st.lists(st.sampled_from(alphabet), max_size=20), min_size=1, max_size=10))
-    total_bytes = sum(len(d) + 1 for d in docs) * width
-    # None: one shard; otherwise small shards so the corpus spreads over several.
-    shard_bytes = draw(st.sampled_from([None, max(width * 22, total_bytes // 4 + width)]))
+    width, alphabet, docs, shard_bytes = draw_token_corpus(draw, letters=4, doc_len=20, docs=10, shard_tokens=22, parts=4)
     return width, alphabet, docs, shard_bytes
 
 

@@ -130,24 +130,13 @@ def test_frequent_ngrams_stops_at_its_deadline(corpus):
     import time
 
     from engine.errors import DeadlineExceededError
-    from tests.helpers.serving import Wrapped
+    from tests.helpers.serving import LateNgrams
 
     index, _ = corpus
     index.frequent_ngrams(1, 2, top_k=3)  # compiled: the run below is the engine's, not numba's
     outcome = []
-
-    class Late(Wrapped):
-        def frequent_ngrams(self, *args, **kwargs):
-            time.sleep(0.6)  # the deadline passes before the engine's first chunk of rows
-            try:
-                table = self._index.frequent_ngrams(*args, **kwargs)
-            except BaseException as exc:
-                outcome.append(exc)
-                raise
-            outcome.append(table)
-            return table
-
-    server, port = create_server(Late(index), warmup=False)
+    # the deadline passes before the engine's first chunk of rows
+    server, port = create_server(LateNgrams(index, outcome), warmup=False)
     try:
         with NgramClient(f"127.0.0.1:{port}", retry=False) as c:
             with pytest.raises(DeadlineExceededError):

@@ -19,7 +19,7 @@ from engine.serve.server import create_server
 from engine.serve.servicer import ServerLimits
 from engine.serve import servicer as service
 from tests.helpers.corpora import UNIQUE, sample_queries
-from tests.helpers.serving import Wrapped, assert_same
+from tests.helpers.serving import LateNgrams, Wrapped, assert_same, router_over
 
 
 def assert_same_estimate(got, want, exact):
@@ -155,21 +155,13 @@ def test_router_forwards_the_deadline(parts):
             time.sleep(0.4)
             return self._index.count(query)
 
-    servers = [create_server(Slow(NgramIndex.open(p))) for p in paths]
-    router = NgramRouter([f"127.0.0.1:{port}" for _, port in servers])
-    front, port = create_server(router)
-    try:
-        with NgramClient(f"127.0.0.1:{port}", retry=False) as c:
-            with pytest.raises(TimeoutError):
-                c.count([116], timeout=0.2)
-            time.sleep(0.5)
-            assert seen and all(t is not None and t <= 0.25 for t in seen), seen  # jitter
-            assert c.count([116], timeout=5) == full.count([116])
-    finally:
-        front.shutdown(0)
-        router.close()
-        for server, _ in servers:
-            server.shutdown(0)
+    with router_over([Slow(NgramIndex.open(p)) for p in paths]) as port, \
+            NgramClient(f"127.0.0.1:{port}", retry=False) as c:
+        with pytest.raises(TimeoutError):
+            c.count([116], timeout=0.2)
+        time.sleep(0.5)
+        assert seen and all(t is not None and t <= 0.25 for t in seen), seen  # jitter
+        assert c.count([116], timeout=5) == full.count([116])
 
 
 def test_router_refuses_shards_that_disagree(parts, tmp_path):
@@ -441,33 +433,13 @@ def test_router_frequent_ngrams_forwards_the_deadline(warm_parts):
     """The router passes its call's deadline to the shard servers, which stop FrequentNgrams mid-run."""
     paths, full, _ = warm_parts
     outcome = []
-
-    class Late(Wrapped):
-        def frequent_ngrams(self, *args, **kwargs):
-            time.sleep(0.6)
-            try:
-                table = self._index.frequent_ngrams(*args, **kwargs)
-            except BaseException as exc:
-                outcome.append(exc)
-                raise
-            outcome.append(table)
-            return table
-
-    servers = [create_server(Late(NgramIndex.open(p))) for p in paths]
-    router = NgramRouter([f"127.0.0.1:{port}" for _, port in servers])
-    front, port = create_server(router)
-    try:
-        with NgramClient(f"127.0.0.1:{port}", retry=False) as c:
-            with pytest.raises(TimeoutError):
-                c.frequent_ngrams(1, 3, top_k=20, timeout=0.3)
-            deadline = time.monotonic() + 30
-            while len(outcome) < len(paths) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert len(outcome) == len(paths), outcome
-            assert all(isinstance(o, Exception) and "stopped mid-run" in str(o) for o in outcome), outcome
-            assert c.frequent_ngrams(1, 2, top_k=9, timeout=120).to_list() == full.frequent_ngrams(1, 2, top_k=9).to_list()
-    finally:
-        front.shutdown(0)
-        router.close()
-        for server, _ in servers:
-            server.shutdown(0)
+    with router_over([LateNgrams(NgramIndex.open(p), outcome) for p in paths]) as port, \
+            NgramClient(f"127.0.0.1:{port}", retry=False) as c:
+        with pytest.raises(TimeoutError):
+            c.frequent_ngrams(1, 3, top_k=20, timeout=0.3)
+        deadline = time.monotonic() + 30
+        while len(outcome) < len(paths) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(outcome) == len(paths), outcome
+        assert all(isinstance(o, Exception) and "stopped mid-run" in str(o) for o in outcome), outcome
+        assert c.frequent_ngrams(1, 2, top_k=9, timeout=120).to_list() == full.frequent_ngrams(1, 2, top_k=9).to_list()
