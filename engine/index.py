@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from engine.storage import integrity
+from engine.kernels import disk as disk_kernels
 from engine.kernels import suffix as kernels
 from engine.errors import IndexFormatError, InvalidQueryError, TokenizerError, TokenizerMismatchError
 from engine.format import (
@@ -46,6 +47,7 @@ QUERY_PROBES = (
     ("count", (_P,), {}), ("prob", (_P, 0), {}), ("infgram_prob", (_P, 0), {}), ("find", (_P,), {}),
     ("ntd", (_P,), {}), ("ntd", (_P,), {"max_support": 2}), ("infgram_ntd", (_P,), {}),
     ("count_batch", ([_P, _P],), {}), ("prob_batch", ([_P], [0]), {}), ("infgram_prob_batch", ([_P], [0]), {}),
+    ("_count_on_disk", (_P,), {}),
 )
 NGRAM_PROBES = (
     ("longest_matches", (_P,), {"infgram": True}), ("attribute", (_P,), {"min_len": 1, "max_docs": 1}),
@@ -85,8 +87,7 @@ class NgramIndex:
         # argument instead of five on every call.
         self._handle = kernels.index_handle(self._search[0], token_width, self.vocab_size, self.separator_id)
         self._handle_address = self._handle.ctypes.data
-        self._shard_counts = _ShardCounts(self._handle_address, self._search[0], token_width, self.vocab_size,
-                                          self.separator_id) if len(shards) > 1 else None
+        self._counter = _DiskAwareCount(self._handle_address)
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
         self._max_distinct = min(self.vocab_size, self.separator_id) + 2
@@ -387,12 +388,22 @@ class NgramIndex:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
         ids = _plain_ids(query)
         if ids is not None:  # the usual query: count_at validates it too, -1 meaning "explain the error"
-            n = self._shard_counts.count(ids) if self._shard_counts is not None else \
-                kernels.count_at(self._handle_address, ids)
+            counter = self._counter
+            if counter.on_disk:
+                n = counter.count_on_disk(ids)
+            else:
+                t0 = _now_ns()
+                n = kernels.count_at(self._handle_address, ids)
+                if _now_ns() - t0 > _DISK_NS:
+                    counter.took_long()
             if n >= 0:
                 return int(n)
         ids = self._ids(query, allow_empty=True)
         return int(kernels.count_at(self._handle_address, ids))
+
+    def _count_on_disk(self, query) -> int:
+        """count() by the search it runs while the index is on disk (a warm-up probe compiles it)."""
+        return int(disk_kernels.count_on_disk(self._handle_address, self._ids(query, allow_empty=True)))
 
     def count_batch(self, queries) -> np.ndarray:
         """Counts of many queries (a list of queries, or PackedQueries), computed in parallel."""
@@ -714,59 +725,44 @@ class NgramIndex:
                                check_alive=check_alive, admit=admit)
 
 
-class _ShardCounts:
-    """count() over several shards: one kernel call that searches them one after another, or, while the
-    index's pages come from disk, a thread per shard so that their page reads overlap.
+class _DiskAwareCount:
+    """Which search count() runs: the one that suits where the index's pages are.
 
-    In memory a count takes microseconds, and handing the shards to threads costs far more (about
-    400 us for 16 shards on 2 cores). A count that took longer than DISK_US while the process took
-    major page faults (reads from disk, not a busy CPU) waited on the disk one page at a time: the
-    next counts go to the threads (the kernel releases the GIL), until a count in which no shard's
-    search took a major fault sends them back to the single call."""
+    In memory the search of engine.kernels.suffix takes about a microsecond. From disk it waits for
+    its page faults one after another, so while counts take major page faults the search of
+    engine.kernels.disk runs instead: it searches every shard's two ends in lockstep and asks the
+    disk for each step's pages together (about half the time for one shard, a quarter to an eighth
+    for 16; bench_cold.py), but costs a system call per page, tens of microseconds in memory. A count
+    that took longer than _DISK_NS while the process took major faults (reads from disk, not a busy
+    CPU) switches to it (NgramIndex.count times the in-memory search itself: a method call here
+    would cost the usual count a tenth); one that takes less with it (its pages were in memory)
+    switches back."""
 
-    DISK_US = 300
-
-    def __init__(self, handle_address: int, st: np.ndarray, token_width: int, vocab_size: int, separator: int):
-        self._all = handle_address  # the index's own handle, for the single call over every shard
-        self._tables = [np.ascontiguousarray(st[s:s + 1]) for s in range(st.shape[0])]  # kept alive: the handles
-        self._rows = [kernels.index_handle(row, token_width, vocab_size, separator) for row in self._tables]
-        self._pool = None
-        self._faults = _major_faults(resource.RUSAGE_SELF)
+    def __init__(self, handle_address: int):
+        self._handle = handle_address
+        self._faults = _major_faults()
         self.on_disk = False
 
-    def count(self, ids) -> int:
-        """The count, or -1 for ids the kernel refuses (the caller explains why)."""
-        if self.on_disk:
-            results = list(self._threads().map(self._one, self._rows, itertools.repeat(ids)))
-            self.on_disk = any(faults for _, faults in results)
-            return -1 if min(n for n, _ in results) < 0 else sum(n for n, _ in results)
-        t0 = time.perf_counter_ns()
-        n = kernels.count_at(self._all, ids)
-        if time.perf_counter_ns() - t0 > self.DISK_US * 1000:  # slow: the disk, or a busy CPU?
-            faults = _major_faults(resource.RUSAGE_SELF)
-            self.on_disk, self._faults = faults > self._faults, faults
+    def took_long(self) -> None:
+        """An in-memory search took longer than _DISK_NS: on disk if the process took major faults."""
+        faults = _major_faults()
+        self.on_disk, self._faults = faults > self._faults, faults
+
+    def count_on_disk(self, ids) -> int:
+        """The count by the on-disk search, or -1 for ids it refuses (the caller explains why)."""
+        t0 = _now_ns()
+        n = disk_kernels.count_on_disk(self._handle, ids)
+        if _now_ns() - t0 < _DISK_NS:
+            self.on_disk = False
         return n
 
-    @staticmethod
-    def _one(handle: np.ndarray, ids) -> tuple[int, int]:
-        """(count in one shard, major page faults its search took)."""
-        before = _major_faults(_RUSAGE_THREAD)
-        n = kernels.count_at(handle.ctypes.data, ids)
-        return n, _major_faults(_RUSAGE_THREAD) - before
 
-    def _threads(self):
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(max_workers=min(32, len(self._rows)), thread_name_prefix="ngram-shard")
-        return self._pool
+_DISK_NS = 300_000
+_now_ns = time.perf_counter_ns
 
 
-_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", resource.RUSAGE_SELF)  # per thread on Linux
-
-
-def _major_faults(who: int) -> int:
-    return resource.getrusage(who).ru_majflt
+def _major_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
 
 
 class _DeferredTokenizer:

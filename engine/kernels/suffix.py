@@ -151,7 +151,7 @@ def index_handle(st: np.ndarray, tw: int, vocab_size: int, separator: int) -> np
 
 
 @njit(inline="always")
-def _open_handle(address):
+def open_handle(address):
     """(shard table, token width, vocabulary size, separator) of the handle at ``address``."""
     h = numba.carray(_int64_pointer(address), H_SEPARATOR + 1)
     st = numba.carray(_int64_pointer(h[H_TABLE]), (h[H_SHARDS], ST_DIR_LEN + 1))
@@ -196,7 +196,7 @@ def ids_to_keys(ids, token_width):
 
 # Pointers are read masked to 62 bits: 8-byte pointers (allowed, see tests) of a damaged table
 # could otherwise be negative, and a pointer plus any offset a kernel adds must stay non-negative
-# for the end-of-data checks (token_key, _compare_at, _sample_word) to keep reads inside the data.
+# for the end-of-data checks (token_key, compare_at, _sample_word) to keep reads inside the data.
 _PTR_MASK = (np.int64(1) << 62) - 1
 
 
@@ -268,7 +268,7 @@ def narrow_range(ds, sa, ps, tw, lo, hi, depth, key):
 
 
 @njit(inline="always")
-def _compare_at(ds, sa, ps, tw, rank, keys, start, stop, skip):
+def compare_at(ds, sa, ps, tw, rank, keys, start, stop, skip):
     """Sign of the suffix at ``rank`` against keys[start:stop], from token ``skip`` on (the tokens
     before are known equal): -1 if it sorts before, 0 if it starts with the keys, 1 if after.
 
@@ -404,7 +404,7 @@ def first_token_ranges(directory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(inline="always")
-def _query_sample_range(keys, start, stop, tw):
+def query_sample_range(keys, start, stop, tw):
     """(low1, low2, high1, high2, exact): the sample keys of the suffixes starting with
     keys[start:stop] lie in [(low1, low2), (high1, high2)]; when ``exact`` (the query fits in
     SAMPLE_BYTES) every sample key in that span is a match."""
@@ -437,7 +437,7 @@ def _query_sample_range(keys, start, stop, tw):
 
 
 @njit(inline="always")
-def _bisect_above(dr, base, a, b, key1, key2, inclusive):
+def bisect_samples(dr, base, a, b, key1, key2, inclusive):
     """First i in [a, b) whose sample key (dr[base + 2i], dr[base + 2i + 1]) is > (key1, key2)
     (>= when ``inclusive``); b if none."""
     while a < b:
@@ -451,18 +451,26 @@ def _bisect_above(dr, base, a, b, key1, key2, inclusive):
     return a
 
 
-@njit(cache=True)
-def _first_sample_above(dr, a, b, key1, key2, inclusive):
-    """First sample index in [a, b) whose key is > (key1, key2) (>= when ``inclusive``); b if none.
-    The top level picks the block of TOP_STRIDE samples that holds the answer."""
+@njit(inline="always")
+def sample_block(dr, a, b, key1, key2, inclusive):
+    """The block [a', b') of at most TOP_STRIDE samples inside [a, b) that holds the first sample
+    above (key1, key2) (see bisect_samples), found in the top level alone (in memory)."""
     ja = (a + TOP_STRIDE - 1) >> TOP_SHIFT  # top entries j whose sample j * TOP_STRIDE is in [a, b)
     jb = (b + TOP_STRIDE - 1) >> TOP_SHIFT
-    j = _bisect_above(dr, dr[D_TOP], ja, jb, key1, key2, inclusive)
+    j = bisect_samples(dr, dr[D_TOP], ja, jb, key1, key2, inclusive)
     if j > ja:
         a = ((j - 1) << TOP_SHIFT) + 1  # sample (j - 1) * TOP_STRIDE is not above key
     if j < jb:
         b = j << TOP_SHIFT  # sample j * TOP_STRIDE is
-    return _bisect_above(dr, dr[D_SAMPLES], a, b, key1, key2, inclusive)
+    return a, b
+
+
+@njit(cache=True)
+def _first_sample_above(dr, a, b, key1, key2, inclusive):
+    """First sample index in [a, b) whose key is > (key1, key2) (>= when ``inclusive``); b if none.
+    The top level picks the block of TOP_STRIDE samples that holds the answer."""
+    a, b = sample_block(dr, a, b, key1, key2, inclusive)
+    return bisect_samples(dr, dr[D_SAMPLES], a, b, key1, key2, inclusive)
 
 
 @njit(inline="always")
@@ -519,7 +527,7 @@ def _first_at_least(ds, sa, ps, tw, a, b, keys, start, stop, skip, strict):
         nb = b
         for i in range(1, WIDE_PIVOTS + 1):
             m = a + i * step
-            c = _compare_at(ds, sa, ps, tw, m, keys, start, stop, skip)
+            c = compare_at(ds, sa, ps, tw, m, keys, start, stop, skip)
             if c < 0 or (c == 0 and strict):
                 na = m + 1
             else:
@@ -531,7 +539,7 @@ def _first_at_least(ds, sa, ps, tw, a, b, keys, start, stop, skip, strict):
             _prefetch_range(ds, sa, ps, tw, a, b, skip)
     while a < b:
         m = (a + b) >> 1
-        c = _compare_at(ds, sa, ps, tw, m, keys, start, stop, skip)
+        c = compare_at(ds, sa, ps, tw, m, keys, start, stop, skip)
         if c < 0 or (c == 0 and strict):
             a = m + 1
         else:
@@ -574,7 +582,7 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     mask = (np.int64(1) << shift) - 1
     i0 = (lo + mask) >> shift  # the samples inside [lo, hi)
     i1 = (hi + mask) >> shift
-    low1, low2, high1, high2, exact = _query_sample_range(keys, start, stop, tw)
+    low1, low2, high1, high2, exact = query_sample_range(keys, start, stop, tw)
     first_in = _first_sample_above(dr, i0, i1, low1, low2, _TRUE())
     first_after = _first_sample_above(dr, first_in, i1, high1, high2, _FALSE())
     # Samples before first_in sort before every match and samples from first_after on after them.
@@ -604,7 +612,7 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
         last_match = np.int64(-1)
         for i in range(1, WIDE_PIVOTS + 1):
             m = lo + i * step
-            c = _compare_at(ds, sa, ps, tw, m, keys, start, stop, skip)
+            c = compare_at(ds, sa, ps, tw, m, keys, start, stop, skip)
             if c < 0:
                 nlo = m + 1
             elif c > 0:
@@ -621,7 +629,7 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     _prefetch_range(ds, sa, ps, tw, lo, hi, skip)  # a few sample windows: every candidate at once
     while lo < hi:
         m = (lo + hi) >> 1
-        c = _compare_at(ds, sa, ps, tw, m, keys, start, stop, skip)
+        c = compare_at(ds, sa, ps, tw, m, keys, start, stop, skip)
         if c < 0:
             lo = m + 1
         elif c > 0:
@@ -666,7 +674,7 @@ def count_at(handle, ids):
     """Total occurrences of the int64 token ids over all shards of the index at ``handle`` (see
     index_handle), validated here; -1 when an id is out of range or the separator, for the caller
     to work out the error."""
-    st, tw, vocab_size, separator = _open_handle(handle)
+    st, tw, vocab_size, separator = open_handle(handle)
     if not ids_ok(ids, vocab_size, separator):
         return np.int64(-1)
     keys = ids_to_keys(ids, tw)
@@ -713,7 +721,7 @@ def _prob_counts(st, tw, keys, cont, use_suffix):
 def prob_at(handle, ids, cont, use_suffix):
     """_prob_counts for one query of int64 token ids on the index at ``handle``. All -1 when an id
     is out of range or the separator, for the caller to work out the error."""
-    st, tw, vocab_size, separator = _open_handle(handle)
+    st, tw, vocab_size, separator = open_handle(handle)
     if not ids_ok(ids, vocab_size, separator) or not _is_token_id(cont, vocab_size, separator):
         return np.int64(-1), np.int64(-1), np.int64(-1)
     return _prob_counts(st, tw, ids_to_keys(ids, tw), cont, use_suffix)

@@ -8,6 +8,7 @@ tokens, where the sample table has one top-level block and every search starts a
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
+from engine.kernels import disk as disk_kernels
 from engine.kernels import suffix as kernels
 from engine.errors import InvalidQueryError
 from tests.helpers.corpora import ALPHABETS, build_from_token_docs
@@ -89,6 +90,37 @@ def test_sparse_samples_give_the_same_counts(case):
     queries = _queries(docs, seed=5)
     assert [sparse.count(q) for q in queries] == [_brute_count(docs, q) for q in queries]
     assert sparse.count_batch(queries).tolist() == index.count_batch(queries).tolist()
+
+
+def _on_disk_counts(index, queries) -> list[int]:
+    return [int(disk_kernels.count_on_disk(index._handle_address, np.asarray(q, dtype=np.int64))) for q in queries]
+
+
+def test_the_on_disk_search_counts_the_same(case):
+    """engine.kernels.disk's lockstep search (count() while the index is on disk) against brute force,
+    with dense samples and with sparse ones (wide steps), and refusing what count_at refuses."""
+    docs, index = case
+    queries = _queries(docs, seed=13)
+    expected = [_brute_count(docs, q) for q in queries]
+    assert _on_disk_counts(index, queries) == expected
+    sparse = type(index).open(index.paths, directory_budget=32 * 16)
+    assert _on_disk_counts(sparse, queries) == expected
+    assert disk_kernels.count_on_disk(index._handle_address, np.array([index.separator_id], dtype=np.int64)) == -1
+    assert disk_kernels.count_on_disk(index._handle_address, np.array([-1], dtype=np.int64)) == -1
+
+
+def test_the_on_disk_search_over_many_shards(tmp_path):
+    """Every shard's two ends searched together: the same counts as one shard, including shards where
+    the query is absent or only its first token occurs."""
+    docs = _docs(2, seed=21)
+    lists = [d.tolist() for d in docs]
+    one = build_from_token_docs(tmp_path / "one", lists, 2)
+    many = build_from_token_docs(tmp_path / "many", lists, 2, shard_bytes=20_000)
+    assert many.num_shards >= 5
+    queries = _queries(docs, seed=23) + [[int(docs[0][0])], []]
+    expected = [one.count(q) for q in queries]
+    assert _on_disk_counts(many, queries) == expected
+    assert [_brute_count(docs, q) for q in queries[:-1]] == expected[:-1]
 
 
 def test_prob_packed_list_equals_array(case):

@@ -1,0 +1,212 @@
+"""Searches for an index whose pages are on disk: every page a step needs is asked for before any
+is touched, so the reads overlap instead of waiting for one another.
+
+A search over memory-mapped files that are not in the page cache waits for a page fault at each of
+its ~15 dependent reads (a sample block of the directory, a suffix-array page, then a token page per
+bisection step), one after another, at both ends of the answer and in every shard: about 60-90 us
+each on a cloud SSD. The CPU's prefetch instructions do not help there (they are dropped on a page
+that is not mapped in). Here the two ends of every shard are searched in lockstep, and each step
+first hands the kernel the pages of all of them at once with madvise(MADV_WILLNEED), which queues
+the reads and returns, then compares. A step then costs about one disk latency whatever the number
+of searches, up to what the disk overlaps, and reads the same pages as the in-memory search.
+
+The answers equal engine.kernels.suffix's searches (the same directory and comparisons); only the
+order in which pages are read differs. In memory these kernels are slower (a system call per page),
+so callers use them only while queries take major page faults (engine.index).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+import engine.kernels.cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
+from engine.kernels.suffix import (
+    D_FIRST, D_NFIRST, D_SAMPLES, D_SHIFT, PREFETCH_RANKS, SAMPLE_WORDS, bisect_samples,
+    compare_at, ids_ok, ids_to_keys, open_handle, pointer_at, query_sample_range, sample_block, shard_views,
+)
+
+PAGE = 4096
+_MADV_WILLNEED = 3
+# Pivots per step over a range wider than PREFETCH_RANKS: a step cuts it to 1/(DISK_PIVOTS + 1) for
+# two disk latencies (suffix-array pages, then token pages) and 2 * DISK_PIVOTS page reads. In
+# memory (engine.kernels.suffix) more pivots pay, since misses are cheap and overlap freely; here
+# each costs two page reads (bench_cold.py: 3 read fewer bytes than 7 for about the same time).
+DISK_PIVOTS = 3
+
+
+@intrinsic
+def willneed(typingctx, arr, index, nbytes):
+    """Ask the kernel to start reading the pages under arr[index] and the ``nbytes`` bytes from there
+    (madvise MADV_WILLNEED: the reads are queued and the call returns; a hint without effect on
+    results, whose errors, such as for memory not backed by a file, are ignored)."""
+    sig = types.void(arr, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        address = cgutils.get_item_pointer(context, builder, array_type, array, [args[1]], wraparound=False)
+        i64 = ir.IntType(64)
+        i32 = ir.IntType(32)
+        byte_ptr = ir.IntType(8).as_pointer()
+        start = builder.ptrtoint(address, i64)
+        page = builder.and_(start, i64(~(PAGE - 1) & (2**64 - 1)))
+        length = builder.sub(builder.add(start, args[2]), page)
+        madvise = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [byte_ptr, i64, i32]),
+                                                 "madvise")
+        builder.call(madvise, [builder.inttoptr(page, byte_ptr), length, i32(_MADV_WILLNEED)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _ask(arr, index, nbytes):
+    """willneed for arr[index:index + nbytes] clipped to the array (nothing for an empty span)."""
+    nbytes = min(nbytes, arr.shape[0] - index)
+    if index >= 0 and nbytes > 0:
+        willneed(arr, index, nbytes)
+
+
+@njit(inline="always")
+def _pivots(a, b):
+    """(first pivot, step, count) of one step over [a, b): DISK_PIVOTS evenly spaced ranks of a wide
+    range, the middle one of a window of PREFETCH_RANKS or fewer."""
+    if b - a > PREFETCH_RANKS:
+        step = (b - a) // (DISK_PIVOTS + 1)
+        return a + step, step, DISK_PIVOTS
+    return (a + b) >> 1, np.int64(1), 1
+
+
+@njit(nogil=True, cache=True)
+def find_ranges_on_disk(st, tw, keys, start, stop, lo_out, hi_out):
+    """Each shard's range of keys[start:stop] (as suffix.find_ranges); returns the total count."""
+    n_shards = st.shape[0]
+    # Searches 2s and 2s + 1 are shard s's first match and first rank past the matches, each a
+    # half-open rank range [a, b) that holds its answer; skip tokens of every suffix there are known.
+    a = np.zeros(2 * n_shards, dtype=np.int64)
+    b = np.zeros(2 * n_shards, dtype=np.int64)
+    skip = np.zeros(n_shards, dtype=np.int64)
+    bounds = np.zeros((n_shards, 8), dtype=np.int64)  # per shard: lo, hi, i0, i1, two sample blocks
+    for s in range(n_shards):
+        ds, sa, ps, dr = shard_views(st, s)
+        lo = np.int64(0)
+        hi = sa.shape[0] // ps
+        if start < stop and dr[D_NFIRST] > 0:
+            k = dr[D_FIRST] + 2 * keys[start]
+            lo = dr[k]
+            hi = dr[k + 1]
+            skip[s] = 1
+        a[2 * s] = lo
+        a[2 * s + 1] = hi
+        b[2 * s] = lo
+        b[2 * s + 1] = hi  # empty searches: the answer is [lo, hi) unless the samples are needed
+        if stop - start <= skip[s] or lo >= hi:
+            continue
+        shift = dr[D_SHIFT]
+        mask = (np.int64(1) << shift) - 1
+        i0 = (lo + mask) >> shift
+        i1 = (hi + mask) >> shift
+        low1, low2, high1, high2, exact = query_sample_range(keys, start, stop, tw)
+        la, lb = sample_block(dr, i0, i1, low1, low2, True)
+        ha, hb = sample_block(dr, i0, i1, high1, high2, False)
+        _ask(dr, dr[D_SAMPLES] + SAMPLE_WORDS * la, 8 * SAMPLE_WORDS * (lb - la))
+        _ask(dr, dr[D_SAMPLES] + SAMPLE_WORDS * ha, 8 * SAMPLE_WORDS * (hb - ha))
+        bounds[s, 0] = lo
+        bounds[s, 1] = hi
+        bounds[s, 2] = i0
+        bounds[s, 3] = i1
+        bounds[s, 4] = la
+        bounds[s, 5] = lb
+        bounds[s, 6] = ha
+        bounds[s, 7] = hb
+    for s in range(n_shards):
+        lo, hi, i0, i1 = bounds[s, 0], bounds[s, 1], bounds[s, 2], bounds[s, 3]
+        la, lb, ha, hb = bounds[s, 4], bounds[s, 5], bounds[s, 6], bounds[s, 7]
+        if lo >= hi:
+            continue
+        ds, sa, ps, dr = shard_views(st, s)
+        shift = dr[D_SHIFT]
+        low1, low2, high1, high2, exact = query_sample_range(keys, start, stop, tw)
+        first_in = bisect_samples(dr, dr[D_SAMPLES], la, lb, low1, low2, True)
+        # Samples below the low key are below the high one too, so starting at i0 gives the same
+        # answer as starting at first_in, and both blocks can be asked for together.
+        first_after = bisect_samples(dr, dr[D_SAMPLES], ha, hb, high1, high2, False)
+        if first_in > i0:
+            lo = ((first_in - 1) << shift) + 1
+        if first_after < i1:
+            hi = first_after << shift
+        a[2 * s] = lo
+        a[2 * s + 1] = lo
+        b[2 * s] = hi
+        b[2 * s + 1] = hi
+        if exact and first_in < first_after:  # a sample matches: each end lies in its own window
+            b[2 * s] = first_in << shift
+            a[2 * s + 1] = ((first_after - 1) << shift) + 1
+    _bisect_in_lockstep(st, tw, keys, start, stop, skip, a, b)
+    total = np.int64(0)
+    for s in range(n_shards):
+        lo_out[s] = a[2 * s]
+        hi_out[s] = a[2 * s + 1]
+        total += a[2 * s + 1] - a[2 * s]
+    return total
+
+
+@njit(cache=True)
+def _bisect_in_lockstep(st, tw, keys, start, stop, skip, a, b):
+    """Narrow every search [a[q], b[q]) to its answer a[q]: the first rank whose suffix does not sort
+    before keys[start:stop] (even q) or sorts after it (odd q: the matches end there). Each round
+    asks for the suffix-array pages of every search's pivots, then for their token pages, then
+    compares."""
+    n_bytes = (stop - start) * tw
+    active = True
+    while active:
+        active = False
+        for q in range(a.shape[0]):
+            if a[q] < b[q]:
+                ds, sa, ps, dr = shard_views(st, q >> 1)
+                first, step, n = _pivots(a[q], b[q])
+                for i in range(n):
+                    _ask(sa, (first + i * step) * ps, ps)
+        for q in range(a.shape[0]):
+            if a[q] < b[q]:
+                ds, sa, ps, dr = shard_views(st, q >> 1)
+                first, step, n = _pivots(a[q], b[q])
+                skip_bytes = skip[q >> 1] * tw
+                for i in range(n):
+                    _ask(ds, pointer_at(sa, ps, first + i * step) + skip_bytes, n_bytes - skip_bytes)
+        for q in range(a.shape[0]):
+            if a[q] >= b[q]:
+                continue
+            ds, sa, ps, dr = shard_views(st, q >> 1)
+            first, step, n = _pivots(a[q], b[q])
+            strict = q & 1
+            na = a[q]
+            nb = b[q]
+            for i in range(n):
+                m = first + i * step
+                c = compare_at(ds, sa, ps, tw, m, keys, start, stop, skip[q >> 1])
+                if c < 0 or (c == 0 and strict):
+                    na = m + 1
+                else:
+                    nb = m
+                    break
+            a[q] = na
+            b[q] = nb
+            active = active or na < nb
+
+
+@njit(nogil=True, cache=True)
+def count_on_disk(handle, ids):
+    """count_at (engine.kernels.suffix) with the searches above: total occurrences of the int64 token
+    ids, validated here; -1 when an id is out of range or the separator."""
+    st, tw, vocab_size, separator = open_handle(handle)
+    if not ids_ok(ids, vocab_size, separator):
+        return np.int64(-1)
+    keys = ids_to_keys(ids, tw)
+    lo = np.empty(st.shape[0], dtype=np.int64)
+    hi = np.empty(st.shape[0], dtype=np.int64)
+    return find_ranges_on_disk(st, tw, keys, np.int64(0), keys.shape[0], lo, hi)
