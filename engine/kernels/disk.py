@@ -110,9 +110,9 @@ def find_ranges_on_disk(st, tw, keys, start, stop, lo_out, hi_out):
         mask = (np.int64(1) << shift) - 1
         i0 = (lo + mask) >> shift
         i1 = (hi + mask) >> shift
-        low1, low2, high1, high2, exact = query_sample_range(keys, start, stop, tw)
-        la, lb = sample_block(dr, i0, i1, low1, low2, True)
-        ha, hb = sample_block(dr, i0, i1, high1, high2, False)
+        low, high, exact = query_sample_range(keys, start, stop, tw)
+        la, lb = sample_block(dr, i0, i1, low, True)
+        ha, hb = sample_block(dr, i0, i1, high, False)
         _ask(dr, dr[D_SAMPLES] + SAMPLE_WORDS * la, 8 * SAMPLE_WORDS * (lb - la))
         _ask(dr, dr[D_SAMPLES] + SAMPLE_WORDS * ha, 8 * SAMPLE_WORDS * (hb - ha))
         bounds[s, 0] = lo
@@ -130,11 +130,11 @@ def find_ranges_on_disk(st, tw, keys, start, stop, lo_out, hi_out):
             continue
         ds, sa, ps, dr = shard_views(st, s)
         shift = dr[D_SHIFT]
-        low1, low2, high1, high2, exact = query_sample_range(keys, start, stop, tw)
-        first_in = bisect_samples(dr, dr[D_SAMPLES], la, lb, low1, low2, True)
+        low, high, exact = query_sample_range(keys, start, stop, tw)
+        first_in = bisect_samples(dr, dr[D_SAMPLES], la, lb, low, True)
         # Samples below the low key are below the high one too, so starting at i0 gives the same
         # answer as starting at first_in, and both blocks can be asked for together.
-        first_after = bisect_samples(dr, dr[D_SAMPLES], ha, hb, high1, high2, False)
+        first_after = bisect_samples(dr, dr[D_SAMPLES], ha, hb, high, False)
         if first_in > i0:
             lo = ((first_in - 1) << shift) + 1
         if first_after < i1:

@@ -304,25 +304,25 @@ def compare_at(ds, sa, ps, tw, rank, keys, start, stop, skip):
 #                 below start; D_NFIRST / D_NSAMPLES: their lengths
 #   first tokens  lo and hi rank of every first key k side by side (one cache line) at
 #                 D_FIRST + 2k, D_FIRST + 2k + 1; empty for 4-byte tokens (too many keys)
-#   samples       the sample key of every 2**shift-th suffix: two words, its bytes 0-6 and 7-13
-#                 (_sample_word), at D_SAMPLES + 2i and D_SAMPLES + 2i + 1
-#   top           every TOP_STRIDE-th sample key (two words each): small enough to stay in the CPU
+#   samples       the sample key of every 2**shift-th suffix: three words, its bytes 0-6, 7-13 and
+#                 14-20 (_sample_word), at D_SAMPLES + 3i .. D_SAMPLES + 3i + 2
+#   top           every TOP_STRIDE-th sample key (three words each): small enough to stay in the CPU
 #                 caches, it leads a search to one TOP_STRIDE-sample block of the samples
-# A query of up to 14 bytes (7 tokens of 2 bytes) is then matched exactly by the samples alone.
+# A query of up to 21 bytes (10 tokens of 2 bytes) is then matched exactly by the samples alone,
+# so its search reads the suffix array and the tokens only inside one window at each end.
 D_SHIFT, D_FIRST, D_NFIRST, D_SAMPLES, D_NSAMPLES, D_TOP = range(6)
 HEADER = 8
 WORD_BYTES = 7  # bytes of a suffix per sample word: 56 bits + 3 length bits fit a non-negative int64
-SAMPLE_WORDS = 2
+SAMPLE_WORDS = 3  # a third word (2 had 14 bytes) made cold 10-token counts read a third (bench_cold.py)
 SAMPLE_BYTES = WORD_BYTES * SAMPLE_WORDS
-# 256 MiB of samples per shard at most: every 64th suffix of a 2^30-token shard, whose cold count
+# 256 MiB of samples per shard at most: every 64th suffix of a 651M-token shard, whose cold count
 # reads about 60 KiB (16 pages) against about 85 KiB at 64 MiB (every 256th; bench_cold.py)
-MAX_SAMPLES_PER_SHARD = 1 << 24
+MAX_SAMPLES_PER_SHARD = (256 << 20) // (8 * SAMPLE_WORDS)
 MIN_SAMPLE_SHIFT = 4
 TOP_SHIFT = 6  # a top entry per 64 samples: a block of samples is 16 cache lines
 TOP_STRIDE = 1 << TOP_SHIFT
 PREFETCH_RANKS = 64  # a search range this short has all its suffixes fetched at once
 WIDE_PIVOTS = 7  # suffixes compared per step of a search over a wider range
-_WORD_MAX = (np.int64(1) << (8 * WORD_BYTES + 3)) - 1
 
 
 def sample_shift(n_positions: int) -> int:
@@ -350,7 +350,7 @@ def _sample_word(ds, pos):
 
 @njit(nogil=True, cache=True)
 def fill_samples(ds, sa, ps, tw, shift, out):
-    """The sample key of the suffix at rank i << shift, for every i, into out[2i], out[2i + 1].
+    """The sample key of the suffix at rank i << shift, for every i, into out[3i .. 3i + 2].
     Returns -1, or the first sampled rank whose pointer is past the data or not token-aligned
     (a corrupt table: the caller must not use the samples)."""
     n = ds.shape[0]
@@ -359,8 +359,8 @@ def fill_samples(ds, sa, ps, tw, shift, out):
         pos = pointer_at(sa, ps, rank)
         if pos % tw or pos + tw > n:
             return rank
-        out[2 * i] = _sample_word(ds, pos)
-        out[2 * i + 1] = _sample_word(ds, pos + WORD_BYTES)
+        for w in range(SAMPLE_WORDS):
+            out[SAMPLE_WORDS * i + w] = _sample_word(ds, pos + w * WORD_BYTES)
     return np.int64(-1)
 
 
@@ -404,10 +404,20 @@ def first_token_ranges(directory: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @njit(inline="always")
+def _word_bounds(v, nb):
+    """The least and the greatest sample word that starts with the ``nb`` bytes of ``v``."""
+    pad = 8 * (WORD_BYTES - nb)
+    low = v << pad
+    high = low | ((np.int64(1) << pad) - 1)
+    return (low << 3) | nb, (high << 3) | WORD_BYTES
+
+
+@njit(inline="always")
 def query_sample_range(keys, start, stop, tw):
-    """(low1, low2, high1, high2, exact): the sample keys of the suffixes starting with
-    keys[start:stop] lie in [(low1, low2), (high1, high2)]; when ``exact`` (the query fits in
-    SAMPLE_BYTES) every sample key in that span is a match."""
+    """(low, high, exact): the sample keys (word triples) of the suffixes starting with
+    keys[start:stop] lie in [low, high]; when ``exact`` (the query fits in SAMPLE_BYTES) every
+    sample key in that span is a match."""
+    v0 = np.int64(0)
     v1 = np.int64(0)
     v2 = np.int64(0)
     nb = 0
@@ -416,35 +426,42 @@ def query_sample_range(keys, start, stop, tw):
         for b in range(tw - 1, -1, -1):
             byte = (k >> (8 * b)) & 0xFF
             if nb < WORD_BYTES:
+                v0 = (v0 << 8) | byte
+            elif nb < 2 * WORD_BYTES:
                 v1 = (v1 << 8) | byte
             elif nb < SAMPLE_BYTES:
                 v2 = (v2 << 8) | byte
             nb += 1
         if nb >= SAMPLE_BYTES:
             break
-    exact = (stop - start) * tw <= SAMPLE_BYTES
-    if nb < WORD_BYTES:  # the first word decides
-        pad = 8 * (WORD_BYTES - nb)
-        low = v1 << pad
-        high = low | ((np.int64(1) << pad) - 1)
-        return (low << 3) | nb, np.int64(0), (high << 3) | WORD_BYTES, _WORD_MAX, exact
-    nb2 = min(nb, SAMPLE_BYTES) - WORD_BYTES
-    pad = 8 * (WORD_BYTES - nb2)
-    low = v2 << pad
-    high = low | ((np.int64(1) << pad) - 1)
-    first = (v1 << 3) | WORD_BYTES
-    return first, (low << 3) | nb2, first, (high << 3) | WORD_BYTES, exact
+    nb = min(nb, SAMPLE_BYTES)
+    # Bytes per word: full words, then the one the query ends in, then empty ones (0 / the maximum).
+    l0, h0 = _word_bounds(v0, min(nb, WORD_BYTES))
+    l1, h1 = _word_bounds(v1, max(0, min(nb - WORD_BYTES, WORD_BYTES)))
+    l2, h2 = _word_bounds(v2, max(0, nb - 2 * WORD_BYTES))
+    return (l0, l1, l2), (h0, h1, h2), (stop - start) * tw <= SAMPLE_BYTES
 
 
 @njit(inline="always")
-def bisect_samples(dr, base, a, b, key1, key2, inclusive):
-    """First i in [a, b) whose sample key (dr[base + 2i], dr[base + 2i + 1]) is > (key1, key2)
-    (>= when ``inclusive``); b if none."""
+def _sample_below(dr, at, key, inclusive):
+    """Whether the sample key at dr[at:at + 3] is < ``key`` (a word triple), or <= unless ``inclusive``."""
+    v = dr[at]
+    if v != key[0]:
+        return v < key[0]
+    v = dr[at + 1]
+    if v != key[1]:
+        return v < key[1]
+    v = dr[at + 2]
+    return v < key[2] or (v == key[2] and not inclusive)
+
+
+@njit(inline="always")
+def bisect_samples(dr, base, a, b, key, inclusive):
+    """First i in [a, b) whose sample key (dr[base + 3i .. base + 3i + 2]) is > ``key`` (>= when
+    ``inclusive``); b if none."""
     while a < b:
         m = (a + b) >> 1
-        v1 = dr[base + 2 * m]
-        v2 = dr[base + 2 * m + 1]
-        if v1 < key1 or (v1 == key1 and (v2 < key2 or (v2 == key2 and not inclusive))):
+        if _sample_below(dr, base + SAMPLE_WORDS * m, key, inclusive):
             a = m + 1
         else:
             b = m
@@ -452,12 +469,12 @@ def bisect_samples(dr, base, a, b, key1, key2, inclusive):
 
 
 @njit(inline="always")
-def sample_block(dr, a, b, key1, key2, inclusive):
+def sample_block(dr, a, b, key, inclusive):
     """The block [a', b') of at most TOP_STRIDE samples inside [a, b) that holds the first sample
-    above (key1, key2) (see bisect_samples), found in the top level alone (in memory)."""
+    above ``key`` (see bisect_samples), found in the top level alone (in memory)."""
     ja = (a + TOP_STRIDE - 1) >> TOP_SHIFT  # top entries j whose sample j * TOP_STRIDE is in [a, b)
     jb = (b + TOP_STRIDE - 1) >> TOP_SHIFT
-    j = bisect_samples(dr, dr[D_TOP], ja, jb, key1, key2, inclusive)
+    j = bisect_samples(dr, dr[D_TOP], ja, jb, key, inclusive)
     if j > ja:
         a = ((j - 1) << TOP_SHIFT) + 1  # sample (j - 1) * TOP_STRIDE is not above key
     if j < jb:
@@ -466,11 +483,11 @@ def sample_block(dr, a, b, key1, key2, inclusive):
 
 
 @njit(cache=True)
-def _first_sample_above(dr, a, b, key1, key2, inclusive):
-    """First sample index in [a, b) whose key is > (key1, key2) (>= when ``inclusive``); b if none.
+def _first_sample_above(dr, a, b, key, inclusive):
+    """First sample index in [a, b) whose key is > ``key`` (>= when ``inclusive``); b if none.
     The top level picks the block of TOP_STRIDE samples that holds the answer."""
-    a, b = sample_block(dr, a, b, key1, key2, inclusive)
-    return bisect_samples(dr, dr[D_SAMPLES], a, b, key1, key2, inclusive)
+    a, b = sample_block(dr, a, b, key, inclusive)
+    return bisect_samples(dr, dr[D_SAMPLES], a, b, key, inclusive)
 
 
 @njit(inline="always")
@@ -582,9 +599,9 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     mask = (np.int64(1) << shift) - 1
     i0 = (lo + mask) >> shift  # the samples inside [lo, hi)
     i1 = (hi + mask) >> shift
-    low1, low2, high1, high2, exact = query_sample_range(keys, start, stop, tw)
-    first_in = _first_sample_above(dr, i0, i1, low1, low2, _TRUE())
-    first_after = _first_sample_above(dr, first_in, i1, high1, high2, _FALSE())
+    low, high, exact = query_sample_range(keys, start, stop, tw)
+    first_in = _first_sample_above(dr, i0, i1, low, _TRUE())
+    first_after = _first_sample_above(dr, first_in, i1, high, _FALSE())
     # Samples before first_in sort before every match and samples from first_after on after them.
     if first_in > i0:
         lo = ((first_in - 1) << shift) + 1

@@ -40,7 +40,7 @@ from engine.units import size_arg
 log = logging.getLogger("engine.storage.directory")
 
 MAGIC = int.from_bytes(b"NGRAMDIR", "little")
-FILE_VERSION = 1
+FILE_VERSION = 2  # 2: samples of three words (21 bytes), not two
 HEADER_BYTES = 4096
 _H_MAGIC, _H_VERSION, _H_TOKEN_WIDTH, _H_POSITIONS, _H_PTR_SIZE, _H_DS_BYTES, _H_WORDS = range(7)
 KIND = "directory"  # file name: directory.N
@@ -142,7 +142,7 @@ def _fill(shard, lay: Layout, out: np.ndarray, bar) -> int:
         if bad >= 0:
             break
         c1 = min(lay.n_samples, c0 + _CHUNK_SAMPLES)
-        part = out[lay.samples + 2 * c0:lay.samples + 2 * c1]
+        part = out[lay.samples + kernels.SAMPLE_WORDS * c0:lay.samples + kernels.SAMPLE_WORDS * c1]
         bad = int(kernels.fill_samples(ds, sa[(c0 << lay.shift) * ps:], ps, tw, lay.shift, part))
         if bad >= 0:
             bad += c0 << lay.shift
@@ -383,7 +383,7 @@ def verify_problems(index_dir: Path, shard, *, full: bool, samples: int = 100_00
         starts = np.unique(rng.integers(0, lay.n_samples - block + 1, size=max(1, samples // block)))
     for c0 in starts.tolist():
         c1 = min(lay.n_samples, c0 + block)
-        fresh = np.zeros(2 * (c1 - c0), dtype=np.int64)
+        fresh = np.zeros(kernels.SAMPLE_WORDS * (c1 - c0), dtype=np.int64)
         kernels.fill_samples(ds, sa[(c0 << lay.shift) * ps:], ps, tw, lay.shift, fresh)
         if not np.array_equal(fresh.reshape(-1, kernels.SAMPLE_WORDS), stored[c0:c1]):
             problems.append(f"{path}: samples {c0}..{c1 - 1} differ from the table's; rebuild it with "

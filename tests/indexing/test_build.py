@@ -120,10 +120,10 @@ def test_bytes_on_disk_are_about_six_per_u16_token(tmp_path):
     files = [(name, f["bytes"]) for s in manifest["shards"] for name, f in s["files"].items()]
     disk = sum(size for name, size in files if not name.startswith("directory."))
     assert disk / manifest["num_tokens"] <= 6.01  # 2 token bytes + 4 pointer bytes (+ offsets)
-    # The search directories: 16 bytes per 16 tokens (and a 64th of that for the top level), plus
+    # The search directories: 24 bytes per 16 tokens (and a 64th of that for the top level), plus
     # 1 MiB of first-token ranges per shard.
     directories = sum(size for name, size in files if name.startswith("directory."))
-    assert directories <= manifest["num_tokens"] * 1.02 + len(manifest["shards"]) * (1 << 20) + 8192
+    assert directories <= manifest["num_tokens"] * 1.5 * 1.02 + len(manifest["shards"]) * (1 << 20) + 8192
 
 
 def _greedy_shards(doc_bytes: list[int], shard_bytes: int) -> list[int]:

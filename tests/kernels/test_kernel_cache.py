@@ -5,6 +5,7 @@ from engine.kernels import cache as kernel_cache
 from engine.kernels import suffix as kernels
 from engine.kernels import match as kernels_match
 from engine.kernels import ngrams as kernels_ngrams
+from engine.kernels import disk as kernels_disk
 
 
 def _locator(dispatcher):
@@ -13,15 +14,15 @@ def _locator(dispatcher):
 
 def test_kernel_modules_share_one_stamp():
     locators = [_locator(kernels.count_at), _locator(kernels_match.longest_matches),
-                _locator(kernels_ngrams.enumerate_frequent)]
+                _locator(kernels_ngrams.enumerate_frequent), _locator(kernels_disk.count_on_disk)]
     for loc in locators:
         assert isinstance(loc, (kernel_cache.KernelsInTreeLocator, kernel_cache.KernelsUserDirLocator,
                                 kernel_cache.KernelsUserWideLocator))
     stamps = {loc.get_source_stamp()[0] for loc in locators}  # the kernel modules' part
     assert len(stamps) == 1
     own = {loc.get_source_stamp()[1] for loc in locators}  # each function's own file
-    assert len(own) == 3
-    assert {p.name for p in kernel_cache.kernel_sources()} == {"suffix.py", "match.py", "ngrams.py"}
+    assert len(own) == 4
+    assert {p.name for p in kernel_cache.kernel_sources()} == {"suffix.py", "match.py", "ngrams.py", "disk.py"}
 
 
 def test_stamp_follows_the_content_of_any_module(tmp_path):

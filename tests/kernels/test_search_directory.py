@@ -84,7 +84,7 @@ def test_sparse_samples_give_the_same_counts(case):
     """A shard too big for every 16th sample gets sparser ones (wider windows, searched in wide
     steps); reopened with a tiny sample budget the same index must count the same."""
     docs, index = case
-    sparse = type(index).open(index.paths, directory_budget=32 * 16)  # 32 samples of 16 bytes
+    sparse = type(index).open(index.paths, directory_budget=32 * 8 * kernels.SAMPLE_WORDS)  # 32 samples
     assert sparse.directory_sources == ["memory"]
     assert sparse._dirs[0][kernels.D_SHIFT] > 10  # windows of over a thousand ranks
     queries = _queries(docs, seed=5)
@@ -103,7 +103,7 @@ def test_the_on_disk_search_counts_the_same(case):
     queries = _queries(docs, seed=13)
     expected = [_brute_count(docs, q) for q in queries]
     assert _on_disk_counts(index, queries) == expected
-    sparse = type(index).open(index.paths, directory_budget=32 * 16)
+    sparse = type(index).open(index.paths, directory_budget=32 * 8 * kernels.SAMPLE_WORDS)
     assert _on_disk_counts(sparse, queries) == expected
     assert disk_kernels.count_on_disk(index._handle_address, np.array([index.separator_id], dtype=np.int64)) == -1
     assert disk_kernels.count_on_disk(index._handle_address, np.array([-1], dtype=np.int64)) == -1

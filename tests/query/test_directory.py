@@ -85,7 +85,7 @@ def test_corrupt_directory_files_raise_naming_the_file(tmp_path):
     good = file.read_bytes()
     for damage in (b"XXXXXXXX" + good[8:],  # magic
                    good[:-8],  # size
-                   good[:8] + (2).to_bytes(8, "little") + good[16:],  # version
+                   good[:8] + (directory.FILE_VERSION - 1).to_bytes(8, "little") + good[16:],  # an older version
                    good[:24] + (12345).to_bytes(8, "little") + good[32:]):  # positions
         file.write_bytes(damage)
         with pytest.raises(IndexFormatError, match="directory.0"):
