@@ -47,7 +47,7 @@ QUERY_PROBES = (
     ("count", (_P,), {}), ("prob", (_P, 0), {}), ("infgram_prob", (_P, 0), {}), ("find", (_P,), {}),
     ("ntd", (_P,), {}), ("ntd", (_P,), {"max_support": 2}), ("infgram_ntd", (_P,), {}),
     ("count_batch", ([_P, _P],), {}), ("prob_batch", ([_P], [0]), {}), ("infgram_prob_batch", ([_P], [0]), {}),
-    ("_count_on_disk", (_P,), {}),
+    ("_on_disk_probe", (_P,), {}),
 )
 NGRAM_PROBES = (
     ("longest_matches", (_P,), {"infgram": True}), ("attribute", (_P,), {"min_len": 1, "max_docs": 1}),
@@ -87,7 +87,7 @@ class NgramIndex:
         # argument instead of five on every call.
         self._handle = kernels.index_handle(self._search[0], token_width, self.vocab_size, self.separator_id)
         self._handle_address = self._handle.ctypes.data
-        self._counter = _DiskAwareCount(self._handle_address)
+        self._disk = _DiskMode()
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
         self._doc_starts = np.concatenate([[0], np.cumsum(doc_counts)])
         self._max_distinct = min(self.vocab_size, self.separator_id) + 2
@@ -371,12 +371,12 @@ class NgramIndex:
         )
 
     # ------------------------------------------------------------------ counting
-    def _ranges(self, ids: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    def _ranges(self, ids: np.ndarray, on_disk: bool = False) -> tuple[int, np.ndarray, np.ndarray]:
         keys = self._keys(ids)
         lo = np.empty(self.num_shards, dtype=np.int64)
         hi = np.empty(self.num_shards, dtype=np.int64)
-        total = kernels.find_ranges(*self._search,
-                                    keys, 0, len(keys), lo, hi)
+        find = disk_kernels.find_ranges_on_disk if on_disk else kernels.find_ranges
+        total = find(*self._search, keys, 0, len(keys), lo, hi)
         return int(total), lo, hi
 
     def find(self, query) -> FindResult:
@@ -388,22 +388,26 @@ class NgramIndex:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
         ids = _plain_ids(query)
         if ids is not None:  # the usual query: count_at validates it too, -1 meaning "explain the error"
-            counter = self._counter
-            if counter.on_disk:
-                n = counter.count_on_disk(ids)
+            mode, t0 = self._disk, _now_ns()
+            if mode.on_disk:
+                n = disk_kernels.count_on_disk(self._handle_address, ids)
+                mode.finished_on_disk(t0)
             else:
-                t0 = _now_ns()
                 n = kernels.count_at(self._handle_address, ids)
                 if _now_ns() - t0 > _DISK_NS:
-                    counter.took_long()
+                    mode.took_long()
             if n >= 0:
                 return int(n)
         ids = self._ids(query, allow_empty=True)
         return int(kernels.count_at(self._handle_address, ids))
 
-    def _count_on_disk(self, query) -> int:
-        """count() by the search it runs while the index is on disk (a warm-up probe compiles it)."""
-        return int(disk_kernels.count_on_disk(self._handle_address, self._ids(query, allow_empty=True)))
+    def _on_disk_probe(self, query) -> None:
+        """count() and ntd() (exact and capped) by the searches they run while the index is on disk:
+        the warm-up's probe that compiles them."""
+        ids = self._ids(query, allow_empty=True)
+        disk_kernels.count_on_disk(self._handle_address, ids)
+        self._distribution_on_disk(ids, None, False)
+        self._distribution_on_disk(ids, 2, False)
 
     def count_batch(self, queries) -> np.ndarray:
         """Counts of many queries (a list of queries, or PackedQueries), computed in parallel."""
@@ -474,6 +478,31 @@ class NgramIndex:
     def _distribution(self, ids: np.ndarray, max_support: int | None, *, use_suffix: bool = False):
         """(prompt_count, tokens, counts, end_count, approx, prompt length used) of the tokens after
         ``ids`` (after its longest occurring suffix with ``use_suffix``)."""
+        mode, t0 = self._disk, _now_ns()
+        if mode.on_disk:
+            result = self._distribution_on_disk(ids, max_support, use_suffix)
+            mode.finished_on_disk(t0)
+            return result
+        result = self._distribution_in_memory(ids, max_support, use_suffix)
+        if _now_ns() - t0 > _DISK_NS:
+            mode.took_long()
+        return result
+
+    def _distribution_on_disk(self, ids: np.ndarray, max_support: int | None, use_suffix: bool):
+        """_distribution by engine.kernels.disk's searches and walk, whose reads overlap. The exact
+        distribution is the capped walk with unit 1 (each piece of a range is read to its end or
+        credited whole when its first and last next tokens agree), not the run-by-run scan: the
+        same answer, from reads that can be asked for a level at a time."""
+        if use_suffix:
+            ids = ids[len(ids) - self._longest_suffix_len(ids):]
+        prompt_count, lo, hi = self._ranges(ids, on_disk=True)
+        depth = len(ids) * self.token_width
+        if max_support is not None and prompt_count > max_support:
+            return (*self._sampled_distribution(prompt_count, lo, hi, depth, max_support, on_disk=True), len(ids))
+        tokens, counts, end_count = self._walk(prompt_count, lo, hi, depth, 1, disk_kernels.sample_next_keys_on_disk)
+        return prompt_count, tokens, counts, end_count, False, len(ids)
+
+    def _distribution_in_memory(self, ids: np.ndarray, max_support: int | None, use_suffix: bool):
         if max_support is not None:
             if use_suffix:
                 ids = ids[len(ids) - self._longest_suffix_len(ids):]
@@ -501,7 +530,7 @@ class NgramIndex:
         order = np.argsort(tokens, kind="stable")
         return tokens[order], counts[order], end_count
 
-    def _sampled_distribution(self, prompt_count, lo, hi, depth, max_support):
+    def _sampled_distribution(self, prompt_count, lo, hi, depth, max_support, on_disk: bool = False):
         """infini-gram's capped ntd (used when the prompt occurs more than max_support times): the
         smallest power-of-two ``unit`` with prompt_count <= unit * max_support, then its
         divide-and-sample walk over each shard's range (kernels.approx_next_keys). Counts are
@@ -509,19 +538,24 @@ class NgramIndex:
         unit = 1
         while prompt_count > unit * max_support:
             unit <<= 1
-        capacity = int(2 * (prompt_count // unit) + 256)
+        walk = disk_kernels.sample_next_keys_on_disk if on_disk else kernels.approx_next_keys
+        tokens, counts, end_count = self._walk(prompt_count, lo, hi, depth, unit, walk)
+        return int(prompt_count), tokens, counts, end_count, True
+
+    def _walk(self, prompt_count, lo, hi, depth, unit, walk):
+        """(tokens, counts, document ends) from ``walk`` (approx_next_keys or its on-disk form) over
+        the ranges, its outputs grown until they hold every (key, weight) pair."""
+        capacity = int(min(2 * (prompt_count // unit) + 256, 1 << 16))
         while True:
             keys = np.empty(capacity, dtype=np.int64)
             weights = np.empty(capacity, dtype=np.int64)
-            n = kernels.approx_next_keys(*self._search, lo, hi, depth, unit,
-                                         keys, weights)
+            n = walk(*self._search, lo, hi, depth, unit, keys, weights)
             if n <= capacity:
                 break
             capacity = int(n)
         uniq, inverse = np.unique(keys[:n], return_inverse=True)
         counts = np.bincount(inverse, weights=weights[:n], minlength=len(uniq)).astype(np.int64)
-        tokens, counts, end_count = self._split_ends(uniq, counts)
-        return int(prompt_count), tokens, counts, end_count, True
+        return self._split_ends(uniq, counts)
 
     def ntd(self, prompt, max_support: int | None = None) -> NextTokenDistribution:
         """Every distinct next token after ``prompt`` with its exact count (``max_support`` caps the scan
@@ -725,21 +759,19 @@ class NgramIndex:
                                check_alive=check_alive, admit=admit)
 
 
-class _DiskAwareCount:
-    """Which search count() runs: the one that suits where the index's pages are.
+class _DiskMode:
+    """Whether the index's pages are coming from disk, which decides the searches queries run.
 
-    In memory the search of engine.kernels.suffix takes about a microsecond. From disk it waits for
-    its page faults one after another, so while counts take major page faults the search of
-    engine.kernels.disk runs instead: it searches every shard's two ends in lockstep and asks the
-    disk for each step's pages together (about half the time for one shard, a quarter to an eighth
-    for 16; bench_cold.py), but costs a system call per page, tens of microseconds in memory. A count
-    that took longer than _DISK_NS while the process took major faults (reads from disk, not a busy
-    CPU) switches to it (NgramIndex.count times the in-memory search itself: a method call here
-    would cost the usual count a tenth); one that takes less with it (its pages were in memory)
-    switches back."""
+    In memory the searches of engine.kernels.suffix take about a microsecond. From disk they wait for
+    their page faults one after another, so while queries take major page faults count() and ntd run
+    those of engine.kernels.disk instead: they search every shard's two ends in lockstep and ask the
+    disk for each step's pages together (about half the time for one shard, a quarter for 16;
+    bench_cold.py), but cost a system call per page, tens of microseconds in memory. A query that
+    took longer than _DISK_NS while the process took major faults (reads from disk, not a busy CPU)
+    switches to them (the callers time the in-memory search themselves: a method call here would cost
+    the usual count a tenth); one that takes less with them (its pages were in memory) switches back."""
 
-    def __init__(self, handle_address: int):
-        self._handle = handle_address
+    def __init__(self):
         self._faults = _major_faults()
         self.on_disk = False
 
@@ -748,13 +780,10 @@ class _DiskAwareCount:
         faults = _major_faults()
         self.on_disk, self._faults = faults > self._faults, faults
 
-    def count_on_disk(self, ids) -> int:
-        """The count by the on-disk search, or -1 for ids it refuses (the caller explains why)."""
-        t0 = _now_ns()
-        n = disk_kernels.count_on_disk(self._handle, ids)
+    def finished_on_disk(self, t0: int) -> None:
+        """A query by the on-disk searches that started at ``t0`` (_now_ns) has ended."""
         if _now_ns() - t0 < _DISK_NS:
             self.on_disk = False
-        return n
 
 
 _DISK_NS = 300_000

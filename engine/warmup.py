@@ -24,7 +24,7 @@ log = logging.getLogger("engine.warmup")
 
 # The index's probe calls in two groups of about equal compile time with an empty cache on 2 cores
 # (about 21 s and 25 s): group 0 holds the calls of these methods, group 1 the rest.
-_GROUP_0 = frozenset({"count", "find", "ntd", "count_batch", "longest_matches", "_count_on_disk"})
+_GROUP_0 = frozenset({"count", "find", "ntd", "count_batch", "longest_matches", "_on_disk_probe"})
 GROUPS: tuple[tuple[tuple[str, tuple, dict], ...], ...] = tuple(
     tuple(call for call in QUERY_PROBES + NGRAM_PROBES if (call[0] in _GROUP_0) == (g == 0)) for g in (0, 1))
 
@@ -36,10 +36,10 @@ def run_group(index, group: int) -> None:
 def kernels_cached() -> bool:
     """Whether numba's cache (or this process) already holds the entry kernels compiled."""
     from engine.kernels.cache import is_cached
-    from engine.kernels.disk import count_on_disk
+    from engine.kernels.disk import count_on_disk, sample_next_keys_on_disk
     from engine.kernels.suffix import query_kernels
 
-    return all(is_cached(k) for k in (*query_kernels(), count_on_disk))
+    return all(is_cached(k) for k in (*query_kernels(), count_on_disk, sample_next_keys_on_disk))
 
 
 def compile_in_workers(index, workers: int | None = None, timeout: float = 600.0) -> bool:

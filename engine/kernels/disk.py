@@ -26,7 +26,8 @@ from numba.extending import intrinsic
 import engine.kernels.cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
 from engine.kernels.suffix import (
     D_FIRST, D_NFIRST, D_SAMPLES, D_SHIFT, PREFETCH_RANKS, SAMPLE_WORDS, bisect_samples,
-    compare_at, ids_ok, ids_to_keys, open_handle, pointer_at, query_sample_range, sample_block, shard_views,
+    compare_at, ids_ok, ids_to_keys, key_at_rank, open_handle, pointer_at, query_sample_range, sample_block,
+    shard_views,
 )
 
 PAGE = 4096
@@ -210,3 +211,98 @@ def count_on_disk(handle, ids):
     lo = np.empty(st.shape[0], dtype=np.int64)
     hi = np.empty(st.shape[0], dtype=np.int64)
     return find_ranges_on_disk(st, tw, keys, np.int64(0), keys.shape[0], lo, hi)
+
+
+@njit(inline="always")
+def _ask_rank(ds, sa, ps, tw, rank, depth, tokens):
+    """willneed for the suffix-array entry of ``rank`` (``tokens`` False), or for the token at
+    ``depth`` bytes into its suffix (True; the entry must be in memory by then)."""
+    if tokens:
+        _ask(ds, pointer_at(sa, ps, rank) + depth, tw)
+    else:
+        _ask(sa, rank * ps, ps)
+
+
+@njit(inline="always")
+def _ask_level(st, tw, shard, start, end, m, depth, unit, tokens):
+    """willneed for every rank the pieces of one level read (see sample_next_keys_on_disk)."""
+    for i in range(m):
+        ds, sa, ps, dr = shard_views(st, shard[i])
+        a = start[i]
+        b = end[i]
+        if b - a < 4 * unit:
+            rank = a
+            while rank < b:
+                mid = rank + (unit >> 1) if rank + unit <= b else (rank + b) >> 1
+                _ask_rank(ds, sa, ps, tw, mid, depth, tokens)
+                rank += unit
+        else:
+            _ask_rank(ds, sa, ps, tw, a, depth, tokens)
+            _ask_rank(ds, sa, ps, tw, b - 1, depth, tokens)
+
+
+@njit(nogil=True, cache=True)
+def sample_next_keys_on_disk(st, tw, lo_a, hi_a, depth, unit, out_keys, out_weights):
+    """suffix.approx_next_keys (infini-gram's capped ntd walk; exact with ``unit`` 1) with its reads
+    asked for a level at a time: every piece of a level has its suffix-array entries, then its
+    tokens, requested together before any is read. The same (key, weight) pairs, in another order;
+    the same contract (returns how many pairs there are, written while they fit)."""
+    cap = out_keys.shape[0]
+    n = 0
+    n_shards = st.shape[0]
+    shard = np.empty(n_shards, dtype=np.int64)
+    start = np.empty(n_shards, dtype=np.int64)
+    end = np.empty(n_shards, dtype=np.int64)
+    m = 0
+    for s in range(n_shards):
+        if hi_a[s] > lo_a[s]:
+            shard[m] = s
+            start[m] = lo_a[s]
+            end[m] = hi_a[s]
+            m += 1
+    while m > 0:
+        _ask_level(st, tw, shard, start, end, m, depth, unit, False)
+        _ask_level(st, tw, shard, start, end, m, depth, unit, True)
+        next_shard = np.empty(2 * m, dtype=np.int64)
+        next_start = np.empty(2 * m, dtype=np.int64)
+        next_end = np.empty(2 * m, dtype=np.int64)
+        k = 0
+        for i in range(m):
+            ds, sa, ps, dr = shard_views(st, shard[i])
+            a = start[i]
+            b = end[i]
+            if b - a < 4 * unit:
+                rank = a
+                while rank < b:
+                    if rank + unit <= b:
+                        mid = rank + (unit >> 1)
+                        weight = unit
+                    else:
+                        mid = (rank + b) >> 1
+                        weight = b - rank
+                    if n < cap:
+                        out_keys[n] = key_at_rank(ds, sa, ps, tw, mid, depth)
+                        out_weights[n] = weight
+                    n += 1
+                    rank += unit
+                continue
+            first = key_at_rank(ds, sa, ps, tw, a, depth)
+            if first == key_at_rank(ds, sa, ps, tw, b - 1, depth):
+                if n < cap:
+                    out_keys[n] = first
+                    out_weights[n] = b - a
+                n += 1
+                continue
+            mid = (a + b) >> 1
+            next_shard[k] = shard[i]
+            next_start[k] = a
+            next_end[k] = mid
+            next_shard[k + 1] = shard[i]
+            next_start[k + 1] = mid
+            next_end[k + 1] = b
+            k += 2
+        shard = next_shard
+        start = next_start
+        end = next_end
+        m = k
+    return n

@@ -109,6 +109,19 @@ def test_the_on_disk_search_counts_the_same(case):
     assert disk_kernels.count_on_disk(index._handle_address, np.array([-1], dtype=np.int64)) == -1
 
 
+def test_the_on_disk_walk_gives_the_exact_and_capped_distributions(case):
+    """ntd while the index is on disk: the level-by-level walk (exact with unit 1) against the
+    run-by-run scan and the in-memory capped walk, over wide ranges of skewed tokens."""
+    docs, index = case
+    for q in _queries(docs, seed=17)[:40]:
+        prompt = np.asarray(q[: len(q) // 3], dtype=np.int64)
+        for max_support in (None, 50):
+            a = index._distribution_in_memory(prompt, max_support, False)
+            b = index._distribution_on_disk(prompt, max_support, False)
+            assert (a[0], a[3], a[4], a[5]) == (b[0], b[3], b[4], b[5])
+            assert a[1].tolist() == b[1].tolist() and a[2].tolist() == b[2].tolist()
+
+
 def test_the_on_disk_search_over_many_shards(tmp_path):
     """Every shard's two ends searched together: the same counts as one shard, including shards where
     the query is absent or only its first token occurs."""

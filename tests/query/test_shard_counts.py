@@ -1,4 +1,4 @@
-"""count() runs the in-memory search, or engine.kernels.disk's lockstep search while the index's pages
+"""count() and ntd() run the in-memory searches, or engine.kernels.disk's while the index's pages
 come from disk; the answers (and errors) are the same either way, and the mode follows what the
 searches took."""
 
@@ -27,7 +27,7 @@ def index(request, sharded, tiny_index):
 
 
 def test_both_searches_agree(index):
-    counter = index._counter
+    counter = index._disk
     rng = np.random.default_rng(6)
     try:
         for _ in range(200):
@@ -44,10 +44,38 @@ def test_both_searches_agree(index):
         counter.on_disk = False
 
 
+@pytest.mark.parametrize("max_support", [None, 1, 3, 1000])
+def test_ntd_on_disk_equals_in_memory(index, max_support, monkeypatch):
+    """On disk, the exact distribution comes from the capped walk with unit 1 and the capped one from
+    the level-by-level walk: the same answers as the in-memory kernels, plain and infgram."""
+    mode = index._disk
+    rng = np.random.default_rng(8)
+
+    def both(q):
+        return index.ntd(q, max_support=max_support), index.infgram_ntd(q + [9], max_support=max_support)
+
+    try:
+        for _ in range(120):
+            q = rng.integers(1, 6, size=int(rng.integers(0, 4))).tolist()
+            monkeypatch.setattr(index_module, "_DISK_NS", 10 ** 15)  # no query is slow: stays in memory
+            mode.on_disk = False
+            expected = both(q)
+            monkeypatch.setattr(index_module, "_DISK_NS", -1)  # every query is slow: stays on disk
+            mode.on_disk = True
+            got = both(q)
+            assert mode.on_disk
+            for a, b in zip(got, expected):
+                assert a.prompt_count == b.prompt_count and a.end_count == b.end_count and a.approx == b.approx
+                assert a.tokens.tolist() == b.tokens.tolist() and a.counts.tolist() == b.counts.tolist()
+            assert got[1].suffix_len == expected[1].suffix_len
+    finally:
+        mode.on_disk = False
+
+
 def test_the_mode_follows_the_page_reads(index, monkeypatch):
     """The on-disk search while searches read from disk (major page faults), the in-memory one once
     they do not: in memory, or when a count is slow only because the CPU is busy."""
-    counter = index._counter
+    counter = index._disk
     counter.on_disk = True
     index.count([1, 2])  # in memory: the on-disk search took under _DISK_NS
     assert counter.on_disk is False
