@@ -85,7 +85,8 @@ class NgramIndex:
         self._search = (kernels.shard_table(list(zip(self._ds, self._sa, self._ps, self._dirs))), token_width)
         # count() and prob() take the index as one int (kernels.index_handle): numba unboxes one
         # argument instead of five on every call.
-        self._handle = kernels.index_handle(self._search[0], token_width, self.vocab_size, self.separator_id)
+        self._handle = kernels.index_handle(self._search[0], token_width, self.vocab_size, self.separator_id,
+                                            slow_ns=_DISK_NS)
         self._handle_address = self._handle.ctypes.data
         self._disk = _DiskMode()
         doc_counts = np.array([s.num_docs for s in shards], dtype=np.int64)
@@ -388,18 +389,19 @@ class NgramIndex:
         """Number of occurrences of ``query`` in the whole index (an empty query counts every position)."""
         ids = _plain_ids(query)
         if ids is not None:  # the usual query: count_at validates it too, -1 meaning "explain the error"
-            mode, t0 = self._disk, _now_ns()
-            if mode.on_disk:
+            if self._disk.on_disk:
+                t0 = _now_ns()
                 n = disk_kernels.count_on_disk(self._handle_address, ids)
-                mode.finished_on_disk(t0)
+                self._disk.finished_on_disk(t0)
             else:
                 n = kernels.count_at(self._handle_address, ids)
-                if _now_ns() - t0 > _DISK_NS:
-                    mode.took_long()
+                if n < -1:  # the search took over _DISK_NS (kernels.decode_count)
+                    n = -2 - n
+                    self._disk.took_long()
             if n >= 0:
                 return int(n)
         ids = self._ids(query, allow_empty=True)
-        return int(kernels.count_at(self._handle_address, ids))
+        return kernels.decode_count(int(kernels.count_at(self._handle_address, ids)))[0]
 
     def _on_disk_probe(self, query) -> None:
         """count() and ntd() (exact and capped) by the searches they run while the index is on disk:

@@ -9,6 +9,7 @@ import pytest
 
 import engine.index as index_module
 from engine import InvalidQueryError
+from engine.kernels import suffix as kernels
 from tests.helpers.corpora import build_from_token_docs
 
 
@@ -75,20 +76,39 @@ def test_ntd_on_disk_equals_in_memory(index, max_support, monkeypatch):
 def test_the_mode_follows_the_page_reads(index, monkeypatch):
     """The on-disk search while searches read from disk (major page faults), the in-memory one once
     they do not: in memory, or when a count is slow only because the CPU is busy."""
-    counter = index._disk
-    counter.on_disk = True
+    mode = index._disk
+    mode.on_disk = True
     index.count([1, 2])  # in memory: the on-disk search took under _DISK_NS
-    assert counter.on_disk is False
-    monkeypatch.setattr(index_module, "_DISK_NS", -1)  # every count counts as slow now
+    assert mode.on_disk is False
+    # Every count is slow now: count_at reports it (its handle's limit is 1 ns), and so is every
+    # on-disk search.
+    slow = kernels.index_handle(index._search[0], index.token_width, index.vocab_size, index.separator_id, slow_ns=1)
+    monkeypatch.setattr(index, "_handle", slow)
+    monkeypatch.setattr(index, "_handle_address", slow.ctypes.data)
+    monkeypatch.setattr(index_module, "_DISK_NS", -1)
+    expected = index.count([1, 2])  # decoded: the count, not the slow signal
+    assert expected >= 0
     try:
-        counter._faults = -1  # as if the process had read pages from disk since the last slow count
-        index.count([1, 2])
-        assert counter.on_disk is True
-        index.count([1, 2])
-        assert counter.on_disk is True  # slow with the on-disk search too: stays
-        counter.on_disk = False
-        counter._faults = 10 ** 12  # slow, but no page read from disk: a busy CPU, not the disk
-        index.count([1, 2])
-        assert counter.on_disk is False
+        mode._faults = -1  # as if the process had read pages from disk since the last slow count
+        assert index.count([1, 2]) == expected
+        assert mode.on_disk is True
+        assert index.count([1, 2]) == expected
+        assert mode.on_disk is True  # slow with the on-disk search too: stays
+        mode.on_disk = False
+        mode._faults = 10 ** 12  # slow, but no page read from disk: a busy CPU, not the disk
+        assert index.count(np.array([1, 2])) == expected
+        assert mode.on_disk is False
     finally:
-        counter.on_disk = False
+        mode.on_disk = False
+
+
+def test_count_at_reports_slow_searches_only_when_asked(index):
+    ids = np.array([1, 2], dtype=np.int64)
+    n = int(kernels.count_at(index._handle_address, ids))
+    assert n >= 0 and kernels.decode_count(n) == (n, False)  # 300 us: a count in memory is far faster
+    never = kernels.index_handle(index._search[0], index.token_width, index.vocab_size, index.separator_id)
+    always = kernels.index_handle(index._search[0], index.token_width, index.vocab_size, index.separator_id,
+                                  slow_ns=1)
+    assert int(kernels.count_at(never.ctypes.data, ids)) == n
+    assert kernels.decode_count(int(kernels.count_at(always.ctypes.data, ids))) == (n, True)
+    assert int(kernels.count_at(always.ctypes.data, np.array([-5], dtype=np.int64))) == -1  # refused, not slow
