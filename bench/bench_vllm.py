@@ -69,15 +69,32 @@ def run(method: str, model_dir: str, prompts: list[list[int]], new_tokens: int, 
             "spec": stats}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_prompt_args(ap: argparse.ArgumentParser, index_help: str) -> None:
+    """The options of the vLLM benchmarks: held-out prompts, the model folder, the index."""
     ap.add_argument("--held-out", required=True, help="JSON [[label, text], ...] from bench_lm.py --export-held-out")
-    ap.add_argument("--index", help="SmolLM2-tokenized index for the corpus proposer (NGRAM_INDEX)")
+    ap.add_argument("--index", help=index_help)
     ap.add_argument("--model", default=str(Path.home() / ".cache/ngram-engine/smollm2-135m-instruct"))
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--prompt-offset", type=int, default=256)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=48)
+
+
+def held_out_prompts(args) -> list[list[int]]:
+    """``--prompts`` prompts of ``--prompt-tokens`` tokens, each from ``--prompt-offset`` of a held-out
+    document long enough (token ids of the model folder's tokenizer)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(args.model)
+    held = json.loads(Path(args.held_out).read_text())
+    need = args.prompt_offset + args.prompt_tokens
+    ids = [tok.encode(t, add_special_tokens=False) for _, t in held]
+    return [x[args.prompt_offset:need] for x in ids if len(x) >= need][: args.prompts]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_prompt_args(ap, "SmolLM2-tokenized index for the corpus proposer (NGRAM_INDEX)")
     ap.add_argument("--num-draft", type=int, default=8)
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                     help="which to run (the first is the reference for 'same tokens'; default: all)")
@@ -86,13 +103,7 @@ def main(argv=None) -> int:
     if args.index:
         os.environ["NGRAM_INDEX"] = str(Path(args.index).expanduser())
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(args.model)
-    held = json.loads(Path(args.held_out).read_text())
-    need = args.prompt_offset + args.prompt_tokens
-    ids = [tok.encode(t, add_special_tokens=False) for _, t in held]
-    prompts = [x[args.prompt_offset:need] for x in ids if len(x) >= need][: args.prompts]
+    prompts = held_out_prompts(args)
     methods = [m for m in METHODS if m in args.methods]
     results = {m: run(m, args.model, prompts, args.new_tokens, args.num_draft) for m in methods}
     base = results[methods[0]]

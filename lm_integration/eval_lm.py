@@ -31,33 +31,58 @@ from lm_integration.infgram import InfgramTracker
 DEFAULT_GRID = np.round(np.linspace(0.0, 0.99, 100), 4)
 
 
+def _windows(n: int, window: int, stride: int):
+    """(begin, end, first) of each sliding window over n tokens: the window holds ids[begin:end] and
+    scores the targets first .. end-1 (those the window before did not; target 0 never is)."""
+    if not 0 < stride <= window:
+        raise ValueError(f"need 0 < stride <= window, got stride={stride} window={window}")
+    first, begin = 1, 0
+    while first < n:
+        end = min(begin + window, n)
+        yield begin, end, first
+        first = end
+        begin = min(begin + stride, max(end - 1, 0)) if end < n else end
+
+
 def lm_token_logprobs(model, ids, *, window: int = 1024, stride: int = 512, device: str | None = None) -> np.ndarray:
     """log P_LM(ids[t] | ids[:t]) for t = 1 .. len(ids)-1 (float64), sliding window with stride."""
     import torch
 
-    if not 0 < stride <= window:
-        raise ValueError(f"need 0 < stride <= window, got stride={stride} window={window}")
     ids = [int(i) for i in ids]
-    N = len(ids)
-    out = np.zeros(max(N - 1, 0), dtype=np.float64)
-    if N < 2:
-        return out
+    out = np.zeros(max(len(ids) - 1, 0), dtype=np.float64)
     dev = device or next(model.parameters()).device
-    prev_end = 1  # targets before this are scored (target 0 never is)
-    begin = 0
     with torch.no_grad():
-        while prev_end < N:
-            end = min(begin + window, N)
-            x = torch.tensor([ids[begin:end]], device=dev)
-            logits = model(input_ids=x).logits[0].double()
-            logp = torch.log_softmax(logits, -1)
+        for begin, end, first in _windows(len(ids), window, stride):
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids[begin:end]], device=dev)).logits[0].double(), -1)
             # logits at window index i predict absolute token begin + i + 1
-            targets = torch.arange(prev_end, end, device=dev)
-            rows = targets - begin - 1
-            got = logp[rows, torch.tensor(ids[prev_end:end], device=dev)]
-            out[prev_end - 1 : end - 1] = got.cpu().numpy()
-            prev_end = end
-            begin = min(begin + stride, max(end - 1, 0)) if end < N else end
+            rows = torch.arange(first, end, device=dev) - begin - 1
+            out[first - 1:end - 1] = logp[rows, torch.tensor(ids[first:end], device=dev)].cpu().numpy()
+    return out
+
+
+def lm_token_stats(model, ids, *, window: int = 1024, stride: int = 512, adapter=None) -> dict:
+    """Per target t = 1 .. len(ids)-1, over the same sliding windows as lm_token_logprobs: ``logp``
+    (log P_LM of the true token, float64), ``ent`` (the LM's entropy, nats) and, with ``adapter`` (an
+    lm_integration.prior.OnlineOutputAdapter, fed the final hidden states in text order),
+    ``logp_adapt`` and ``ent_adapt`` of the adapted output layer."""
+    import torch
+
+    ids = [int(i) for i in ids]
+    n = max(len(ids) - 1, 0)
+    out = {k: np.zeros(n) for k in ("logp", "ent", *(("logp_adapt", "ent_adapt") if adapter is not None else ()))}
+    dev = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    with torch.no_grad():
+        for begin, end, first in _windows(len(ids), window, stride):
+            hidden = model.base_model(input_ids=torch.tensor([ids[begin:end]], device=dev)).last_hidden_state[0]
+            rows = torch.arange(first, end, device=dev) - begin - 1
+            h = hidden[rows]
+            y = torch.tensor(ids[first:end], device=dev)
+            logp = torch.log_softmax(head(h).double(), -1)
+            out["logp"][first - 1:end - 1] = logp.gather(1, y[:, None])[:, 0].cpu().numpy()
+            out["ent"][first - 1:end - 1] = (-(logp.exp() * logp).sum(-1)).cpu().numpy()
+            if adapter is not None:
+                out["logp_adapt"][first - 1:end - 1], out["ent_adapt"][first - 1:end - 1] = adapter.score(h, y)
     return out
 
 
@@ -214,14 +239,25 @@ def _buckets(suffix_len: np.ndarray) -> np.ndarray:
     return np.searchsorted(SUFFIX_BUCKETS, np.maximum(suffix_len, 1), side="right") - 1
 
 
-def collect_priors(model, source, docs_ids, decode, *, window, stride, max_suffix_len=64, progress=False) -> dict:
-    """Per-token arrays over whole documents for evaluate_priors: LM log-probs, the corpus ∞-gram
-    (when ``source``), the document's own online ∞-gram, and the UTF-8 bytes up to each token."""
-    parts = {k: [] for k in ("logp", "p_inf", "sparse", "has", "slen", "p_ctx", "has_ctx", "slen_ctx", "bytes")}
+def collect_priors(model, source, docs_ids, decode, *, window, stride, max_suffix_len=64, adapt=False,
+                   progress=False) -> dict:
+    """Per-token arrays over whole documents for evaluate_priors: LM log-probs and entropies (with
+    ``adapt``, also those of an lm_integration.prior.OnlineOutputAdapter started afresh for each
+    document), the corpus ∞-gram (when ``source``), the document's own online ∞-gram, and the UTF-8
+    bytes up to each token."""
+    lm_keys = ("logp", "ent", *(("logp_adapt", "ent_adapt") if adapt else ()))
+    parts = {k: [] for k in (*lm_keys, "p_inf", "sparse", "has", "slen", "p_ctx", "has_ctx", "slen_ctx", "bytes")}
     for i, ids in enumerate(docs_ids):
         if len(ids) < 2:
             continue
-        lp = lm_token_logprobs(model, ids, window=window, stride=stride)
+        adapter = None
+        if adapt:
+            from lm_integration.prior import OnlineOutputAdapter
+
+            head = model.get_output_embeddings()
+            adapter = OnlineOutputAdapter(head.weight, getattr(head, "bias", None))
+        stats = lm_token_stats(model, ids, window=window, stride=stride, adapter=adapter)
+        lp = stats["logp"]
         if source is not None:
             p, sp, hs, sl = infgram_token_probs(source, ids)
         else:
@@ -229,7 +265,7 @@ def collect_priors(model, source, docs_ids, decode, *, window, stride, max_suffi
         pc, hc, slc = context_token_probs(ids, max_suffix_len=max_suffix_len)
         # bytes each scored token adds (the first token has no context and is not scored)
         ends = _byte_ends(ids, decode)
-        for k, v in zip(parts, (lp, p, sp, hs, sl, pc, hc, slc, np.diff(ends))):
+        for k, v in zip(parts, (*(stats[k] for k in lm_keys), p, sp, hs, sl, pc, hc, slc, np.diff(ends))):
             parts[k].append(v)
         if progress:
             print(f"  doc {i + 1}/{len(docs_ids)}: {sum(map(len, parts['logp']))} tokens", file=sys.stderr)
@@ -319,17 +355,43 @@ def priors_report(test: dict, val: dict | None, source_present: bool = True, gri
         out["configs"][name] = {"ppl": float(np.exp(nll / max(n, 1))),
                                 "bits_per_byte": float(nll / np.log(2) / max(out["bytes"], 1)),
                                 "lambdas": [r[name]["lambdas"] for r in runs]}
+    for name, nll in online_nll(test, source_present).items():
+        out["configs"][name] = {"ppl": float(np.exp(nll.sum() / max(n, 1))),
+                                "bits_per_byte": float(nll.sum() / np.log(2) / max(out["bytes"], 1)), "online": True}
+    return out
+
+
+ONLINE_CONFIGS = ("LM + online mixer (corpus, context)", "LM + online output adaptation",
+                  "LM + online output adaptation + online mixer")
+
+
+def online_nll(d: dict, source_present: bool = True) -> dict:
+    """Per-token NLL of the online configurations (nothing tuned on the text: each learns while it
+    codes, in text order): the LM with lm_integration.prior.OnlineMixer over the corpus and context
+    ∞-grams; with ``logp_adapt`` in ``d`` (collect_priors(adapt=True)), the adapted LM alone and mixed."""
+    from lm_integration.prior import OnlineMixer
+
+    sources = [(d["p_ctx"], d["has_ctx"], d["slen_ctx"])]
+    if source_present:
+        sources.insert(0, (d["p_inf"], d["has"], d["slen"]))
+    out = {}
+    if "ent" in d:
+        out[ONLINE_CONFIGS[0]] = OnlineMixer(len(sources)).nll(d["logp"], d["ent"], sources)
+    if "logp_adapt" in d:
+        out[ONLINE_CONFIGS[1]] = -d["logp_adapt"]
+        out[ONLINE_CONFIGS[2]] = OnlineMixer(len(sources)).nll(d["logp_adapt"], d["ent_adapt"], sources)
     return out
 
 
 def evaluate_priors(model, source, val_docs, test_docs, decode, *, window=1024, stride=512, max_suffix_len=64,
-                    grid=DEFAULT_GRID, progress=False) -> dict:
+                    grid=DEFAULT_GRID, adapt=False, progress=False) -> dict:
     """Perplexity and bits per byte on test_docs of the LM alone, with the corpus ∞-gram prior, with
     the document's own online ∞-gram prior (lm_integration.context), and with both, every mixture
-    weight tuned on val_docs (or cross-fitted on test_docs when val_docs is empty). ``decode`` turns
+    weight tuned on val_docs (or cross-fitted on test_docs when val_docs is empty); and the online
+    configurations of online_nll (``adapt``: with the online output adaptation too). ``decode`` turns
     token ids back into text (for the byte count)."""
     kw = dict(window=window, stride=stride, max_suffix_len=max_suffix_len, progress=progress)
-    test = collect_priors(model, source, test_docs, decode, **kw)
+    test = collect_priors(model, source, test_docs, decode, adapt=adapt, **kw)
     val = collect_priors(model, source, val_docs, decode, **kw) if val_docs else None
     res = priors_report(test, val, source is not None, grid)
     res.update(window=window, stride=stride)
@@ -343,7 +405,7 @@ def format_priors_table(res: dict) -> str:
         rows.append(f"| {name} | {r['ppl']:.3f} | {r['bits_per_byte']:.4f} | {100 * (r['bits_per_byte'] / base - 1):+.1f}% |")
     rows.append("")
     rows.append(f"{res['tokens']:,} scored tokens, {res['bytes']:,} bytes; weights by matched suffix length, "
-                f"tuning: {res['tuning']}; window {res.get('window')}, stride {res.get('stride')}; an estimate "
+                f"tuning: {res['tuning']} (the online rows tune nothing: they learn while coding); window {res.get('window')}, stride {res.get('stride')}; an estimate "
                 f"existed for {100 * res['corpus_coverage']:.0f}% of tokens from the corpus and "
                 f"{100 * res['context_coverage']:.0f}% from the document so far")
     return "\n".join(rows)
@@ -414,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priors", action="store_true",
                    help="compare LM alone, + corpus ∞-gram, + the document's own online ∞-gram, and both "
                         "(perplexity and bits per byte, whole documents; --index none for the context only)")
+    p.add_argument("--adapt", action="store_true",
+                   help="with --priors: also the LM with its output layer adapted online to each document "
+                        "(lm_integration.prior.OnlineOutputAdapter), alone and with the online mixer")
     p.add_argument("--no-check", action="store_true", help="skip the tokenizer compatibility check")
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--progress", action="store_true")
@@ -441,7 +506,7 @@ def main(argv=None) -> int:
     test = [ids[i] for i in order[n_val:]]
     if args.priors:
         res = evaluate_priors(model, source, val, test, tok.decode, window=args.window, stride=args.stride,
-                              progress=args.progress)
+                              adapt=args.adapt, progress=args.progress)
         res.update(index=args.index, model=args.model, documents=len(docs))
         print(format_priors_table(res))
         if args.json:

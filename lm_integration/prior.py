@@ -35,6 +35,7 @@ host: more kernel launches cost more than the synchronisation saved.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections import OrderedDict
 
@@ -87,6 +88,23 @@ def _mixed_support_values(toks, probs, svals, lsm, lam: float, floor: float, fmi
     return [(t, sv + lam * math.log(max(pp / mass, floor))) for t, pp, sv in zip(toks, probs, svals) if sv > fmin]
 
 
+def check_prior_params(mode: str, lambda_sparse: float, lambda_dense: float | None, floor: float) -> float:
+    """ValueError unless the prior's settings are valid; returns λ_dense (λ_sparse when None)."""
+    if mode not in ("interpolate", "additive"):
+        raise ValueError(f"mode must be 'interpolate' or 'additive', not {mode!r}")
+    lambda_dense = lambda_sparse if lambda_dense is None else lambda_dense
+    for name, lam in (("lambda_sparse", lambda_sparse), ("lambda_dense", lambda_dense)):
+        if not isinstance(lam, numbers.Real) or isinstance(lam, bool):
+            raise ValueError(f"{name} must be a number, got {lam!r}")
+        if mode == "interpolate" and not 0.0 <= lam <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1] for interpolation, got {lam}")
+        if mode == "additive" and lam < 0:
+            raise ValueError(f"{name} must be >= 0, got {lam}")
+    if not 0.0 < floor < 1.0:
+        raise ValueError(f"floor must be in (0, 1), got {floor}")
+    return lambda_dense
+
+
 class InfgramLogitsProcessor(_Base):
     def __init__(
         self,
@@ -107,16 +125,7 @@ class InfgramLogitsProcessor(_Base):
         model=None,
         check_tokenizer: bool = True,
     ):
-        if mode not in ("interpolate", "additive"):
-            raise ValueError(f"mode must be 'interpolate' or 'additive', not {mode!r}")
-        lambda_dense = lambda_sparse if lambda_dense is None else lambda_dense
-        for name, lam in (("lambda_sparse", lambda_sparse), ("lambda_dense", lambda_dense)):
-            if mode == "interpolate" and not 0.0 <= lam <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1] for interpolation, got {lam}")
-            if mode == "additive" and lam < 0:
-                raise ValueError(f"{name} must be >= 0, got {lam}")
-        if not 0.0 < floor < 1.0:
-            raise ValueError(f"floor must be in (0, 1), got {floor}")
+        lambda_dense = check_prior_params(mode, lambda_sparse, lambda_dense, floor)
         if check_tokenizer:  # warns when given neither tokenizer nor model
             check_tokenizer_compat(source, tokenizer, model=model)
         self.source = source
@@ -453,3 +462,132 @@ class _Buffers:
         self.s_np = self.h_scores.numpy()[0]
         self.o_np = self.h_out.numpy()[0]
         self.stream = None
+
+
+class OnlineOutputAdapter:
+    """Online adaptation of an LM's output layer to the text being scored, for compression-style
+    evaluation (``eval_lm --priors``): dynamic evaluation of the last layer only.
+
+    With h the model's final hidden state and W, c its output layer (``logits = W h + c``)::
+
+        log q(· | h) = log_softmax(W (h + A h) + c + b)
+
+    A (hidden x hidden) and b (one bias per token: Nacrith's adaptive log-space bias head) start at
+    zero and follow online gradient descent on the log loss of the tokens already scored: the tokens
+    are taken in order in blocks of ``block``, each block scored with the state left by the blocks
+    before it, then used for one update (causal: a token's probability never depends on itself or on
+    later tokens). ``lr_hidden`` = 1e-5 and ``lr_bias`` = 0 were chosen on the first 12,000 tokens of
+    lcet10.txt with SmolLM2-135M (A alone -0.81% cross-entropy there, b alone at its best rate -0.74%,
+    both together -0.77%), not on the text it is measured on.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, *, lr_hidden: float = 1e-5,
+                 lr_bias: float = 0.0, block: int = 32):
+        if weight.dim() != 2:
+            raise ValueError(f"weight must be the output layer's (vocabulary x hidden) matrix, got shape "
+                             f"{tuple(weight.shape)}")
+        if lr_hidden < 0 or lr_bias < 0:
+            raise ValueError(f"learning rates must be >= 0, got lr_hidden={lr_hidden}, lr_bias={lr_bias}")
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.weight = weight.detach().float()
+        self.out_bias = None if bias is None else bias.detach().float()
+        V, d = self.weight.shape
+        self.A = torch.zeros(d, d, device=self.weight.device)
+        self.b = torch.zeros(V, device=self.weight.device)
+        self.lr_hidden, self.lr_bias, self.block = float(lr_hidden), float(lr_bias), int(block)
+
+    def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """log q of every token for each row of ``hidden`` (n x hidden), with the current state."""
+        h = hidden.float()
+        z = (h + h @ self.A.T) @ self.weight.T + self.b
+        if self.out_bias is not None:
+            z = z + self.out_bias
+        return torch.log_softmax(z, dim=-1)
+
+    def update(self, hidden: torch.Tensor, targets: torch.Tensor, log_probs: torch.Tensor) -> None:
+        """One gradient step on Σ -log q(target) of these rows (``log_probs`` from log_probs())."""
+        g = log_probs.exp()
+        g[torch.arange(len(targets), device=g.device), targets] -= 1.0  # d loss / d logits
+        if self.lr_hidden:
+            self.A -= self.lr_hidden * ((g @ self.weight).T @ hidden.float())
+        if self.lr_bias:
+            self.b -= self.lr_bias * g.sum(0)
+
+    def score(self, hidden: torch.Tensor, targets) -> tuple[np.ndarray, np.ndarray]:
+        """(log q(target), entropy of q) per row, in nats, float64, adapting after each block."""
+        targets = torch.as_tensor(targets, dtype=torch.long, device=hidden.device)
+        n = len(targets)
+        logq, ent = np.zeros(n), np.zeros(n)
+        for s in range(0, n, self.block):
+            h, y = hidden[s:s + self.block], targets[s:s + self.block]
+            lq = self.log_probs(h)
+            logq[s:s + len(y)] = lq.gather(1, y[:, None])[:, 0].double().cpu().numpy()
+            ent[s:s + len(y)] = (-(lq.exp() * lq).sum(-1)).double().cpu().numpy()
+            self.update(h, y, lq)
+        return logq, ent
+
+
+#: Bucket edges of the gate's features: the matched suffix length, and the LM's entropy in nats.
+GATE_SUFFIX_EDGES = (1, 2, 3, 5, 9, 17)
+GATE_ENTROPY_EDGES = (0.1, 0.3, 1.0, 2.0, 4.0)
+
+
+class OnlineMixer:
+    """Online gated linear mixture of an LM and ∞-gram sources, learned while coding.
+
+    At each token, P = Σ_k w_k P_k over the LM (k = 0) and the sources that have an estimate, with
+    w = softmax(s), s_0 = 0 and s_k = θ_k·φ (φ: one-hot buckets of the source's matched suffix length
+    and of the LM's entropy, and a constant). After the token, θ takes one gradient step on log P
+    (d log P / d s_k = w_k (P_k - P) / P): the weights follow how much each source is worth here and
+    now, with no tuning on held-out text. ``lr`` = 0.02 and ``init`` = -2 are fixed a priori; on
+    alice29.txt every rate in 0.01-0.1 gave the same figure to 0.01%.
+    """
+
+    def __init__(self, num_sources: int, *, lr: float = 0.02, init: float = -2.0):
+        if num_sources < 1:
+            raise ValueError(f"num_sources must be >= 1, got {num_sources}")
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        self.lr = float(lr)
+        self.sizes = (1, len(GATE_SUFFIX_EDGES) + 1, len(GATE_ENTROPY_EDGES) + 1)
+        self.theta = np.zeros((num_sources, sum(self.sizes)))
+        self.theta[:, 0] = init
+
+    def _features(self, suffix_len: np.ndarray, entropy: np.ndarray) -> np.ndarray:
+        s = np.searchsorted(GATE_SUFFIX_EDGES, suffix_len, side="right")
+        e = np.searchsorted(GATE_ENTROPY_EDGES, entropy, side="right")
+        return np.stack([np.zeros_like(s), self.sizes[0] + s, self.sizes[0] + self.sizes[1] + e], axis=1)
+
+    def nll(self, logp_lm: np.ndarray, entropy: np.ndarray, sources) -> np.ndarray:
+        """Per-token -log P (nats) for the LM's log-probabilities of the true tokens and its entropies,
+        and ``sources``: (P_k of the true token, whether there was an estimate, matched suffix length)
+        per source, each an array over the tokens. Learns as it goes (call once, in text order)."""
+        K = len(sources)
+        if K != len(self.theta):
+            raise ValueError(f"this mixer was made for {len(self.theta)} sources, got {K}")
+        p = np.stack([np.asarray(s[0], dtype=np.float64) for s in sources])
+        has = np.stack([np.asarray(s[1], dtype=bool) for s in sources])
+        feats = np.stack([self._features(np.asarray(s[2]), entropy) for s in sources])
+        p_lm = np.exp(logp_lm)
+        out = np.empty(len(p_lm))
+        theta = self.theta
+        for t in range(len(p_lm)):
+            live = np.flatnonzero(has[:, t])
+            if not len(live):
+                out[t] = -logp_lm[t]
+                continue
+            f = feats[live, t]
+            s = theta[live[:, None], f].sum(1)
+            m = max(0.0, float(s.max()))
+            e = np.exp(s - m)
+            z = math.exp(-m) + e.sum()
+            w0, w = math.exp(-m) / z, e / z
+            pk = p[live, t]
+            mix = w0 * p_lm[t] + float(w @ pk)
+            mix = max(mix, 1e-300)
+            out[t] = -math.log(mix)
+            g = self.lr * w * (pk - mix) / mix
+            for j, k in enumerate(live):
+                theta[k, f[j]] += g[j]
+        return out

@@ -19,29 +19,11 @@ verifies one chain per request, so each request gets the most probable chain of
 
 from __future__ import annotations
 
-import os
-
+from lm_integration.open_source import open_source_from_env
 from lm_integration.tree_drafter import TreeDrafter
 
 
-def _open_source():
-    path, target = os.environ.get("NGRAM_INDEX"), os.environ.get("NGRAM_TARGET")
-    if path and target:
-        raise ValueError("set only one of NGRAM_INDEX (an index directory) and NGRAM_TARGET (HOST:PORT)")
-    if path:
-        from engine.index import NgramIndex
-
-        index = NgramIndex.open(path)
-        index.warmup()
-        return index
-    if target:
-        from engine.serve.client import NgramClient
-
-        return NgramClient(target)
-    return None
-
-
-def _model_tokenizer(vllm_config):
+def model_tokenizer(vllm_config):
     """The served model's tokenizer (a ``tokenizers.Tokenizer``) when its folder has a tokenizer.json."""
     from pathlib import Path
 
@@ -62,10 +44,10 @@ class CorpusProposer:
         spec = vllm_config.speculative_config
         self.k = int(spec.num_speculative_tokens)
         self.max_model_len = int(vllm_config.model_config.max_model_len)
-        source = _open_source()
+        source = open_source_from_env()
         # Refuse an index built with another tokenizer: vLLM's model folder holds the model's tokenizer.json.
         self.drafter = TreeDrafter(source, max_nodes=max(self.k, 1),
-                                   tokenizer=_model_tokenizer(vllm_config) if source is not None else None)
+                                   tokenizer=model_tokenizer(vllm_config) if source is not None else None)
 
     def propose(self, sampled_token_ids, num_tokens_no_spec, token_ids_cpu, slot_mappings=None) -> list[list[int]]:
         drafts: list[list[int]] = []
