@@ -36,10 +36,10 @@ def run_group(index, group: int) -> None:
 def kernels_cached() -> bool:
     """Whether numba's cache (or this process) already holds the entry kernels compiled."""
     from engine.kernels.cache import is_cached
-    from engine.kernels.disk import count_on_disk, sample_next_keys_on_disk
+    from engine.kernels.disk import find_ranges_on_disk, sample_next_keys_on_disk
     from engine.kernels.suffix import query_kernels
 
-    return all(is_cached(k) for k in (*query_kernels(), count_on_disk, sample_next_keys_on_disk))
+    return all(is_cached(k) for k in (*query_kernels(), find_ranges_on_disk, sample_next_keys_on_disk))
 
 
 def compile_in_workers(index, workers: int | None = None, timeout: float = 600.0) -> bool:

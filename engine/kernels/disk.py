@@ -26,8 +26,7 @@ from numba.extending import intrinsic
 import engine.kernels.cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
 from engine.kernels.suffix import (
     D_FIRST, D_NFIRST, D_SAMPLES, D_SHIFT, PREFETCH_RANKS, SAMPLE_WORDS, bisect_samples,
-    compare_at, ids_ok, ids_to_keys, key_at_rank, open_handle, pointer_at, query_sample_range, sample_block,
-    shard_views,
+    compare_at, key_at_rank, pointer_at, query_sample_range, sample_block, shard_views,
 )
 
 PAGE = 4096
@@ -84,7 +83,8 @@ def _pivots(a, b):
 
 @njit(nogil=True, cache=True)
 def find_ranges_on_disk(st, tw, keys, start, stop, lo_out, hi_out):
-    """Each shard's range of keys[start:stop] (as suffix.find_ranges); returns the total count."""
+    """Each shard's range of keys[start:stop] (as suffix.find_ranges); returns the total count. The
+    caller validates the ids (count_at's checks: kernels.suffix.ids_ok)."""
     n_shards = st.shape[0]
     # Searches 2s and 2s + 1 are shard s's first match and first rank past the matches, each a
     # half-open rank range [a, b) that holds its answer; skip tokens of every suffix there are known.
@@ -198,19 +198,6 @@ def _bisect_in_lockstep(st, tw, keys, start, stop, skip, a, b):
             a[q] = na
             b[q] = nb
             active = active or na < nb
-
-
-@njit(nogil=True, cache=True)
-def count_on_disk(handle, ids):
-    """count_at (engine.kernels.suffix) with the searches above: total occurrences of the int64 token
-    ids, validated here; -1 when an id is out of range or the separator."""
-    st, tw, vocab_size, separator = open_handle(handle)
-    if not ids_ok(ids, vocab_size, separator):
-        return np.int64(-1)
-    keys = ids_to_keys(ids, tw)
-    lo = np.empty(st.shape[0], dtype=np.int64)
-    hi = np.empty(st.shape[0], dtype=np.int64)
-    return find_ranges_on_disk(st, tw, keys, np.int64(0), keys.shape[0], lo, hi)
 
 
 @njit(inline="always")

@@ -14,7 +14,7 @@ def _locator(dispatcher):
 
 def test_kernel_modules_share_one_stamp():
     locators = [_locator(kernels.count_at), _locator(kernels_match.longest_matches),
-                _locator(kernels_ngrams.enumerate_frequent), _locator(kernels_disk.count_on_disk)]
+                _locator(kernels_ngrams.enumerate_frequent), _locator(kernels_disk.find_ranges_on_disk)]
     for loc in locators:
         assert isinstance(loc, (kernel_cache.KernelsInTreeLocator, kernel_cache.KernelsUserDirLocator,
                                 kernel_cache.KernelsUserWideLocator))

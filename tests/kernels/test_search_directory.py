@@ -8,7 +8,6 @@ tokens, where the sample table has one top-level block and every search starts a
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
-from engine.kernels import disk as disk_kernels
 from engine.kernels import suffix as kernels
 from engine.errors import InvalidQueryError
 from tests.helpers.corpora import ALPHABETS, build_from_token_docs
@@ -93,7 +92,7 @@ def test_sparse_samples_give_the_same_counts(case):
 
 
 def _on_disk_counts(index, queries) -> list[int]:
-    return [int(disk_kernels.count_on_disk(index._handle_address, np.asarray(q, dtype=np.int64))) for q in queries]
+    return [index._count_on_disk(np.asarray(q, dtype=np.int64)) for q in queries]
 
 
 def test_the_on_disk_search_counts_the_same(case):
@@ -105,8 +104,8 @@ def test_the_on_disk_search_counts_the_same(case):
     assert _on_disk_counts(index, queries) == expected
     sparse = type(index).open(index.paths, directory_budget=32 * 8 * kernels.SAMPLE_WORDS)
     assert _on_disk_counts(sparse, queries) == expected
-    assert disk_kernels.count_on_disk(index._handle_address, np.array([index.separator_id], dtype=np.int64)) == -1
-    assert disk_kernels.count_on_disk(index._handle_address, np.array([-1], dtype=np.int64)) == -1
+    assert index._count_on_disk(np.array([index.separator_id], dtype=np.int64)) == -1
+    assert index._count_on_disk(np.array([-1], dtype=np.int64)) == -1
 
 
 def test_the_on_disk_walk_gives_the_exact_and_capped_distributions(case):
