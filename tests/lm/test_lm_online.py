@@ -24,7 +24,7 @@ def _data(n=70, seed=0):
 def test_adapter_without_learning_is_the_plain_output_layer():
     W, H, y = _data()
     bias = torch.randn(V)
-    logq, ent = OnlineOutputAdapter(W, bias, lr_hidden=0.0).score(H, y)
+    logq, ent = OnlineOutputAdapter(W, bias, lr_hidden=0.0, lr_bias=0.0).score(H, y)
     lsm = torch.log_softmax(H @ W.T + bias, -1)
     assert np.allclose(logq, lsm[torch.arange(len(y)), y].numpy(), atol=1e-5)
     assert np.allclose(ent, (-(lsm.exp() * lsm).sum(-1)).numpy(), atol=1e-5)
@@ -46,10 +46,10 @@ def test_adapter_update_is_the_gradient_step_of_the_log_loss():
 
 def test_adapter_is_causal_and_learns():
     W, H, y = _data(n=96)
-    first, _ = OnlineOutputAdapter(W, lr_hidden=1e-2, block=8).score(H, y)
+    first, _ = OnlineOutputAdapter(W, lr_hidden=1e-2, lr_bias=0.0, block=8).score(H, y)
     y2 = y.clone()
     y2[40:] = (y2[40:] + 1) % V  # other later tokens: the scores up to their block stay
-    second, _ = OnlineOutputAdapter(W, lr_hidden=1e-2, block=8).score(H, y2)
+    second, _ = OnlineOutputAdapter(W, lr_hidden=1e-2, lr_bias=0.0, block=8).score(H, y2)
     assert np.array_equal(first[:40], second[:40]) and not np.array_equal(first[40:], second[40:])
     # one context and one answer, again and again: the adapter learns it, the plain layer cannot
     Hr, yr = H[:1].repeat(64, 1), y[:1].repeat(64)
@@ -114,7 +114,7 @@ def test_lm_token_stats_match_the_logprobs_and_adapt():
     ids = np.random.default_rng(0).integers(0, 30, 40).tolist()
     ref = lm_token_logprobs(model, ids, window=16, stride=8)
     head = model.get_output_embeddings()
-    frozen = OnlineOutputAdapter(head.weight, lr_hidden=0.0)
+    frozen = OnlineOutputAdapter(head.weight, lr_hidden=0.0, lr_bias=0.0)
     st = lm_token_stats(model, ids, window=16, stride=8, adapter=frozen)
     assert np.allclose(st["logp"], ref, rtol=0, atol=1e-12)
     assert np.allclose(st["logp_adapt"], ref, atol=1e-5)  # (the adapter works in float32)
