@@ -415,6 +415,7 @@ class NgramIndex:
         the warm-up's probe that compiles them."""
         ids = self._ids(query, allow_empty=True)
         self._count_on_disk(ids)
+        self._prob_counts_on_disk(ids, int(ids[0]) if len(ids) else 0, True)
         self._distribution_on_disk(ids, None, False)
         self._distribution_on_disk(ids, 2, False)
 
@@ -431,13 +432,52 @@ class NgramIndex:
         """(prompt count, prompt + cont count, prompt length used) of one validated query."""
         ids = _plain_ids(prompt)
         if ids is not None and type(cont_id) is int and -1 < cont_id < 1 << 62:  # the usual query, validated there
-            counts = kernels.prob_at(self._handle_address, ids, cont_id, use_suffix)
+            counts = self._prob_counts_of_ids(ids, cont_id, use_suffix)
             if counts[0] >= 0:
-                return int(counts[0]), int(counts[1]), int(counts[2])
+                return counts
         ids = self._ids(prompt, allow_empty=True, name="prompt")
-        cont = self._token(cont_id, "cont_id")
-        counts = kernels.prob_at(self._handle_address, ids, cont, use_suffix)
-        return int(counts[0]), int(counts[1]), int(counts[2])
+        return self._prob_counts_of_ids(ids, self._token(cont_id, "cont_id"), use_suffix)
+
+    def _prob_counts_of_ids(self, ids: np.ndarray, cont: int, use_suffix: bool) -> tuple[int, int, int]:
+        """_prob_counts by the searches that suit where the pages are (see _DiskMode); all -1 for ids
+        or a cont the kernels refuse."""
+        if self._disk.on_disk:
+            t0 = _now_ns()
+            counts = self._prob_counts_on_disk(ids, cont, use_suffix)
+            self._disk.finished_on_disk(t0)
+            return counts
+        prompt_count, cont_count, used = kernels.prob_at(self._handle_address, ids, cont, use_suffix)
+        if prompt_count < -1:  # the searches took over _DISK_NS (kernels.decode_count)
+            prompt_count = -2 - prompt_count
+            self._disk.took_long()
+        return int(prompt_count), int(cont_count), int(used)
+
+    def _prob_counts_on_disk(self, ids: np.ndarray, cont: int, use_suffix: bool) -> tuple[int, int, int]:
+        """kernels.prob_at's counts by engine.kernels.disk's search: the longest occurring suffix
+        (exponential, then binary search over its length, as kernels.longest_suffix), then the
+        prompt and prompt + cont, each search over every shard at once."""
+        if not (kernels.ids_ok(ids, self.vocab_size, self.separator_id)
+                and kernels.ids_ok(np.array([cont], dtype=np.int64), self.vocab_size, self.separator_id)):
+            return -1, -1, -1
+        keys = self._keys(np.append(ids, np.int64(cont)))
+        n = len(ids)
+        lo = np.empty(self.num_shards, dtype=np.int64)
+        hi = np.empty(self.num_shards, dtype=np.int64)
+
+        def count(start: int, stop: int) -> int:
+            return int(disk_kernels.find_ranges_on_disk(*self._search, keys, start, stop, lo, hi))
+
+        start = 0
+        if use_suffix:
+            good, probe = 0, 1
+            while probe <= n and count(n - probe, n) > 0:
+                good, probe = probe, probe * 2
+            bad = min(probe, n + 1)
+            while bad - good > 1:
+                mid = (good + bad) >> 1
+                good, bad = (mid, bad) if count(n - mid, n) > 0 else (good, mid)
+            start = n - good
+        return count(start, n), count(start, n + 1), n - start
 
     def prob(self, prompt, cont_id) -> ProbResult:
         """P(cont_id | prompt) by counting: count(prompt + cont) / count(prompt)."""

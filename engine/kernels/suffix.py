@@ -176,7 +176,7 @@ def index_handle(st: np.ndarray, tw: int, vocab_size: int, separator: int, slow_
 
 
 def decode_count(n: int) -> tuple[int, bool]:
-    """(count or -1, whether the search was slow) from count_at's result."""
+    """(count or -1, whether the search was slow) from count_at's result (or prob_at's first)."""
     return (-2 - n, True) if n < -1 else (n, False)
 
 
@@ -774,11 +774,17 @@ def _prob_counts(st, tw, keys, cont, use_suffix):
 @njit(nogil=True, cache=True)
 def prob_at(handle, ids, cont, use_suffix):
     """_prob_counts for one query of int64 token ids on the index at ``handle``. All -1 when an id
-    is out of range or the separator, for the caller to work out the error."""
+    is out of range or the separator, for the caller to work out the error; the prompt count as
+    -2 - count when the searches took longer than the handle's H_SLOW_NS (as count_at)."""
     st, tw, vocab_size, separator = open_handle(handle)
     if not ids_ok(ids, vocab_size, separator) or not _is_token_id(cont, vocab_size, separator):
         return np.int64(-1), np.int64(-1), np.int64(-1)
-    return _prob_counts(st, tw, ids_to_keys(ids, tw), cont, use_suffix)
+    t0 = monotonic_ns()
+    prompt_count, cont_count, used = _prob_counts(st, tw, ids_to_keys(ids, tw), cont, use_suffix)
+    slow_ns = numba.carray(_int64_pointer(handle), H_SLOW_NS + 1)[H_SLOW_NS]
+    if slow_ns > 0 and monotonic_ns() - t0 > slow_ns:
+        return -2 - prompt_count, cont_count, used
+    return prompt_count, cont_count, used
 
 
 @njit(cache=True)

@@ -121,6 +121,15 @@ def test_the_on_disk_walk_gives_the_exact_and_capped_distributions(case):
             assert a[1].tolist() == b[1].tolist() and a[2].tolist() == b[2].tolist()
 
 
+def test_prob_by_the_on_disk_searches(case):
+    docs, index = case
+    for q in _queries(docs, seed=19)[:60]:
+        prompt, cont = np.asarray(q[:-1], dtype=np.int64), q[-1]
+        for use_suffix in (False, True):
+            expected = tuple(int(x) for x in kernels.prob_at(index._handle_address, prompt, cont, use_suffix))
+            assert index._prob_counts_on_disk(prompt, cont, use_suffix) == expected
+
+
 def test_the_on_disk_search_over_many_shards(tmp_path):
     """Every shard's two ends searched together: the same counts as one shard, including shards where
     the query is absent or only its first token occurs."""

@@ -73,6 +73,28 @@ def test_ntd_on_disk_equals_in_memory(index, max_support, monkeypatch):
         mode.on_disk = False
 
 
+def test_prob_on_disk_equals_in_memory(index, monkeypatch):
+    """prob and infgram_prob by the on-disk searches (the longest suffix's length searched from
+    Python, every shard at once per probe) against the kernels' in-memory answers."""
+    mode = index._disk
+    rng = np.random.default_rng(9)
+    try:
+        for _ in range(150):
+            q = rng.integers(1, 7, size=int(rng.integers(0, 6))).tolist()
+            cont = int(rng.integers(1, 6))
+            monkeypatch.setattr(index_module, "_DISK_NS", 10 ** 15)
+            mode.on_disk = False
+            expected = (index.prob(q, cont), index.infgram_prob(q, cont))
+            monkeypatch.setattr(index_module, "_DISK_NS", -1)
+            mode.on_disk = True
+            assert (index.prob(q, cont), index.infgram_prob(q, cont)) == expected
+            assert mode.on_disk
+        with pytest.raises(InvalidQueryError):
+            index.prob([1], 70000)
+    finally:
+        mode.on_disk = False
+
+
 def test_the_mode_follows_the_page_reads(index, monkeypatch):
     """The on-disk search while searches read from disk (major page faults), the in-memory one once
     they do not: in memory, or when a count is slow only because the CPU is busy."""
