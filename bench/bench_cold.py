@@ -24,9 +24,11 @@ may crash (tests/query/test_infinigram_compat.py): a second engine with ds_prefe
 With ``--shards N`` the same corpus is also built as N shards (cut from the one-shard index's document
 sizes so the greedy cut gives exactly N; in its own folder ``index-Nshards``, cached) and ours is
 measured on both indexes in one run, alternating query by query: cold open, cold count (n = 2, 5,
-10) p50/p90 and bytes, warm count p50; and the N-shard index with its shards searched by a thread
-pool, one thread per shard (each thread runs kernels.find_ranges on its shard's row of the shard
-table; the kernel releases the GIL, so the shards' first page faults are in flight together).
+10) p50/p90 and bytes, warm count p50. ``count()`` itself switches, once its searches take major
+page faults, to engine.kernels.disk's lockstep search (every shard's two ends at once, each step's
+pages asked for together). For comparison the N-shard index is also searched by a thread pool, one
+thread per shard (each thread runs kernels.find_ranges on its shard's row of the shard table; the
+kernel releases the GIL, so the shards' page faults are in flight together).
 Writes bench/results/cold_shards.md (and .json).
 
 Writes the table to bench/results/cold.md.
@@ -422,7 +424,7 @@ def main_shards(args, index_dir: Path, heldout: Path, title: str, info, started:
         f"Corpus: {title}.", "",
         f"- one shard: {describe(index_dir)}",
         f"- {args.shards} shards: {describe(many)}", "",
-        markdown_table(["query", "one shard p50 / p90, KiB read p50", f"{args.shards} shards (one thread)",
+        markdown_table(["query", "one shard p50 / p90, KiB read p50", f"{args.shards} shards, count()",
                         f"{args.shards} shards, a thread per shard", f"{args.shards}-shard p50 / one-shard p50",
                         "warm p50 µs: one / many / threads"], rows), "",
         "Cold: every page of the index's files dropped before each call. Warm: the same queries, "
