@@ -11,6 +11,11 @@ and λ_dense otherwise; both are tuned on a validation split of the documents an
 rest. Reported: PPL of the LM, PPL of the mixture, the relative reduction 1 - PPL_mix/PPL_LM, and
 (PPL_LM - PPL_mix)/(PPL_LM - 1), the measure the infini-gram paper reports.
 
+``--priors`` compares, in perplexity and bits per byte, the LM alone and with the corpus ∞-gram, the
+document's own online ∞-gram and both (weights per matched suffix length, tuned), and the online
+configurations that tune nothing (lm_integration.prior.OnlineMixer; with ``--adapt`` also
+OnlineOutputAdapter, the output layer adapted while coding).
+
 torch is needed only for the LM part (imported when used).
 """
 

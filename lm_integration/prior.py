@@ -30,6 +30,12 @@ support of each estimate is uploaded once and kept (``device_cache`` estimates),
 one host synchronisation (to see whether earlier processors masked the whole support). A variant
 with no synchronisation at all (a select restoring fully masked rows) measured slower on an H100
 host: more kernel launches cost more than the synchronisation saved.
+
+For compression-style evaluation (``eval_lm --priors``, bits per byte) the module also holds two
+online learners that tune nothing on the text they code: :class:`OnlineOutputAdapter` (the LM's
+output layer adapted while coding) and :class:`OnlineMixer` (an online gated mixture of the LM and
+∞-gram sources). ``vllm_logits`` runs this processor inside vLLM; ``check_prior_params`` is the one
+check of its settings.
 """
 
 from __future__ import annotations
