@@ -26,7 +26,7 @@ from numba.extending import intrinsic
 import engine.kernels.cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
 from engine.kernels.suffix import (
     D_FIRST, D_NFIRST, D_SAMPLES, D_SHIFT, PREFETCH_RANKS, SAMPLE_WORDS, bisect_samples,
-    compare_at, key_at_rank, pointer_at, query_sample_range, sample_block, shard_views,
+    compare_at, piece_sample, pointer_at, query_sample_range, sample_block, shard_views, walk_piece,
 )
 
 PAGE = 4096
@@ -220,8 +220,7 @@ def _ask_level(st, tw, shard, start, end, m, depth, unit, tokens):
         if b - a < 4 * unit:
             rank = a
             while rank < b:
-                mid = rank + (unit >> 1) if rank + unit <= b else (rank + b) >> 1
-                _ask_rank(ds, sa, ps, tw, mid, depth, tokens)
+                _ask_rank(ds, sa, ps, tw, piece_sample(rank, b, unit)[0], depth, tokens)
                 rank += unit
         else:
             _ask_rank(ds, sa, ps, tw, a, depth, tokens)
@@ -234,7 +233,6 @@ def sample_next_keys_on_disk(st, tw, lo_a, hi_a, depth, unit, out_keys, out_weig
     asked for a level at a time: every piece of a level has its suffix-array entries, then its
     tokens, requested together before any is read. The same (key, weight) pairs, in another order;
     the same contract (returns how many pairs there are, written while they fit)."""
-    cap = out_keys.shape[0]
     n = 0
     n_shards = st.shape[0]
     shard = np.empty(n_shards, dtype=np.int64)
@@ -258,27 +256,8 @@ def sample_next_keys_on_disk(st, tw, lo_a, hi_a, depth, unit, out_keys, out_weig
             ds, sa, ps, dr = shard_views(st, shard[i])
             a = start[i]
             b = end[i]
-            if b - a < 4 * unit:
-                rank = a
-                while rank < b:
-                    if rank + unit <= b:
-                        mid = rank + (unit >> 1)
-                        weight = unit
-                    else:
-                        mid = (rank + b) >> 1
-                        weight = b - rank
-                    if n < cap:
-                        out_keys[n] = key_at_rank(ds, sa, ps, tw, mid, depth)
-                        out_weights[n] = weight
-                    n += 1
-                    rank += unit
-                continue
-            first = key_at_rank(ds, sa, ps, tw, a, depth)
-            if first == key_at_rank(ds, sa, ps, tw, b - 1, depth):
-                if n < cap:
-                    out_keys[n] = first
-                    out_weights[n] = b - a
-                n += 1
+            n, split = walk_piece(ds, sa, ps, tw, a, b, depth, unit, out_keys, out_weights, n)
+            if not split:
                 continue
             mid = (a + b) >> 1
             next_shard[k] = shard[i]

@@ -934,6 +934,41 @@ def next_tokens_ids(st, tw, ids, use_suffix, max_distinct, separator):
     return total, tokens, counts, ends, n - start
 
 
+@njit(inline="always")
+def piece_sample(rank, end, unit):
+    """(rank read, ranks it stands for) of the capped ntd walk's sample that starts at ``rank`` in a
+    piece ending at ``end``: the middle of a block of ``unit`` ranks, or of what is left."""
+    if rank + unit <= end:
+        return rank + (unit >> 1), unit
+    return (rank + end) >> 1, end - rank
+
+
+@njit(inline="always")
+def walk_piece(ds, sa, ps, tw, start, end, depth, unit, out_keys, out_weights, n):
+    """One piece [start, end) of the capped ntd walk (approx_next_keys): a piece shorter than
+    4 * unit is read every ``unit`` ranks; one whose first and last keys agree is credited whole.
+    Appends its (key, weight) pairs from ``n`` while they fit; returns (pairs so far, whether the
+    piece must be split instead)."""
+    cap = out_keys.shape[0]
+    if end - start < 4 * unit:
+        rank = start
+        while rank < end:
+            mid, weight = piece_sample(rank, end, unit)
+            if n < cap:
+                out_keys[n] = key_at_rank(ds, sa, ps, tw, mid, depth)
+                out_weights[n] = weight
+            n += 1
+            rank += unit
+        return n, False
+    first = key_at_rank(ds, sa, ps, tw, start, depth)
+    if first == key_at_rank(ds, sa, ps, tw, end - 1, depth):
+        if n < cap:
+            out_keys[n] = first
+            out_weights[n] = end - start
+        return n + 1, False
+    return n, True
+
+
 @njit(nogil=True, cache=True)
 def approx_next_keys(st, tw, lo_a, hi_a, depth, unit, out_keys, out_weights):
     """infini-gram's capped ntd, step for step: per shard, divide ``[lo, hi)`` in halves until a piece
@@ -946,7 +981,6 @@ def approx_next_keys(st, tw, lo_a, hi_a, depth, unit, out_keys, out_weights):
     data (key -1) and a separator are different keys here, so a piece holding both is not credited
     whole to "end of document".
     """
-    cap = out_keys.shape[0]
     n = 0
     stack = np.empty(256, dtype=np.int64)
     for s in range(st.shape[0]):
@@ -960,27 +994,8 @@ def approx_next_keys(st, tw, lo_a, hi_a, depth, unit, out_keys, out_weights):
             top -= 2
             start = stack[top]
             end = stack[top + 1]
-            if end - start < 4 * unit:
-                rank = start
-                while rank < end:
-                    if rank + unit <= end:
-                        mid = rank + (unit >> 1)
-                        weight = unit
-                    else:
-                        mid = (rank + end) >> 1
-                        weight = end - rank
-                    if n < cap:
-                        out_keys[n] = key_at_rank(ds, sa, ps, tw, mid, depth)
-                        out_weights[n] = weight
-                    n += 1
-                    rank += unit
-                continue
-            first = key_at_rank(ds, sa, ps, tw, start, depth)
-            if first == key_at_rank(ds, sa, ps, tw, end - 1, depth):
-                if n < cap:
-                    out_keys[n] = first
-                    out_weights[n] = end - start
-                n += 1
+            n, split = walk_piece(ds, sa, ps, tw, start, end, depth, unit, out_keys, out_weights, n)
+            if not split:
                 continue
             mi = (start + end) >> 1
             # Right half below the left one, so the left half is taken first (infini-gram's order
