@@ -330,12 +330,30 @@ def open_directories(index_dir: Path, shards, load: str = "mmap",
     out = []
     for shard in shards:
         path = find(index_dir, shard.number)
+        if path is not None and _older_format(path):
+            path = None  # built in memory instead, with the hint; `ngram verify` reports the file
         found = (read(path, shard, load), str(path)) if path is not None else None
         if budget is not None and (found is not None or budget != DEFAULT_BUDGET) and \
                 (found is None or int(found[0][kernels.D_SHIFT]) != sample_shift(shard.num_positions, budget)):
             found = (build(shard, budget), "memory")  # a budget asked for and not what the file has
         out.append(found)
     return out
+
+
+def _older_format(path: Path) -> bool:
+    """Whether ``path`` is a directory of an older format than FILE_VERSION (logged at WARNING: a
+    server keeps starting after an upgrade, building its directories in memory until
+    `ngram index-directory` rewrites them). Anything else wrong with it is left to read()."""
+    try:
+        header = np.frombuffer(_pread(path, 0, 16), dtype="<i8")
+    except OSError:
+        return False
+    if len(header) < 2 or int(header[_H_MAGIC]) != MAGIC or not 0 < int(header[_H_VERSION]) < FILE_VERSION:
+        return False
+    log.warning("%s has search directory format %d, older than this engine's %d: building one in memory instead; "
+                "run `ngram index-directory %s` once to rewrite it", path, int(header[_H_VERSION]), FILE_VERSION,
+                path.parent)
+    return True
 
 
 def hint(paths, n_positions: int, seconds: float) -> None:

@@ -85,7 +85,7 @@ def test_corrupt_directory_files_raise_naming_the_file(tmp_path):
     good = file.read_bytes()
     for damage in (b"XXXXXXXX" + good[8:],  # magic
                    good[:-8],  # size
-                   good[:8] + (directory.FILE_VERSION - 1).to_bytes(8, "little") + good[16:],  # an older version
+                   good[:8] + (directory.FILE_VERSION + 1).to_bytes(8, "little") + good[16:],  # a newer version
                    good[:24] + (12345).to_bytes(8, "little") + good[32:]):  # positions
         file.write_bytes(damage)
         with pytest.raises(IndexFormatError, match="directory.0"):
@@ -98,13 +98,34 @@ def test_corrupt_directory_files_raise_naming_the_file(tmp_path):
         NgramIndex.open(path)
     # A changed sample opens (it cannot send a search astray) but verify finds it, sampled or full.
     dr = np.frombuffer(good, dtype="<i8", offset=directory.HEADER_BYTES).copy()
-    dr[int(dr[kernels.D_SAMPLES]) + 2 * 5] ^= 1 << 20
+    dr[int(dr[kernels.D_SAMPLES]) + kernels.SAMPLE_WORDS * 5] ^= 1 << 20
     file.write_bytes(good[:directory.HEADER_BYTES] + dr.tobytes())
     NgramIndex.open(path)
     for full in (False, True):
         report = verify_index(path, full=full, checksums=False)
         assert not report.ok and any("directory.0" in p for p in report.problems)
     assert any("checksum" in p for p in verify_index(path).problems)
+
+
+def test_a_directory_of_an_older_format_is_built_in_memory_until_rewritten(tmp_path, caplog):
+    """After an upgrade that changed the directory format, an index still opens (and answers the
+    same), building its directory in memory with a warning naming the command; verify reports the
+    file, and `ngram index-directory` (no --force needed) rewrites it."""
+    path = tmp_path / "idx"
+    _build(path)
+    expected = NgramIndex.open(path).count([3, 4])
+    file = path / "directory.0"
+    good = file.read_bytes()
+    file.write_bytes(good[:8] + (directory.FILE_VERSION - 1).to_bytes(8, "little") + good[16:])
+    with caplog.at_level(logging.WARNING, logger="engine.storage.directory"):
+        index = NgramIndex.open(path)
+    assert index.directory_sources == ["memory"] and index.count([3, 4]) == expected
+    assert any("older than this engine" in r.getMessage() and "ngram index-directory" in r.getMessage()
+               for r in caplog.records)
+    assert any("directory.0" in p for p in verify_index(path, checksums=False).problems)
+    assert cli_main(["index-directory", "-q", str(path)]) == 0
+    index = NgramIndex.open(path)
+    assert index.directory_sources == [str(file)] and index.count([3, 4]) == expected
 
 
 def test_index_without_directory_builds_in_memory_with_a_hint_then_the_command(tmp_path, cache_env, caplog):
