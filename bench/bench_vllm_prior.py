@@ -9,7 +9,8 @@ repository root, with the held-out prompts and the SmolLM2-tokenized index of be
 
 Four greedy decodings of every prompt (batch size 1, a fixed number of new tokens, end-of-text not
 stopping any of them): HF ``generate`` without and with the prior, and one vLLM engine (built with the
-logits processor) serving requests without and with ``extra_args={"infgram": {...}}``. The HF pair
+logits processor, no prefix cache) serving requests without and with ``extra_args={"infgram": {...}}``,
+interleaved per prompt. The index is warmed up and each path runs once before anything is timed. The HF pair
 without the prior tells how often HF and vLLM disagree on their own (their kernels differ in the
 last bits); the pair with it is the test of the plugin. Where tokens differ, the report says at
 which prompt and position, and the two logit margins there.
@@ -39,14 +40,14 @@ def hf_greedy(model, prompts, new_tokens: int, prior_factory) -> tuple[list[list
     gc = copy.deepcopy(model.generation_config)
     gc.eos_token_id = None
     gc.do_sample = False
+    gc.max_new_tokens = new_tokens
     outs, seconds, cpu = [], 0.0, 0.0
     for p in prompts:
         procs = LogitsProcessorList([prior_factory()] if prior_factory else [])
         x = torch.tensor([p])
         c0, t0 = cpu_seconds(), time.perf_counter()
         with torch.no_grad():
-            y = model.generate(x, attention_mask=torch.ones_like(x), generation_config=gc, max_new_tokens=new_tokens,
-                               logits_processor=procs)
+            y = model.generate(x, attention_mask=torch.ones_like(x), generation_config=gc, logits_processor=procs)
         seconds += time.perf_counter() - t0
         cpu += cpu_seconds() - c0
         outs.append(y[0, len(p):].tolist())
@@ -124,18 +125,21 @@ def main(argv=None) -> int:
     prompts = held_out_prompts(args)
     settings = {"lambda_sparse": args.lambdas[0], "lambda_dense": args.lambdas[1]}
     index = NgramIndex.open(index_dir)
+    index.warmup()  # compile or load the query kernels before anything is timed
 
     def prior():
         return InfgramLogitsProcessor(index, check_tokenizer=False, **settings)
 
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    hf_greedy(model, prompts[:1], args.new_tokens, prior)  # warm up
     hf_plain, hf_plain_s, hf_plain_c = hf_greedy(model, prompts, args.new_tokens, None)
     hf_prior, hf_prior_s, hf_prior_c = hf_greedy(model, prompts, args.new_tokens, prior)
 
     from vllm import LLM
 
+    # no prefix cache: every request computes its prompt, whichever configuration ran it first
     llm = LLM(model=args.model, dtype="float32", max_model_len=2048, enforce_eager=True,
-              logits_processors=[PROCESSOR])
+              enable_prefix_caching=False, logits_processors=[PROCESSOR])
     configs = (("plain", None), ("prior", {"infgram": settings}))
     for _, extra in configs:  # warm up both paths
         vllm_greedy(llm, prompts[0], args.new_tokens, extra)

@@ -125,7 +125,8 @@ def test_context_token_probs_and_priors_end_to_end():
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from tests.helpers.lm_fakes import tiny_llama
-    from lm_integration.eval_lm import PRIOR_CONFIGS, context_token_probs, evaluate_priors, format_priors_table
+    from lm_integration.eval_lm import (ONLINE_CONFIGS, PRIOR_CONFIGS, context_token_probs, evaluate_priors,
+                                        format_priors_table)
 
     p, has, slen = context_token_probs([5, 6, 7, 5, 6, 7, 5, 6])
     # after "5 6 7 5" the document has seen "5" followed by "6" once: certain
@@ -142,9 +143,10 @@ def test_context_token_probs_and_priors_end_to_end():
         docs.append(phrase * 5)
     res = evaluate_priors(tiny_llama(vocab_size=24), src, docs[:3], docs[3:], lambda ids: " ".join(map(str, ids)),
                           window=16, stride=8)
-    assert list(res["configs"]) == list(PRIOR_CONFIGS)
+    assert list(res["configs"]) == [*PRIOR_CONFIGS, ONLINE_CONFIGS[0]]
     bpb = {k: v["bits_per_byte"] for k, v in res["configs"].items()}
     assert bpb["LM + context ∞-gram"] < 0.5 * bpb["LM alone"]
+    assert bpb[ONLINE_CONFIGS[0]] < 0.7 * bpb["LM alone"]  # the online mixer learns to trust the context
     assert bpb["LM + corpus + context"] < 0.7 * bpb["LM alone"]
     assert not any(any(l) for l in res["configs"]["LM alone"]["lambdas"])
     assert "bits per byte" in format_priors_table(res)
@@ -153,3 +155,6 @@ def test_context_token_probs_and_priors_end_to_end():
                           window=16, stride=8)
     assert res["tuning"] == "two-fold cross-fitting" and len(res["configs"]["LM alone"]["lambdas"]) == 2
     assert res["configs"]["LM + context ∞-gram"]["bits_per_byte"] < 0.5 * res["configs"]["LM alone"]["bits_per_byte"]
+    res = evaluate_priors(tiny_llama(vocab_size=24), src, [], docs, lambda ids: " ".join(map(str, ids)),
+                          window=16, stride=8, adapt=True)
+    assert list(res["configs"]) == [*PRIOR_CONFIGS, *ONLINE_CONFIGS]
