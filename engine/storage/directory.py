@@ -45,7 +45,7 @@ HEADER_BYTES = 4096
 _H_MAGIC, _H_VERSION, _H_TOKEN_WIDTH, _H_POSITIONS, _H_PTR_SIZE, _H_DS_BYTES, _H_WORDS = range(7)
 KIND = "directory"  # file name: directory.N
 SAMPLE_ENTRY_BYTES = 8 * kernels.SAMPLE_WORDS
-DEFAULT_BUDGET = kernels.MAX_SAMPLES_PER_SHARD * SAMPLE_ENTRY_BYTES  # 256 MiB of samples per shard
+DEFAULT_BUDGET = 256 << 20  # bytes of samples per shard: kernels.MAX_SAMPLES_PER_SHARD samples
 HINT_POSITIONS = 1 << 24  # shards this large log the hint at WARNING (a few seconds to build)
 _CHUNK_SAMPLES = 1 << 18
 
