@@ -34,6 +34,8 @@ Measured: ``bench/bench_vllm_prior.py`` (see its docstring and lm_integration/RE
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from lm_integration.infgram import InfgramCache
@@ -49,6 +51,10 @@ except ImportError:  # the per-request part works without vLLM; the class does n
 
 ARGS_KEY = "infgram"  # SamplingParams.extra_args key holding a request's prior settings
 OPTIONS = ("lambda_sparse", "lambda_dense", "mode", "floor", "max_support", "max_query_len", "end_token_id")
+
+#: Time spent in the prior by every request of this process (wall and thread CPU seconds, calls): what
+#: the plugin costs vLLM per decoding step, readable where vLLM runs its worker in-process.
+TIMES = {"calls": 0, "seconds": 0.0, "cpu_seconds": 0.0}
 
 
 def request_options(extra_args) -> dict | None:
@@ -82,9 +88,13 @@ class RequestPrior:
         self.processor = InfgramLogitsProcessor(source, cache=cache, check_tokenizer=False, **options)
 
     def __call__(self, prompt_ids: list[int], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        t0, c0 = time.perf_counter(), time.thread_time()
         ids = torch.tensor([[*prompt_ids, *output_ids]], dtype=torch.long)
         scores = logits.unsqueeze(0)
         out = self.processor(ids, scores)
+        TIMES["calls"] += 1
+        TIMES["seconds"] += time.perf_counter() - t0
+        TIMES["cpu_seconds"] += time.thread_time() - c0
         return logits if out is scores else out[0]
 
 

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from tests.helpers.lm_fakes import FakeSource  # noqa: E402
 from lm_integration.prior import InfgramLogitsProcessor  # noqa: E402
-from lm_integration.vllm_logits import InfgramVllmLogitsProcessor, RequestPrior, request_options  # noqa: E402
+from lm_integration.vllm_logits import TIMES, InfgramVllmLogitsProcessor, RequestPrior, request_options  # noqa: E402
 
 V = 12
 DOCS = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 7, 5, 6], [2, 3, 4, 8], [9, 9, 10, 11, 1, 2, 3, 4]]
@@ -39,7 +39,7 @@ def test_request_prior_equals_the_hf_processor_step_by_step(mode):
     ref = InfgramLogitsProcessor(src, check_tokenizer=False, **opts)
     prompt, output = [9, 1, 2], []  # vLLM appends each sampled token to the same output list
     gen = torch.Generator().manual_seed(0)
-    changed = 0
+    changed, calls = 0, TIMES["calls"]
     for token in (3, 4, 40 % V, 5, 6):
         logits = torch.randn(V, generator=gen)
         got = req(prompt, output, logits.clone())
@@ -48,6 +48,7 @@ def test_request_prior_equals_the_hf_processor_step_by_step(mode):
         changed += not torch.equal(got, logits)
         output.append(token)
     assert changed >= 3  # the corpus knows most of these contexts
+    assert TIMES["calls"] == calls + 5 and TIMES["seconds"] > 0  # every call is timed
 
 
 def test_request_prior_returns_the_row_itself_when_nothing_applies():
