@@ -21,10 +21,41 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from engine.format import OPTIONAL_SHARD_FILES, SHARD_FILES, discover_shards, shard_path
 
 HUGE_PAGE = 2 << 20
 _SMAPS_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
+_MADV_WILLNEED = 4 if sys.platform == "darwin" else 3
+
+
+class PageRequests:
+    """Asks the kernel to start reading the pages under byte ranges of arrays (madvise
+    MADV_WILLNEED), so that reads issued together overlap instead of each page fault waiting for the
+    one before (engine.kernels.disk does this inside its searches; this is for Python code that then
+    reads the arrays as usual). A hint: ranges outside an array are clipped, and failures (memory not
+    backed by a file, a platform without madvise) are ignored."""
+
+    def __init__(self):
+        self._madvise = None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+            self._madvise = libc.madvise
+        except (OSError, AttributeError):
+            pass
+
+    def ask(self, arr: np.ndarray, start: int, nbytes: int) -> None:
+        """The pages under bytes [start, start + nbytes) of ``arr``'s data."""
+        start, end = max(0, int(start)), min(int(start) + int(nbytes), arr.nbytes)
+        if self._madvise is None or end <= start:
+            return
+        address = arr.ctypes.data + start
+        page = address & ~(mmap.PAGESIZE - 1)
+        self._madvise(page, address + (end - start) - page, _MADV_WILLNEED)
 
 
 def advise_huge_pages(buffer: mmap.mmap) -> None:

@@ -95,6 +95,31 @@ def test_prob_on_disk_equals_in_memory(index, monkeypatch):
         mode.on_disk = False
 
 
+def test_search_docs_on_disk_equals_in_memory(index, monkeypatch):
+    """On disk, search_docs asks for its documents' pages first (suffix-array entries, the offsets
+    bisections, token windows, metadata) and then reads them as in memory: the same documents."""
+    mode = index._disk
+    rng = np.random.default_rng(10)
+    try:
+        for _ in range(60):
+            q = rng.integers(1, 6, size=int(rng.integers(1, 4))).tolist()
+            max_docs, disp = int(rng.integers(0, 12)), int(rng.integers(1, 30))
+            monkeypatch.setattr(index_module, "_DISK_NS", 10 ** 15)
+            mode.on_disk = False
+            expected = index.search_docs(q, max_docs=max_docs, max_disp_len=disp)
+            monkeypatch.setattr(index_module, "_DISK_NS", -1)
+            mode.on_disk = True
+            got = index.search_docs(q, max_docs=max_docs, max_disp_len=disp)
+            assert got.count == expected.count and len(got.documents) == len(expected.documents)
+            for a, b in zip(got.documents, expected.documents):
+                assert (a.doc_ix, a.doc_len, a.needle_offset, a.metadata, a.shard) == \
+                    (b.doc_ix, b.doc_len, b.needle_offset, b.metadata, b.shard)
+                assert a.token_ids.tolist() == b.token_ids.tolist()
+            assert mode.on_disk
+    finally:
+        mode.on_disk = False
+
+
 def test_the_mode_follows_the_page_reads(index, monkeypatch):
     """The on-disk search while searches read from disk (major page faults), the in-memory one once
     they do not: in memory, or when a count is slow only because the CPU is busy."""
