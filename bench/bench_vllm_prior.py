@@ -137,19 +137,28 @@ def main(argv=None) -> int:
 
     from vllm import LLM
 
-    # no prefix cache: every request computes its prompt, whichever configuration ran it first; the
-    # engine and its worker in this process, so that the prior's own clock (vllm_logits.TIMES) is readable
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # no prefix cache: every request computes its prompt, whichever configuration ran it first. The
+    # worker process writes the prior's own clock (vllm_logits.TIMES) to a file (in-process engines
+    # fail on this build: "'_lib_fn_wrapper' object has no attribute 'get'" when registering kernels).
+    import json
+    import tempfile
+
+    from lm_integration.vllm_logits import TIMES_ENV
+
+    times_file = Path(tempfile.mkdtemp()) / "prior_times.json"
+    os.environ[TIMES_ENV] = str(times_file)
     llm = LLM(model=args.model, dtype="float32", max_model_len=2048, enforce_eager=True,
-              enable_prefix_caching=False, distributed_executor_backend="uni", logits_processors=[PROCESSOR])
-    from lm_integration.vllm_logits import TIMES
+              enable_prefix_caching=False, logits_processors=[PROCESSOR])
+
+    def prior_times() -> dict:
+        return json.loads(times_file.read_text())
     configs = (("plain", None), ("prior", {"infgram": settings}))
     for _, extra in configs:  # warm up both paths
         vllm_greedy(llm, prompts[0], args.new_tokens, extra)
     secs = {name: 0.0 for name, _ in configs}
     cpu = {name: 0.0 for name, _ in configs}
     outs = {name: [None] * len(prompts) for name, _ in configs}
-    before = dict(TIMES)
+    before = prior_times()
     for _ in range(args.repeats):
         for i, p in enumerate(prompts):  # interleaved per prompt, so that load changes hit both alike
             for name, extra in configs:
@@ -184,19 +193,20 @@ def main(argv=None) -> int:
                         ("vLLM", secs["plain"], cpu["plain"]),
                         ("vLLM + ∞-gram logits processor", secs["prior"], cpu["prior"])):
         lines.append(f"| {label} | {tokens / s:.1f} | {1000 * s / tokens:.2f} | {1000 * c / tokens:.2f} |")
-    calls = TIMES["calls"] - before["calls"]
+    after = prior_times()
+    calls = after["calls"] - before["calls"]
     if not calls:
         raise AssertionError("the prior never ran inside vLLM")
-    lines += ["", f"Inside vLLM the prior took {1000 * (TIMES['seconds'] - before['seconds']) / calls:.3f} ms per "
-              f"decoding step (CPU {1000 * (TIMES['cpu_seconds'] - before['cpu_seconds']) / calls:.3f} ms; {calls} "
+    lines += ["", f"Inside vLLM the prior took {1000 * (after['seconds'] - before['seconds']) / calls:.3f} ms per "
+              f"decoding step (CPU {1000 * (after['cpu_seconds'] - before['cpu_seconds']) / calls:.3f} ms; {calls} "
               f"steps; its own clock, around each request's call). HF + InfgramLogitsProcessor minus HF: "
               f"{1000 * (hf_prior_c - hf_plain_c) / tokens:+.2f} ms of CPU per token."]
     lines += ["", f"End to end in vLLM the prior costs {1000 * (secs['prior'] - secs['plain']) / tokens:+.2f} ms of wall time and "
               f"{1000 * (cpu['prior'] - cpu['plain']) / tokens:+.2f} ms of CPU time per token (means over "
               f"{args.repeats} passes, interleaved per prompt; CPU time is what a busy machine does not distort); "
               f"it changed the greedy tokens of {changed} of {len(prompts)} prompts."]
-    report.update(prior_calls=calls, prior_seconds=TIMES["seconds"] - before["seconds"],
-                  prior_cpu_seconds=TIMES["cpu_seconds"] - before["cpu_seconds"], seconds=secs, cpu_seconds=cpu, hf_seconds={"plain": hf_plain_s, "prior": hf_prior_s},
+    report.update(prior_calls=calls, prior_seconds=after["seconds"] - before["seconds"],
+                  prior_cpu_seconds=after["cpu_seconds"] - before["cpu_seconds"], seconds=secs, cpu_seconds=cpu, hf_seconds={"plain": hf_plain_s, "prior": hf_prior_s},
                   hf_cpu_seconds={"plain": hf_plain_c, "prior": hf_prior_c})
     write_report("\n".join(lines), args.out, report)
     return 0

@@ -34,6 +34,8 @@ Measured: ``bench/bench_vllm_prior.py`` (see its docstring and lm_integration/RE
 
 from __future__ import annotations
 
+import json
+import os
 import time
 
 import torch
@@ -53,8 +55,18 @@ ARGS_KEY = "infgram"  # SamplingParams.extra_args key holding a request's prior 
 OPTIONS = ("lambda_sparse", "lambda_dense", "mode", "floor", "max_support", "max_query_len", "end_token_id")
 
 #: Time spent in the prior by every request of this process (wall and thread CPU seconds, calls): what
-#: the plugin costs vLLM per decoding step, readable where vLLM runs its worker in-process.
+#: the plugin costs vLLM per decoding step. vLLM's CPU build runs the worker in a process of its own,
+#: so with ``NGRAM_PRIOR_TIMES`` set to a file path the worker also writes them there after each call
+#: (outside the timed part), for benchmarks.
 TIMES = {"calls": 0, "seconds": 0.0, "cpu_seconds": 0.0}
+TIMES_ENV = "NGRAM_PRIOR_TIMES"
+
+
+def _publish_times(path: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(TIMES, fh)
+    os.replace(tmp, path)
 
 
 def request_options(extra_args) -> dict | None:
@@ -86,6 +98,7 @@ class RequestPrior:
 
     def __init__(self, source, options: dict, cache: InfgramCache | None = None):
         self.processor = InfgramLogitsProcessor(source, cache=cache, check_tokenizer=False, **options)
+        self.times_path = os.environ.get(TIMES_ENV)
 
     def __call__(self, prompt_ids: list[int], output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -95,6 +108,8 @@ class RequestPrior:
         TIMES["calls"] += 1
         TIMES["seconds"] += time.perf_counter() - t0
         TIMES["cpu_seconds"] += time.thread_time() - c0
+        if self.times_path:
+            _publish_times(self.times_path)
         return logits if out is scores else out[0]
 
 

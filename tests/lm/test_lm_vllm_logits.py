@@ -62,3 +62,15 @@ def test_request_prior_returns_the_row_itself_when_nothing_applies():
 def test_processor_needs_vllm():
     with pytest.raises(ImportError, match="needs vLLM"):
         InfgramVllmLogitsProcessor(object(), "cpu", False)
+
+
+def test_request_prior_publishes_its_clock_when_asked(tmp_path, monkeypatch):
+    import json
+
+    from lm_integration.vllm_logits import TIMES_ENV
+
+    path = tmp_path / "times.json"
+    monkeypatch.setenv(TIMES_ENV, str(path))
+    req = RequestPrior(FakeSource(DOCS, vocab_size=V), {"lambda_sparse": 0.5})
+    req([1, 2], [3], torch.randn(V))
+    assert json.loads(path.read_text()) == TIMES and TIMES["calls"] >= 1
