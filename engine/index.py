@@ -262,9 +262,15 @@ class NgramIndex:
             self._warm = True
 
     def probe(self, calls) -> None:
-        """Run probe ``calls`` ((method, args, kwargs), see QUERY_PROBES): they compile kernels."""
+        """Run probe ``calls`` ((method, args, kwargs), see QUERY_PROBES): they compile kernels.
+
+        Each runs in memory mode (compiling is slow and reads files, which would look like a cold
+        index to _DiskMode and send the next probes to the on-disk searches instead of compiling the
+        in-memory ones); the mode starts afresh afterwards."""
         for name, args, kwargs in calls:
+            self._disk.on_disk = False
             getattr(self, name)(*args, **kwargs)
+        self._disk = _DiskMode()
 
     def __repr__(self) -> str:
         return (f"NgramIndex({[str(p) for p in self.paths]}, shards={self.num_shards}, tokens={self.num_tokens}, "
