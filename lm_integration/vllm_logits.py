@@ -29,7 +29,11 @@ This is the only module of lm_integration that imports vLLM. Without vLLM it sti
 per-request part, :func:`request_options` and :class:`RequestPrior`, is tested in the project's
 environment), but the processor class refuses to be built.
 
-Measured: ``bench/bench_vllm_prior.py`` (see its docstring and lm_integration/README.md).
+Measured with vLLM 0.32.0's CPU build (``bench/bench_vllm_prior.py``, SmolLM2-135M, the kernel
+``sound/soc`` index, 8 prompts x 48 greedy tokens, λ 0.83 / 0.26): the same tokens as HF ``generate`` with
+InfgramLogitsProcessor on 8 of 8 prompts (vLLM and HF agree without the prior too), 0.614 ms per
+decoding step on the prior's own clock (CPU 0.503 ms) against 59.6 ms for vLLM's step; see
+lm_integration/README.md for the command.
 """
 
 from __future__ import annotations
