@@ -14,8 +14,9 @@ for the prior in its sampling parameters::
 
 A request without ``extra_args["infgram"]`` is left alone. The settings are those of
 ``lm_integration.prior.InfgramLogitsProcessor`` (``lambda_sparse`` required; ``lambda_dense``,
-``mode``, ``floor``, ``max_support``, ``max_query_len``, ``end_token_id`` optional), checked when the
-request arrives (vLLM answers a bad one with a validation error, HTTP 400 when serving). Each request
+``mode``, ``floor``, ``max_support``, ``max_query_len``, ``end_token_id`` optional), checked by
+``validate_params``, which vLLM calls when a request arrives (a bad one gets a validation error, HTTP
+400 when serving, by vLLM's own code; the benchmark sends only good ones). Each request
 gets its own ``InfgramLogitsProcessor`` (its own suffix-match state), called on the request's prompt
 and output tokens and its row of logits, so the arithmetic is prior.py's, not a copy; all requests
 share one cache of estimates. The index comes from the environment, as for
