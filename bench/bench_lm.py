@@ -98,9 +98,11 @@ def machine(device: str) -> str:
 
 
 def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_count, with_null=False, min_prob=0.0,
-             lookahead=8):
+             lookahead=8, step_cost=None):
     """Every method on every prompt, methods interleaved per prompt (so that load drift on a shared
-    machine hits them alike). Returns {method: (SpecStats summed over prompts, same_as_greedy)}."""
+    machine hits them alike). ``step_cost``: the measured cost of a verification pass
+    (lm_integration.step_cost), which sizes the CPU trees; None keeps TreeDrafter's defaults.
+    Returns {method: (SpecStats summed over prompts, same_as_greedy)}."""
     import torch
 
     from lm_integration import HybridDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter
@@ -123,9 +125,10 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
     })
     # Draft trees, verified in one pass each. One drafter per method for the whole run, reset between
     # prompts: its history (earlier outputs) and calibration carry over, as in a serving process.
+    sized = step_cost.drafter_kwargs() if step_cost is not None else {}
     tree_drafters = {
-        "tree (context + history)": TreeDrafter(None),
-        "tree (corpus + context + history)": TreeDrafter(index, tokenizer=tok, model=model),
+        "tree (context + history)": TreeDrafter(None, **sized),
+        "tree (corpus + context + history)": TreeDrafter(index, tokenizer=tok, model=model, **sized),
         # sized as if verification were free (a GPU): more tokens per step, bigger passes
         "tree, large (corpus + context + history)": TreeDrafter(index, tokenizer=tok, model=model, token_cost=0.0,
                                                                 max_nodes=48, min_path_prob=0.03, branch=5),
@@ -240,6 +243,12 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads (default 1: on a shared 2-core machine more threads spin against each other)")
+    ap.add_argument("--weights", choices=("column-major", "as-stored"), default="column-major",
+                    help="on CPU, re-lay linear weights column-major (lm_integration.cpu_layout: cheaper "
+                    "multi-token passes) for every method, greedy included (default), or keep them as stored")
+    ap.add_argument("--step-cost", choices=("measured", "default"), default="measured",
+                    help="size the trees by this machine's measured verification cost (default) or by "
+                    "TreeDrafter's built-in figures")
     ap.add_argument("--ppl-doc-tokens", type=int, default=512, help="tokens scored per held-out document")
     ap.add_argument("--skip-ppl", action="store_true")
     ap.add_argument("--skip-spec", action="store_true")
@@ -254,7 +263,9 @@ def main(argv=None) -> int:
 
     from engine.fetch import cache_dir
     from lm_integration import check_tokenizer_compat, smollm2
+    from lm_integration.cpu_layout import use_column_major_linears
     from lm_integration.eval_lm import evaluate, format_table
+    from lm_integration.step_cost import measure_step_cost
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -281,6 +292,13 @@ def main(argv=None) -> int:
     index.warmup()
     model, tok = smollm2.load(device=args.device)
     check_tokenizer_compat(index, tok, model=model)
+    relaid = use_column_major_linears(model) if args.weights == "column-major" else 0
+    step_cost = None
+    if args.step_cost == "measured" and not args.skip_spec:
+        step_cost = measure_step_cost(model, context_len=args.prompt_tokens)
+        print(f"[bench_lm] step cost: greedy {1000 * step_cost.greedy_seconds:.1f} ms, draft_overhead "
+              f"{step_cost.draft_overhead:.3f}, token_cost {step_cost.token_cost:.4f} "
+              f"({relaid} weights re-laid column-major)", file=sys.stderr)
     print(f"[bench_lm] index: {index.num_tokens:,} tokens, {index.num_docs} documents; held out: {len(held)}",
           file=sys.stderr)
 
@@ -294,9 +312,12 @@ def main(argv=None) -> int:
         run_spec(model, tok, index, prompts[:1], 8, args.num_draft, args.device, args.min_count,
                  lookahead=args.lookahead)
         spec = run_spec(model, tok, index, prompts, args.new_tokens, args.num_draft, args.device, args.min_count,
-                        args.with_null, args.min_prob, args.lookahead)
+                        args.with_null, args.min_prob, args.lookahead, step_cost)
 
     raw: dict = {"machine": machine(args.device), "args": vars(args)}
+    if step_cost is not None:
+        raw["step_cost"] = {"greedy_seconds": step_cost.greedy_seconds, "draft_overhead": step_cost.draft_overhead,
+                            "token_cost": step_cost.token_cost, "measured": step_cost.measured}
     lam_s, lam_d = 0.5, 0.5
     ppl = None
     if not args.skip_ppl:
@@ -319,7 +340,10 @@ def main(argv=None) -> int:
         f"{os.getloadavg()[0]:.1f} after. Index: {index.num_tokens:,} tokens ({index.num_docs} documents); "
         f"{len(held)} held-out documents; {len(prompts)} prompts of {args.prompt_tokens} tokens "
         f"(from token {args.prompt_offset} of a held-out document), greedy, "
-        f"{args.new_tokens} new tokens each, up to {args.num_draft} draft tokens per step.",
+        f"{args.new_tokens} new tokens each, up to {args.num_draft} draft tokens per step. Weights: "
+        f"{args.weights}" + (f"; trees sized by the measured step cost (a greedy step {1000 * step_cost.greedy_seconds:.1f} ms, "
+                             f"a pass over n draft tokens x(1 + {step_cost.draft_overhead:.3f} + {step_cost.token_cost:.4f} n))"
+                             if step_cost is not None else "") + ".",
         "",
     ]
     if spec:
@@ -361,7 +385,7 @@ def main(argv=None) -> int:
               f"--num-draft {args.num_draft} --min-count {args.min_count} --min-prob {args.min_prob} --lookahead {args.lookahead} "
               + (f"--lambdas {args.lambdas[0]} {args.lambdas[1]} " if args.lambdas else "")
               + f"--ppl-tokens {args.ppl_tokens} --ppl-doc-tokens {args.ppl_doc_tokens} "
-              f"--device {args.device} --threads {args.threads}"
+              f"--device {args.device} --threads {args.threads} --weights {args.weights} --step-cost {args.step_cost}"
               + (" --skip-ppl" if args.skip_ppl else "") + (" --skip-spec" if args.skip_spec else "") + "`"]
     print("\n".join(lines))
     if args.json:

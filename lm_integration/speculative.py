@@ -90,7 +90,8 @@ def _eos_set(model, eos_token_id) -> set[int]:
     return {int(eos_token_id)}
 
 
-def _new_cache(model):
+def new_kv_cache(model):
+    """An empty KV cache for ``model`` (transformers DynamicCache), or None for a model that keeps its own."""
     try:
         from transformers import DynamicCache
 
@@ -141,7 +142,7 @@ def speculative_generate(
 
     # prefill
     pos = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    cache = _new_cache(model)
+    cache = new_kv_cache(model)
     t0 = time.perf_counter()
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=pos, cache=cache, use_cache=True)
     stats.model_seconds += time.perf_counter() - t0
@@ -365,7 +366,7 @@ def speculative_generate_tree(model, drafter, input_ids: torch.Tensor, max_new_t
     stats = SpecStats()
     if max_new_tokens <= 0:
         return (input_ids, stats) if return_stats else input_ids
-    cache = _new_cache(model)
+    cache = new_kv_cache(model)
     t0 = time.perf_counter()
     out = model(input_ids=input_ids, cache=cache, use_cache=True)
     stats.model_seconds += time.perf_counter() - t0
