@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -98,11 +99,12 @@ def machine(device: str) -> str:
 
 
 def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_count, with_null=False, min_prob=0.0,
-             lookahead=8, step_cost=None):
+             lookahead=8, step_cost=None, only=None):
     """Every method on every prompt, methods interleaved per prompt (so that load drift on a shared
     machine hits them alike). ``step_cost``: the measured cost of a verification pass
-    (lm_integration.step_cost), which sizes the CPU trees; None keeps TreeDrafter's defaults.
-    Returns {method: (SpecStats summed over prompts, same_as_greedy)}."""
+    (lm_integration.step_cost), which sizes the CPU trees; None keeps TreeDrafter's defaults. ``only``:
+    substrings of the method names to run (HF greedy always runs: it is the reference).
+    Returns {method: (SpecStats summed over prompts, same_as_greedy, prompts slower than greedy)}."""
     import torch
 
     from lm_integration import HybridDrafter, InfgramDrafter, NullDrafter, PromptLookupDrafter
@@ -135,11 +137,15 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
     }
     for name, drafter in tree_drafters.items():
         methods[name] = drafter
+    if only:
+        methods = {name: m for name, m in methods.items() if m is None or any(o in name for o in only)}
     agg = {name: SpecStats() for name in methods}
     same = {name: True for name in methods}
+    slower = {name: 0 for name in methods}
     for p in prompts:
         ids = torch.tensor([p], device=device)
         ref = None
+        greedy_seconds = None
         for name, make in methods.items():
             sync()
             t0 = time.perf_counter()
@@ -153,7 +159,12 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
                 out, st = speculative_generate(model, make(), ids, new_tokens, num_draft=num_draft, return_stats=True)
             sync()
             a = agg[name]
-            a.seconds += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            a.seconds += seconds
+            if make is None:
+                greedy_seconds = seconds
+            else:
+                slower[name] += seconds > greedy_seconds
             if make is None:
                 ref = out.cpu()
                 n = out.shape[1] - ids.shape[1]
@@ -166,7 +177,7 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
                           "drafter_cpu_seconds"):
                     setattr(a, k, getattr(a, k) + getattr(st, k))
                 a.drafter_step_seconds += st.drafter_step_seconds
-    return {name: (agg[name], same[name]) for name in methods}
+    return {name: (agg[name], same[name], slower[name]) for name in methods}
 
 
 def prior_overhead(model, index, prompts, new_tokens, device, lam_s, lam_d):
@@ -249,6 +260,9 @@ def main(argv=None) -> int:
     ap.add_argument("--step-cost", choices=("measured", "default"), default="measured",
                     help="size the trees by this machine's measured verification cost (default) or by "
                     "TreeDrafter's built-in figures")
+    ap.add_argument("--only", nargs="+", metavar="NAME",
+                    help="run only the methods whose names contain one of these (e.g. 'prompt lookup' tree); "
+                    "HF greedy always runs")
     ap.add_argument("--ppl-doc-tokens", type=int, default=512, help="tokens scored per held-out document")
     ap.add_argument("--skip-ppl", action="store_true")
     ap.add_argument("--skip-spec", action="store_true")
@@ -312,7 +326,7 @@ def main(argv=None) -> int:
         run_spec(model, tok, index, prompts[:1], 8, args.num_draft, args.device, args.min_count,
                  lookahead=args.lookahead)
         spec = run_spec(model, tok, index, prompts, args.new_tokens, args.num_draft, args.device, args.min_count,
-                        args.with_null, args.min_prob, args.lookahead, step_cost)
+                        args.with_null, args.min_prob, args.lookahead, step_cost, args.only)
 
     raw: dict = {"machine": machine(args.device), "args": vars(args)}
     if step_cost is not None:
@@ -348,24 +362,27 @@ def main(argv=None) -> int:
     ]
     if spec:
         lines += [
-            "| method | tokens / step | acceptance | drafter ms / step (mean / median / CPU) | tokens / s | vs HF greedy | same tokens as greedy |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | :---: |",
+            "| method | tokens / step | acceptance | drafter ms / step (mean / median / CPU) | tokens / s | vs HF greedy | "
+            "prompts slower than greedy | same tokens as greedy |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
         ]
         base_tps = spec["greedy (HF generate)"][0].tokens_per_second
     raw["speculative"] = {}
-    for name, (st, same) in spec.items():
-        raw["speculative"][name] = {**st.as_dict(), "same_as_greedy": same}
+    for name, (st, same, slow) in spec.items():
+        raw["speculative"][name] = {**st.as_dict(), "same_as_greedy": same, "prompts_slower_than_greedy": slow}
         acc = f"{100 * st.acceptance_rate:.0f}%" if st.drafted else "-"
         dms = (f"{st.drafter_ms_per_step:.3f} / {st.drafter_median_ms:.3f} / {st.drafter_cpu_ms_per_step:.3f}"
                if st.drafted or "drafter" in name else "-")
         lines.append(f"| {name} | {st.tokens_per_step:.2f} | {acc} | {dms} | {st.tokens_per_second:.1f} | "
-                     f"{st.tokens_per_second / base_tps:.2f}x | {'yes' if same else 'NO'} |")
+                     f"{st.tokens_per_second / base_tps:.2f}x | {slow} of {len(prompts)} | {'yes' if same else 'NO'} |")
     line = (f"∞-gram prior (interpolation, λ_sparse={lam_s}, λ_dense={lam_d}; {min(args.prior_prompts, len(prompts))} "
             f"prompts x {args.prior_tokens} tokens): {prior_ms:.3f} ms per decoding step (median over prompts of "
             f"the mean), median step {prior_med:.3f} ms, CPU {prior_cpu:.3f} ms; end to end, generate() with the "
             f"prior takes {prior_e2e:.3f} ms per step more than without (median over prompts)")
     if spec:
         for name in ("∞-gram drafter (corpus only)", "hybrid (corpus + context)"):
+            if name not in spec:
+                continue
             st = spec[name][0]
             line += (f"; with the {name.split(' (')[0].replace(' drafter', '')} drafter: mean {prior_ms + st.drafter_ms_per_step:.3f} ms, "
                      f"median {prior_med + st.drafter_median_ms:.3f} ms, CPU "
@@ -386,7 +403,8 @@ def main(argv=None) -> int:
               + (f"--lambdas {args.lambdas[0]} {args.lambdas[1]} " if args.lambdas else "")
               + f"--ppl-tokens {args.ppl_tokens} --ppl-doc-tokens {args.ppl_doc_tokens} "
               f"--device {args.device} --threads {args.threads} --weights {args.weights} --step-cost {args.step_cost}"
-              + (" --skip-ppl" if args.skip_ppl else "") + (" --skip-spec" if args.skip_spec else "") + "`"]
+              + (" --skip-ppl" if args.skip_ppl else "") + (" --skip-spec" if args.skip_spec else "")
+              + (" --only " + " ".join(shlex.quote(o) for o in args.only) if args.only else "") + "`"]
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(raw, indent=2, default=float))

@@ -56,7 +56,7 @@ def _chain_mask(cached: int, q: int, dtype, device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def measure_step_cost(model, *, context_len: int = 256, sizes=(0, 2, 4, 8, 16, 32), reps: int = 7) -> StepCost:
+def measure_step_cost(model, *, context_len: int = 256, sizes=(0, 2, 4, 8, 16, 32), reps: int = 15) -> StepCost:
     """Median seconds of a cached forward pass over 1 + n tokens, for each n in ``sizes`` (0 included:
     a greedy step), after ``context_len`` tokens of context; fitted as StepCost. The ids are drawn at
     random (the cost does not depend on them); each pass carries a 4D additive mask, as a draft tree's

@@ -19,7 +19,10 @@ A source's empirical frequency is not the model's acceptance probability, so eac
 online: for every matched-suffix length bucket, the drafter keeps how often the source's most frequent
 token was the token the model actually produced, against how often the source said it would be, and
 scales that source's probabilities by the ratio. A token's estimate is the largest calibrated estimate
-any source gives it.
+any source gives it. A second calibration turns that estimate into the probability the tree is built
+from: for every candidate edge at a node the model reached, whether the model took it, kept per
+(source, estimate bin). The largest of several noisy estimates is biased upward, and a source's
+second and third tokens fare differently from its first; this catches both.
 
 ``propose_tree(context, k, width, key)`` returns root-to-leaf chains, the most probable first (what
 ``speculative_generate_tree`` verifies in one pass); ``propose(context, k, key)`` returns that first
@@ -63,6 +66,35 @@ class _Calibration:
         self.expected[key] = self.expected.get(key, 0.0) + predicted_prob
 
 
+class _AcceptanceCalibration:
+    """The probability that the model takes a drafted edge, given the estimate the drafter gave it:
+    per (source that gave the estimate, estimate bin), how often such edges were the model's token,
+    over every candidate edge at a node the model reached (accepted or not, drafted or not), with a
+    pseudo-count prior of ``prior`` observations at the estimate itself. The per-source calibration
+    above scales a source's whole distribution by how its top token fared; this one corrects what a
+    tree is actually built from, the estimates after the max over sources (a max over noisy sources
+    is biased upward)."""
+
+    BINS = 10
+
+    def __init__(self, prior: float = 8.0):
+        self.prior = prior
+        self.hits: dict[tuple[str, int], float] = {}
+        self.seen: dict[tuple[str, int], float] = {}
+
+    def _key(self, source: str, estimate: float) -> tuple[str, int]:
+        return source, min(int(estimate * self.BINS), self.BINS - 1)
+
+    def __call__(self, source: str, estimate: float) -> float:
+        key = self._key(source, estimate)
+        return (self.hits.get(key, 0.0) + self.prior * estimate) / (self.seen.get(key, 0.0) + self.prior)
+
+    def observe(self, source: str, estimate: float, hit: bool) -> None:
+        key = self._key(source, estimate)
+        self.hits[key] = self.hits.get(key, 0.0) + float(hit)
+        self.seen[key] = self.seen.get(key, 0.0) + 1.0
+
+
 class _Sequence:
     """One sequence's context model and how much of the context it holds."""
 
@@ -70,6 +102,7 @@ class _Sequence:
         self.model = ContextNgramModel(context, max_suffix_len=max_suffix_len)
         self.start = len(context)  # where generation began (what history receives)
         self.last_tree: dict[tuple, dict] = {}  # path -> {source: (top token, its prob, suffix_len)}
+        self.last_edges: dict[tuple, dict] = {}  # path -> {candidate token: (estimate, source)}
         self.last_len = len(context)
 
 
@@ -107,6 +140,7 @@ class TreeDrafter:
         self.cache = cache if cache is not None else InfgramCache(max_entries=65536)
         self.history = ContextNgramModel(max_suffix_len=max_suffix_len) if history else None
         self.calibration = _Calibration()
+        self.acceptance = _AcceptanceCalibration()
         self._seqs: dict[int, _Sequence] = {}
         self.seconds = 0.0
         self.queries = 0  # corpus queries (cache misses)
@@ -148,8 +182,11 @@ class TreeDrafter:
                 break
             for name, (top, prob, suffix_len) in preds.items():
                 self.calibration.observe(name, suffix_len, prob, top == tok)
+            for cand, (estimate, name) in seq.last_edges.get(path, {}).items():
+                self.acceptance.observe(name, estimate, cand == tok)
             path = path + (tok,)
         seq.last_tree = {}
+        seq.last_edges = {}
 
     # ------------------------------------------------------------------ estimates
     def _corpus(self, text: list[int]):
@@ -162,8 +199,9 @@ class TreeDrafter:
             self.cache.put(key, est)
         return est.suffix_len, est.tokens, est.counts
 
-    def _estimates(self, seq: _Sequence, text: list[int]) -> tuple[dict[int, float], dict]:
-        """({token: calibrated acceptance estimate}, {source: (top, its prob, suffix_len)}) after ``text``."""
+    def _estimates(self, seq: _Sequence, text: list[int]) -> tuple[dict[int, tuple[float, str]], dict]:
+        """({token: (calibrated estimate, the source that gave it)}, {source: (top, its prob, suffix_len)})
+        after ``text``."""
         found = []
         d = seq.model.infgram_ntd(text[-self.max_suffix_len:])
         if d.prompt_count:
@@ -176,7 +214,7 @@ class TreeDrafter:
             suffix_len, tokens, counts = self._corpus(text)
             if len(tokens) and suffix_len > 0:  # a 0-token match is the unigram distribution: no evidence
                 found.append(("corpus", suffix_len, tokens, counts))
-        probs: dict[int, float] = {}
+        probs: dict[int, tuple[float, str]] = {}
         preds: dict = {}
         for name, suffix_len, tokens, counts in found:
             total = float(counts.sum())
@@ -187,9 +225,18 @@ class TreeDrafter:
             for i in order:
                 p = min(0.98, scale * float(counts[i]) / total)
                 tok = int(tokens[i])
-                if p > probs.get(tok, 0.0):
-                    probs[tok] = p
+                if p > probs.get(tok, (0.0, ""))[0]:
+                    probs[tok] = (p, name)
         return probs, preds
+
+    def _children(self, seq: _Sequence, text: list[int], path: tuple, width: int) -> list[tuple[int, float]]:
+        """The ``width`` likeliest next tokens after ``text`` (the context plus ``path``), each with the
+        probability that the model takes it; what the estimates were is kept to learn from (_learn)."""
+        probs, preds = self._estimates(seq, text)
+        seq.last_tree[path] = preds
+        best = sorted(probs.items(), key=lambda kv: -kv[1][0])[:width]
+        seq.last_edges[path] = dict(best)
+        return [(tok, self.acceptance(name, p)) for tok, (p, name) in best]
 
     # ------------------------------------------------------------------ drafting
     def propose_tree(self, context: Sequence[int], k: int, width: int = 3, key: int = 0) -> list[list[int]]:
@@ -206,11 +253,10 @@ class TreeDrafter:
         return chains
 
     def _grow(self, seq: _Sequence, context: list[int], depth_cap: int, width: int) -> list[list[int]]:
-        probs, preds = self._estimates(seq, context)
-        seq.last_tree = {(): preds}
+        seq.last_tree, seq.last_edges = {}, {}
         heap: list[tuple[float, int, tuple]] = []  # (-path prob, tie-break, path)
         tick = 0
-        for tok, p in sorted(probs.items(), key=lambda kv: -kv[1])[:width]:
+        for tok, p in self._children(seq, context, (), width):
             heapq.heappush(heap, (-p, tick, (tok,)))
             tick += 1
         nodes: dict[tuple, float] = {}
@@ -226,9 +272,7 @@ class TreeDrafter:
             expected += -neg
             if len(path) >= depth_cap:
                 continue
-            probs, preds = self._estimates(seq, context + list(path))
-            seq.last_tree[path] = preds
-            for tok, p in sorted(probs.items(), key=lambda kv: -kv[1])[:width]:
+            for tok, p in self._children(seq, context + list(path), path, width):
                 heapq.heappush(heap, (neg * p, tick, path + (tok,)))
                 tick += 1
         nodes = self._worth_verifying(nodes)

@@ -53,6 +53,24 @@ def test_calibration_learns_from_what_the_model_did():
     assert d.propose(ctx, 1) == [20]
 
 
+def test_edges_the_model_never_takes_stop_being_drafted():
+    # the corpus: after "1 2", 3 six times and 9 four times; the model always says 3. The source's own
+    # calibration (its top token's hit rate) then raises both estimates; the per-edge acceptance
+    # calibration sees that the 9 edge is never taken and stops drafting it
+    corpus = [[1, 2, 3]] * 6 + [[1, 2, 9]] * 4
+    d = TreeDrafter(FakeSource(corpus, vocab_size=V), min_path_prob=0.3, token_cost=0.0, draft_overhead=0.0,
+                    history=False)
+    ctx = [8, 1, 2]
+    assert sorted(d.propose_tree(ctx, 1, width=2)) == [[3], [9]]
+    for i in range(40):
+        ctx = ctx + [3, 20 + i % 7, 1, 2]
+        d.propose_tree(ctx, 1, width=2)
+    assert d.calibration.scale("corpus", 2) > 1.0  # the top token did better than the corpus said
+    nine = d.acceptance.seen, d.acceptance.hits
+    assert any(n >= 10 and nine[1].get(key, 0.0) == 0.0 for key, n in nine[0].items())
+    assert d.propose_tree(ctx, 1, width=2) == [[3]]
+
+
 def test_trees_verify_to_greedy_and_beat_prompt_lookup_on_repeats():
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
