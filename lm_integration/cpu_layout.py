@@ -5,8 +5,9 @@ model in one pass, so every linear layer multiplies a few rows (2-33) by its wei
 stores its weight as (out, in) and computes ``x @ W.T``; with a transposed operand and so few rows,
 MKL's single-thread sgemm runs far below what it does without one. Measured on this project's 2-core
 Xeon (AVX-512, torch 2.13, one thread), SmolLM2-135M's tied output layer (49,152 x 576) took 20 / 91 ms
-for 1 / 9 rows as stored and 17 / 48 ms re-laid; a whole verification pass over 9 / 13 / 33 tokens
-went from 139 / 187 / 178 ms to 112 / 118 / 148 ms of CPU time (``bench/bench_step_cost.py``).
+for 1 / 9 rows as stored and 17 / 48 ms re-laid; ``bench/bench_step_cost.py --rounds 4`` measured a
+whole verification pass over 1 + 8 / 12 / 32 tokens at 154 / 225 / 198 ms as stored and 110 / 122 /
+143 ms re-laid (medians of alternating rounds; this VM's speed drifts, see lm_integration/README.md).
 
 ``use_column_major_linears(model)`` keeps every weight's values and shape and changes only its memory
 order: the weight becomes the transposed view of a contiguous (in, out) matrix, so ``F.linear`` hands
