@@ -399,7 +399,7 @@ class NgramIndex:
             if self._disk.on_disk:
                 t0 = _now_ns()
                 n = self._count_on_disk(ids)
-                self._disk.finished_on_disk(t0)
+                self._disk.ended(True, t0)
             else:
                 n = kernels.count_at(self._handle_address, ids)
                 if n < -1:  # the search took over _DISK_NS (kernels.decode_count)
@@ -451,7 +451,7 @@ class NgramIndex:
         if self._disk.on_disk:
             t0 = _now_ns()
             counts = self._prob_counts_on_disk(ids, cont, use_suffix)
-            self._disk.finished_on_disk(t0)
+            self._disk.ended(True, t0)
             return counts
         prompt_count, cont_count, used = kernels.prob_at(self._handle_address, ids, cont, use_suffix)
         if prompt_count < -1:  # the searches took over _DISK_NS (kernels.decode_count)
@@ -534,14 +534,10 @@ class NgramIndex:
     def _distribution(self, ids: np.ndarray, max_support: int | None, *, use_suffix: bool = False):
         """(prompt_count, tokens, counts, end_count, approx, prompt length used) of the tokens after
         ``ids`` (after its longest occurring suffix with ``use_suffix``)."""
-        mode, t0 = self._disk, _now_ns()
-        if mode.on_disk:
-            result = self._distribution_on_disk(ids, max_support, use_suffix)
-            mode.finished_on_disk(t0)
-            return result
-        result = self._distribution_in_memory(ids, max_support, use_suffix)
-        if _now_ns() - t0 > _DISK_NS:
-            mode.took_long()
+        on_disk, t0 = self._disk.on_disk, _now_ns()
+        distribution = self._distribution_on_disk if on_disk else self._distribution_in_memory
+        result = distribution(ids, max_support, use_suffix)
+        self._disk.ended(on_disk, t0)
         return result
 
     def _distribution_on_disk(self, ids: np.ndarray, max_support: int | None, use_suffix: bool):
@@ -663,10 +659,7 @@ class NgramIndex:
         if on_disk and picks:
             self._ask_for_documents(picks, max_disp_len)
         documents = [self._doc_at_rank(s, rank, max_disp_len, needle_len=len(ids)) for s, rank in picks]
-        if on_disk:
-            self._disk.finished_on_disk(t0)
-        elif _now_ns() - t0 > _DISK_NS:
-            self._disk.took_long()
+        self._disk.ended(on_disk, t0)
         return SearchResult(count=total, documents=documents, approx=False)
 
     def _ask_for_documents(self, picks: list[tuple[int, int]], max_disp_len: int) -> None:
@@ -685,24 +678,24 @@ class NgramIndex:
             ranks = [r for t, r in picks if t == s]
             shard = self._shards[s]
             ask(shard.table, min(ranks) * shard.ptr_size, (max(ranks) - min(ranks) + 1) * shard.ptr_size)
+        out = np.empty(1, dtype=np.int64)
         for s, rank in picks:
-            out = np.empty(1, dtype=np.int64)
             kernels.pointers_at(self._shards[s].table, self._shards[s].ptr_size, rank, rank + 1, out)
             ptrs.append(int(out[0]))
         # The last document start at or before each pointer: bisections in lockstep.
         low = [0] * len(picks)
         high = [self._shards[s].num_docs for s, _ in picks]
-        while any(h - lo > 1 for lo, h in zip(low, high)):
-            for i, (s, _) in enumerate(picks):
-                if high[i] - low[i] > 1:
-                    ask(self._shards[s].offsets, ((low[i] + high[i]) >> 1) * 8, 8)
-            for i, (s, _) in enumerate(picks):
-                if high[i] - low[i] > 1:
-                    mid = (low[i] + high[i]) >> 1
-                    if int(self._shards[s].offsets[mid]) <= ptrs[i]:
-                        low[i] = mid
-                    else:
-                        high[i] = mid
+        while True:
+            pending = [(i, (low[i] + high[i]) >> 1) for i in range(len(picks)) if high[i] - low[i] > 1]
+            if not pending:
+                break
+            for i, mid in pending:
+                ask(self._shards[picks[i][0]].offsets, mid * 8, 8)
+            for i, mid in pending:
+                if int(self._shards[picks[i][0]].offsets[mid]) <= ptrs[i]:
+                    low[i] = mid
+                else:
+                    high[i] = mid
         half = (max_disp_len // 2) * tw
         for i, (s, _) in enumerate(picks):
             shard = self._shards[s]
@@ -893,10 +886,15 @@ class _DiskMode:
         faults = _major_faults()
         self.on_disk, self._faults = faults > self._faults, faults
 
-    def finished_on_disk(self, t0: int) -> None:
-        """A query by the on-disk searches that started at ``t0`` (_now_ns) has ended."""
-        if _now_ns() - t0 < _DISK_NS:
-            self.on_disk = False
+    def ended(self, on_disk: bool, t0: int) -> None:
+        """A query that started at ``t0`` (_now_ns), by the on-disk searches or not, has ended: a fast
+        one on disk switches back to memory, a slow one in memory asks took_long."""
+        elapsed = _now_ns() - t0
+        if on_disk:
+            if elapsed < _DISK_NS:
+                self.on_disk = False
+        elif elapsed > _DISK_NS:
+            self.took_long()
 
 
 _DISK_NS = 300_000

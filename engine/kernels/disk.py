@@ -25,8 +25,8 @@ from numba.extending import intrinsic
 
 import engine.kernels.cache  # noqa: F401  (before any cached kernel: one stamp for all kernel modules)
 from engine.kernels.suffix import (
-    D_FIRST, D_NFIRST, D_SAMPLES, D_SHIFT, PREFETCH_RANKS, SAMPLE_WORDS, bisect_samples,
-    compare_at, piece_sample, pointer_at, query_sample_range, sample_block, shard_views, walk_piece,
+    D_FIRST, D_NFIRST, D_SAMPLES, D_SHIFT, PREFETCH_RANKS, SAMPLE_WORDS, bisect_samples, compare_at,
+    narrow_by_samples, piece_sample, pointer_at, query_sample_range, sample_block, shard_views, walk_piece,
 )
 
 PAGE = 4096
@@ -92,6 +92,7 @@ def find_ranges_on_disk(st, tw, keys, start, stop, lo_out, hi_out):
     b = np.zeros(2 * n_shards, dtype=np.int64)
     skip = np.zeros(n_shards, dtype=np.int64)
     bounds = np.zeros((n_shards, 8), dtype=np.int64)  # per shard: lo, hi, i0, i1, two sample blocks
+    low, high, exact = query_sample_range(keys, start, stop, tw)  # the same for every shard
     for s in range(n_shards):
         ds, sa, ps, dr = shard_views(st, s)
         lo = np.int64(0)
@@ -111,7 +112,6 @@ def find_ranges_on_disk(st, tw, keys, start, stop, lo_out, hi_out):
         mask = (np.int64(1) << shift) - 1
         i0 = (lo + mask) >> shift
         i1 = (hi + mask) >> shift
-        low, high, exact = query_sample_range(keys, start, stop, tw)
         la, lb = sample_block(dr, i0, i1, low, True)
         ha, hb = sample_block(dr, i0, i1, high, False)
         _ask(dr, dr[D_SAMPLES] + SAMPLE_WORDS * la, 8 * SAMPLE_WORDS * (lb - la))
@@ -131,15 +131,11 @@ def find_ranges_on_disk(st, tw, keys, start, stop, lo_out, hi_out):
             continue
         ds, sa, ps, dr = shard_views(st, s)
         shift = dr[D_SHIFT]
-        low, high, exact = query_sample_range(keys, start, stop, tw)
         first_in = bisect_samples(dr, dr[D_SAMPLES], la, lb, low, True)
         # Samples below the low key are below the high one too, so starting at i0 gives the same
         # answer as starting at first_in, and both blocks can be asked for together.
         first_after = bisect_samples(dr, dr[D_SAMPLES], ha, hb, high, False)
-        if first_in > i0:
-            lo = ((first_in - 1) << shift) + 1
-        if first_after < i1:
-            hi = first_after << shift
+        lo, hi = narrow_by_samples(lo, hi, i0, i1, first_in, first_after, shift)
         a[2 * s] = lo
         a[2 * s + 1] = lo
         b[2 * s] = hi

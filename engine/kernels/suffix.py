@@ -512,6 +512,17 @@ def sample_block(dr, a, b, key, inclusive):
     return a, b
 
 
+@njit(inline="always")
+def narrow_by_samples(lo, hi, i0, i1, first_in, first_after, shift):
+    """[lo, hi) cut by the samples i0 <= i < i1 (sample i is the suffix at rank i << shift): those
+    before ``first_in`` sort before every match, those from ``first_after`` on after them."""
+    if first_in > i0:
+        lo = ((first_in - 1) << shift) + 1
+    if first_after < i1:
+        hi = first_after << shift
+    return lo, hi
+
+
 @njit(cache=True)
 def _first_sample_above(dr, a, b, key, inclusive):
     """First sample index in [a, b) whose key is > ``key`` (>= when ``inclusive``); b if none.
@@ -632,11 +643,7 @@ def _find_in_shard(ds, sa, ps, tw, dr, keys, start, stop):
     low, high, exact = query_sample_range(keys, start, stop, tw)
     first_in = _first_sample_above(dr, i0, i1, low, _TRUE())
     first_after = _first_sample_above(dr, first_in, i1, high, _FALSE())
-    # Samples before first_in sort before every match and samples from first_after on after them.
-    if first_in > i0:
-        lo = ((first_in - 1) << shift) + 1
-    if first_after < i1:
-        hi = first_after << shift
+    lo, hi = narrow_by_samples(lo, hi, i0, i1, first_in, first_after, shift)
     if exact and first_in < first_after:
         # Sample first_in matches: the range starts at most there and ends after the last match.
         # Both windows' suffixes are fetched at once, so their cache misses overlap.
