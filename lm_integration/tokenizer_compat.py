@@ -101,7 +101,6 @@ def tokenizer_fingerprint(tokenizer: Any, vocab_size: int | None = None) -> str:
     return f"{FINGERPRINT_VERSION}:{h.hexdigest()}"
 
 
-
 def content_fingerprint(tokenizer: Any) -> set[str]:
     """The engine's content fingerprint(s) of ``tokenizer`` (engine/tokenizers/huggingface.py's ``fingerprint()``:
     sha256 over the kind and canonical content). A set: Hugging Face tokenizers give one per

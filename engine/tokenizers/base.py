@@ -55,7 +55,6 @@ def token_width_for(vocab_size: "int | Tokenizer", *, byte_level: bool = False) 
     raise TokenizerError(f"vocab_size {n} does not fit 32-bit token ids (the maximum is {0xFFFFFFFF})")
 
 
-
 def clean_text(text: str) -> str:
     """Replace lone surrogates (possible in JSON input) so every backend can encode the text."""
     try:
