@@ -34,6 +34,7 @@ class ContextDistribution:
     prompt_count: int  # occurrences of the suffix that have a next token
     end_count: int = 0  # the context has no document ends
     approx: bool = False
+    recent: int = -1  # the token after the suffix's most recent occurrence (prompt lookup's guess)
 
     @property
     def probs(self) -> np.ndarray:
@@ -106,7 +107,8 @@ class ContextNgramModel:
             ends = ends[alive]
             matched += 1
         tokens, counts = np.unique(data[ends + 1], return_counts=True)
-        return ContextDistribution(tokens, counts.astype(np.int64), matched, int(len(ends)))
+        recent = int(data[int(ends.max()) + 1])
+        return ContextDistribution(tokens, counts.astype(np.int64), matched, int(len(ends)), recent=recent)
 
     def prob(self, query: Sequence[int], token: int) -> tuple[float, int]:
         """(P(token | longest matched suffix of query), suffix length); (0.0, 0) with no match."""

@@ -118,6 +118,9 @@ def test_context_model_matches_brute_force(tokens, query, max_len):
     L, counts = _brute_context(tokens, query, max_len)
     assert d.suffix_len == L
     assert dict(zip(d.tokens.tolist(), d.counts.tolist())) == counts
+    if L:  # the token after the suffix's latest occurrence (prompt lookup's guess)
+        latest = max(p for p in range(len(tokens) - L) if tokens[p:p + L] == list(query)[-L:])
+        assert d.recent == tokens[latest + L]
     assert d.prompt_count == sum(counts.values())
 
 

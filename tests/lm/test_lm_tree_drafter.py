@@ -71,6 +71,21 @@ def test_edges_the_model_never_takes_stop_being_drafted():
     assert d.propose_tree(ctx, 1, width=2) == [[3]]
 
 
+def test_edges_are_labelled_by_the_sources_that_agree_on_them():
+    # after "7 1 2" the context has seen 3 and then 9 (its latest occurrence), and the corpus says 3:
+    # the acceptance calibration keeps "context + corpus" edges apart from the context's alone (on the
+    # kernel set the model took 89% of the first against 54% of the second)
+    corpus = [[1, 2, 3]] * 5
+    d = TreeDrafter(FakeSource(corpus, vocab_size=V), min_path_prob=0.05, token_cost=0.0, draft_overhead=0.0,
+                    history=False)
+    d.propose_tree([7, 1, 2, 3, 7, 1, 2, 9, 7, 1, 2], 1, width=3)
+    edges = d._seqs[0].last_edges[()]
+    assert {tok: name for tok, (_, name) in edges.items()} == {3: "context+corpus", 9: "context+recent"}
+    assert d.acceptance("context+corpus", 0.5) == d.acceptance("context", 0.5) == 0.5  # nothing learnt yet
+    d.acceptance.observe("context+corpus", 0.5, True)
+    assert d.acceptance("context+corpus", 0.5) > d.acceptance("context", 0.5)
+
+
 def test_trees_verify_to_greedy_and_beat_prompt_lookup_on_repeats():
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
