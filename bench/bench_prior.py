@@ -1,6 +1,6 @@
 """Bits per byte of SmolLM2-135M on alice29.txt, alone and with ∞-gram priors (corpus, context, both).
 
-    python bench/bench_prior.py [--val-tokens 8192] [--window 1024 --stride 512]
+    python bench/bench_prior.py [--window 1024 --stride 512] [--dynamic-lr 1e-4] [--reuse]
 
 The corpus index is built with SmolLM2's tokenizer over the English sets of DATA.md *without* the two
 texts used here: Shakespeare + Milton, the King James Bible, Moby Dick, the State of the Union addresses
@@ -8,8 +8,9 @@ and the Canterbury texts lcet10 and plrabn12. Every configuration is scored on t
 alice29.txt (Canterbury corpus, 152,089 bytes), its mixture weights (by matched suffix length) two-fold
 cross-fitted: tuned on one half of the file and scored on the other, both ways. (Another Canterbury
 text cannot serve for tuning: asyoulik.txt is a Shakespeare play, which the index holds.) The online
-rows (lm_integration.prior.OnlineMixer, OnlineOutputAdapter) tune nothing on the file: they learn
-while coding it, with settings fixed beforehand (on lcet10.txt for the adapter). The per-token
+rows (lm_integration.prior.OnlineMixer, OnlineOutputAdapter, lm_integration.dynamic_eval) tune nothing
+on the file: they learn while coding it, with settings fixed beforehand (on lcet10.txt for the adapter
+and the dynamic evaluation's learning rate). The per-token
 arrays (the slow part: the LM over the file) are saved next to the table; --reuse rescores them. Nacrith reports 0.918 bits per byte on that file
 with SmolLM2-135M and its own online predictors (arithmetic coding); the figures here are the model's
 cross-entropy in bits per byte, the quantity such a coder achieves to within a few bytes.
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=1024)
     ap.add_argument("--stride", type=int, default=512)
     ap.add_argument("--out", default="bench/results/prior_alice29.md")
+    ap.add_argument("--dynamic-lr", type=float, default=1e-4,
+                    help="learning rate of the dynamic-evaluation rows (chosen on lcet10.txt; 0 to skip them)")
     args = ap.parse_args(argv)
 
     from engine.fetch import cache_dir, fetch
@@ -79,7 +82,7 @@ def main(argv=None) -> int:
     else:
         test_ids = tok.encode(alice, add_special_tokens=False)
         test = collect_priors(model, index, [test_ids], tok.decode, window=args.window, stride=args.stride,
-                              adapt=True, progress=True)
+                              adapt=True, dynamic_lr=args.dynamic_lr or None, progress=True)
         arrays.parent.mkdir(parents=True, exist_ok=True)
         np.savez(arrays, **test)
     res = priors_report(test, None)

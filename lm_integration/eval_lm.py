@@ -65,11 +65,13 @@ def lm_token_logprobs(model, ids, *, window: int = 1024, stride: int = 512, devi
     return out
 
 
-def lm_token_stats(model, ids, *, window: int = 1024, stride: int = 512, adapter=None) -> dict:
+def lm_token_stats(model, ids, *, window: int = 1024, stride: int = 512, adapter=None, dynamic=None) -> dict:
     """Per target t = 1 .. len(ids)-1, over the same sliding windows as lm_token_logprobs: ``logp``
     (log P_LM of the true token, float64), ``ent`` (the LM's entropy, nats) and, with ``adapter`` (an
     lm_integration.prior.OnlineOutputAdapter, fed the final hidden states in text order),
-    ``logp_adapt`` and ``ent_adapt`` of the adapted output layer."""
+    ``logp_adapt`` and ``ent_adapt`` of the adapted output layer. With ``dynamic`` (an entered
+    lm_integration.dynamic_eval.DynamicEvaluation), each window's targets are scored and then used
+    for one update of the model, so the figures are those of dynamic evaluation."""
     import torch
 
     ids = [int(i) for i in ids]
@@ -77,17 +79,21 @@ def lm_token_stats(model, ids, *, window: int = 1024, stride: int = 512, adapter
     out = {k: np.zeros(n) for k in ("logp", "ent", *(("logp_adapt", "ent_adapt") if adapter is not None else ()))}
     dev = next(model.parameters()).device
     head = model.get_output_embeddings()
-    with torch.no_grad():
-        for begin, end, first in _windows(len(ids), window, stride):
+    for begin, end, first in _windows(len(ids), window, stride):
+        with torch.set_grad_enabled(dynamic is not None):
             hidden = model.base_model(input_ids=torch.tensor([ids[begin:end]], device=dev)).last_hidden_state[0]
             rows = torch.arange(first, end, device=dev) - begin - 1
             h = hidden[rows]
             y = torch.tensor(ids[first:end], device=dev)
-            logp = torch.log_softmax(head(h).double(), -1)
+            logits = head(h)
+        with torch.no_grad():
+            logp = torch.log_softmax(logits.detach().double(), -1)
             out["logp"][first - 1:end - 1] = logp.gather(1, y[:, None])[:, 0].cpu().numpy()
             out["ent"][first - 1:end - 1] = (-(logp.exp() * logp).sum(-1)).cpu().numpy()
             if adapter is not None:
-                out["logp_adapt"][first - 1:end - 1], out["ent_adapt"][first - 1:end - 1] = adapter.score(h, y)
+                out["logp_adapt"][first - 1:end - 1], out["ent_adapt"][first - 1:end - 1] = adapter.score(h.detach(), y)
+        if dynamic is not None:  # scored: now learn from these targets
+            dynamic.step(torch.nn.functional.cross_entropy(logits.float(), y))
     return out
 
 
@@ -245,23 +251,36 @@ def _buckets(suffix_len: np.ndarray) -> np.ndarray:
 
 
 def collect_priors(model, source, docs_ids, decode, *, window, stride, max_suffix_len=64, adapt=False,
-                   progress=False) -> dict:
+                   dynamic_lr=None, progress=False) -> dict:
     """Per-token arrays over whole documents for evaluate_priors: LM log-probs and entropies (with
     ``adapt``, also those of an lm_integration.prior.OnlineOutputAdapter started afresh for each
-    document), the corpus ∞-gram (when ``source``), the document's own online ∞-gram, and the UTF-8
-    bytes up to each token."""
+    document; with ``dynamic_lr``, a second pass under lm_integration.dynamic_eval.DynamicEvaluation
+    at that learning rate, started afresh for each document, its arrays under ``dyn_`` names), the
+    corpus ∞-gram (when ``source``), the document's own online ∞-gram, and the UTF-8 bytes up to each
+    token."""
     lm_keys = ("logp", "ent", *(("logp_adapt", "ent_adapt") if adapt else ()))
-    parts = {k: [] for k in (*lm_keys, "p_inf", "sparse", "has", "slen", "p_ctx", "has_ctx", "slen_ctx", "bytes")}
+    dyn_keys = tuple(f"dyn_{k}" for k in lm_keys) if dynamic_lr else ()
+    parts = {k: [] for k in (*lm_keys, *dyn_keys, "p_inf", "sparse", "has", "slen", "p_ctx", "has_ctx", "slen_ctx",
+                             "bytes")}
+
+    def adapter():
+        if not adapt:
+            return None
+        from lm_integration.prior import OnlineOutputAdapter
+
+        head = model.get_output_embeddings()
+        return OnlineOutputAdapter(head.weight, getattr(head, "bias", None))
+
     for i, ids in enumerate(docs_ids):
         if len(ids) < 2:
             continue
-        adapter = None
-        if adapt:
-            from lm_integration.prior import OnlineOutputAdapter
+        stats = lm_token_stats(model, ids, window=window, stride=stride, adapter=adapter())
+        if dynamic_lr:
+            from lm_integration.dynamic_eval import DynamicEvaluation
 
-            head = model.get_output_embeddings()
-            adapter = OnlineOutputAdapter(head.weight, getattr(head, "bias", None))
-        stats = lm_token_stats(model, ids, window=window, stride=stride, adapter=adapter)
+            with DynamicEvaluation(model, lr=dynamic_lr) as dynamic:
+                dyn = lm_token_stats(model, ids, window=window, stride=stride, adapter=adapter(), dynamic=dynamic)
+            stats.update({f"dyn_{k}": v for k, v in dyn.items()})
         lp = stats["logp"]
         if source is not None:
             p, sp, hs, sl = infgram_token_probs(source, ids)
@@ -270,7 +289,8 @@ def collect_priors(model, source, docs_ids, decode, *, window, stride, max_suffi
         pc, hc, slc = context_token_probs(ids, max_suffix_len=max_suffix_len)
         # bytes each scored token adds (the first token has no context and is not scored)
         ends = _byte_ends(ids, decode)
-        for k, v in zip(parts, (*(stats[k] for k in lm_keys), p, sp, hs, sl, pc, hc, slc, np.diff(ends))):
+        for k, v in zip(parts, (*(stats[k] for k in (*lm_keys, *dyn_keys)), p, sp, hs, sl, pc, hc, slc,
+                                np.diff(ends))):
             parts[k].append(v)
         if progress:
             print(f"  doc {i + 1}/{len(docs_ids)}: {sum(map(len, parts['logp']))} tokens", file=sys.stderr)
@@ -367,7 +387,9 @@ def priors_report(test: dict, val: dict | None, source_present: bool = True, gri
 
 
 ONLINE_CONFIGS = ("LM + online mixer (corpus, context)", "LM + online output adaptation",
-                  "LM + online output adaptation + online mixer")
+                  "LM + online output adaptation + online mixer", "LM + dynamic evaluation",
+                  "LM + dynamic evaluation + online mixer", "LM + dynamic evaluation + online output adaptation",
+                  "LM + dynamic evaluation + online output adaptation + online mixer")
 
 
 def online_nll(d: dict, source_present: bool = True) -> dict:
@@ -385,18 +407,24 @@ def online_nll(d: dict, source_present: bool = True) -> dict:
     if "logp_adapt" in d:
         out[ONLINE_CONFIGS[1]] = -d["logp_adapt"]
         out[ONLINE_CONFIGS[2]] = OnlineMixer(len(sources)).nll(d["logp_adapt"], d["ent_adapt"], sources)
+    if "dyn_logp" in d:
+        out[ONLINE_CONFIGS[3]] = -d["dyn_logp"]
+        out[ONLINE_CONFIGS[4]] = OnlineMixer(len(sources)).nll(d["dyn_logp"], d["dyn_ent"], sources)
+    if "dyn_logp_adapt" in d:
+        out[ONLINE_CONFIGS[5]] = -d["dyn_logp_adapt"]
+        out[ONLINE_CONFIGS[6]] = OnlineMixer(len(sources)).nll(d["dyn_logp_adapt"], d["dyn_ent_adapt"], sources)
     return out
 
 
 def evaluate_priors(model, source, val_docs, test_docs, decode, *, window=1024, stride=512, max_suffix_len=64,
-                    grid=DEFAULT_GRID, adapt=False, progress=False) -> dict:
+                    grid=DEFAULT_GRID, adapt=False, dynamic_lr=None, progress=False) -> dict:
     """Perplexity and bits per byte on test_docs of the LM alone, with the corpus ∞-gram prior, with
     the document's own online ∞-gram prior (lm_integration.context), and with both, every mixture
     weight tuned on val_docs (or cross-fitted on test_docs when val_docs is empty); and the online
-    configurations of online_nll (``adapt``: with the online output adaptation too). ``decode`` turns
-    token ids back into text (for the byte count)."""
+    configurations of online_nll (``adapt``: with the online output adaptation too; ``dynamic_lr``:
+    with dynamic evaluation too). ``decode`` turns token ids back into text (for the byte count)."""
     kw = dict(window=window, stride=stride, max_suffix_len=max_suffix_len, progress=progress)
-    test = collect_priors(model, source, test_docs, decode, adapt=adapt, **kw)
+    test = collect_priors(model, source, test_docs, decode, adapt=adapt, dynamic_lr=dynamic_lr, **kw)
     val = collect_priors(model, source, val_docs, decode, **kw) if val_docs else None
     res = priors_report(test, val, source is not None, grid)
     res.update(window=window, stride=stride)
@@ -484,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapt", action="store_true",
                    help="with --priors: also the LM with its output layer adapted online to each document "
                         "(lm_integration.prior.OnlineOutputAdapter), alone and with the online mixer")
+    p.add_argument("--dynamic-lr", type=float, metavar="LR",
+                   help="with --priors: also dynamic evaluation (lm_integration.dynamic_eval: one Adam step at "
+                        "this rate on each window's tokens once scored; 1e-4 suits SmolLM2-135M), alone and "
+                        "with the online mixer (and the adapted output layer with --adapt); a second LM pass "
+                        "with gradients, about three times the first")
     p.add_argument("--no-check", action="store_true", help="skip the tokenizer compatibility check")
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--progress", action="store_true")
@@ -511,7 +544,7 @@ def main(argv=None) -> int:
     test = [ids[i] for i in order[n_val:]]
     if args.priors:
         res = evaluate_priors(model, source, val, test, tok.decode, window=args.window, stride=args.stride,
-                              adapt=args.adapt, progress=args.progress)
+                              adapt=args.adapt, dynamic_lr=args.dynamic_lr, progress=args.progress)
         res.update(index=args.index, model=args.model, documents=len(docs))
         print(format_priors_table(res))
         if args.json:

@@ -160,4 +160,36 @@ def test_context_token_probs_and_priors_end_to_end():
     assert res["configs"]["LM + context ∞-gram"]["bits_per_byte"] < 0.5 * res["configs"]["LM alone"]["bits_per_byte"]
     res = evaluate_priors(tiny_llama(vocab_size=24), src, [], docs, lambda ids: " ".join(map(str, ids)),
                           window=16, stride=8, adapt=True)
-    assert list(res["configs"]) == [*PRIOR_CONFIGS, *ONLINE_CONFIGS]
+    assert list(res["configs"]) == [*PRIOR_CONFIGS, *ONLINE_CONFIGS[:3]]
+
+
+def test_dynamic_evaluation_learns_the_document_causally_and_restores_the_model():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.helpers.lm_fakes import tiny_llama
+    from lm_integration.dynamic_eval import DynamicEvaluation
+    from lm_integration.eval_lm import ONLINE_CONFIGS, _windows, evaluate_priors, lm_token_stats
+
+    model = tiny_llama(vocab_size=24)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = np.random.default_rng(7)
+    doc = rng.integers(2, 20, 9).tolist() * 12  # a phrase the random model cannot know, repeated
+    plain = lm_token_stats(model, doc, window=16, stride=8)
+    with DynamicEvaluation(model, lr=1e-2) as dynamic:
+        dyn = lm_token_stats(model, doc, window=16, stride=8, dynamic=dynamic)
+    assert dynamic.steps == len(list(_windows(len(doc), 16, 8))) == 13  # one update per window
+    # the first window is scored before any update; later ones learn the phrase
+    assert np.allclose(dyn["logp"][:15], plain["logp"][:15])
+    assert dyn["logp"][-40:].mean() > plain["logp"][-40:].mean() + 0.5
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # weights put back
+    assert all(p.requires_grad for p in model.parameters())
+
+    res = evaluate_priors(model, None, [], [doc], lambda ids: " ".join(map(str, ids)), window=16, stride=8,
+                          adapt=True, dynamic_lr=1e-2)
+    bpb = {k: v["bits_per_byte"] for k, v in res["configs"].items()}
+    assert set(ONLINE_CONFIGS) <= set(bpb)
+    assert bpb["LM + dynamic evaluation"] < 0.9 * bpb["LM alone"]
+    with pytest.raises(ValueError, match="lr"):
+        DynamicEvaluation(model, lr=0.0)
+    with pytest.raises(ValueError, match="layers"):
+        DynamicEvaluation(model, layers=99)
