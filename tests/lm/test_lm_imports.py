@@ -12,6 +12,7 @@ ALL_MODULES = [
     "lm_integration.drafter", "lm_integration.fgram", "lm_integration.prior", "lm_integration.speculative",
     "lm_integration.eval_lm", "lm_integration.scone", "lm_integration.smollm2", "lm_integration.context",
     "lm_integration.tree_drafter", "lm_integration.vllm_proposer", "lm_integration.vllm_logits",
+    "lm_integration.dynamic_eval", "lm_integration.cpu_layout", "lm_integration.step_cost",
 ]
 TORCH_FREE = ["lm_integration", "lm_integration.tokenizer_compat", "lm_integration.infgram",
               "lm_integration.drafter", "lm_integration.fgram", "lm_integration.eval_lm", "lm_integration.smollm2",

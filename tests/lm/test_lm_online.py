@@ -134,8 +134,12 @@ def test_priors_report_has_the_online_rows():
          "p_ctx": rng.uniform(0, 1, n), "has_ctx": rng.random(n) < 0.8, "slen_ctx": rng.integers(0, 20, n),
          "bytes": np.full(n, 4)}
     d["logp_adapt"], d["ent_adapt"] = d["logp"] + 0.1, d["ent"]
+    d["dyn_logp"], d["dyn_ent"] = d["logp"] + 0.2, d["ent"]
+    d["dyn_logp_adapt"], d["dyn_ent_adapt"] = d["logp"] + 0.3, d["ent"]
     res = priors_report(d, None)
     for name in ONLINE_CONFIGS:
         assert res["configs"][name]["online"]
     adapted = res["configs"][ONLINE_CONFIGS[1]]["bits_per_byte"]
     assert adapted == pytest.approx(-(d["logp"] + 0.1).sum() / math.log(2) / (4 * n))
+    both = res["configs"][ONLINE_CONFIGS[5]]["bits_per_byte"]  # dynamic evaluation + adapted output layer
+    assert both == pytest.approx(-(d["logp"] + 0.3).sum() / math.log(2) / (4 * n))
