@@ -98,6 +98,20 @@ def machine(device: str) -> str:
     return s
 
 
+def tree_drafters(index, tok, model, sized: dict) -> dict:
+    """The benchmark's TreeDrafters by method name; ``sized``: TreeDrafter's cost arguments for the
+    CPU-sized trees (StepCost.drafter_kwargs(), or {} for its defaults)."""
+    from lm_integration.tree_drafter import TreeDrafter
+
+    return {
+        "tree (context + history)": TreeDrafter(None, **sized),
+        "tree (corpus + context + history)": TreeDrafter(index, tokenizer=tok, model=model, **sized),
+        # sized as if verification were free (a GPU): more tokens per step, bigger passes
+        "tree, large (corpus + context + history)": TreeDrafter(index, tokenizer=tok, model=model, token_cost=0.0,
+                                                                max_nodes=48, min_path_prob=0.03, branch=5),
+    }
+
+
 def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_count, with_null=False, min_prob=0.0,
              lookahead=8, step_cost=None, only=None):
     """Every method on every prompt, methods interleaved per prompt (so that load drift on a shared
@@ -128,15 +142,7 @@ def run_spec(model, tok, index, prompts, new_tokens, num_draft, device, min_coun
     # Draft trees, verified in one pass each. One drafter per method for the whole run, reset between
     # prompts: its history (earlier outputs) and calibration carry over, as in a serving process.
     sized = step_cost.drafter_kwargs() if step_cost is not None else {}
-    tree_drafters = {
-        "tree (context + history)": TreeDrafter(None, **sized),
-        "tree (corpus + context + history)": TreeDrafter(index, tokenizer=tok, model=model, **sized),
-        # sized as if verification were free (a GPU): more tokens per step, bigger passes
-        "tree, large (corpus + context + history)": TreeDrafter(index, tokenizer=tok, model=model, token_cost=0.0,
-                                                                max_nodes=48, min_path_prob=0.03, branch=5),
-    }
-    for name, drafter in tree_drafters.items():
-        methods[name] = drafter
+    methods.update(tree_drafters(index, tok, model, sized))
     if only:
         methods = {name: m for name, m in methods.items() if m is None or any(o in name for o in only)}
     agg = {name: SpecStats() for name in methods}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_lm import ensure_index, load_corpus  # noqa: E402
+from bench_lm import ensure_index, load_corpus, tree_drafters  # noqa: E402
 
 
 def greedy_continuations(prompts, new_tokens: int, cache_file: Path) -> list[list[int]]:
@@ -82,9 +82,12 @@ def ceiling(index, prompt: list[int], greedy: list[int], num_draft: int, corpus_
     from lm_integration.context import ContextNgramModel
 
     text = prompt + greedy
+    context = ContextNgramModel(text[:len(prompt) + 1], max_suffix_len=32)
     known = []  # known[j]: some source proposed greedy[j + 1]
     for t in range(len(prompt) + 1, len(text)):
-        d = ContextNgramModel(text[:t], max_suffix_len=32).infgram_ntd(text[:t])
+        if t > len(context):
+            context.extend(text[t - 1:t])
+        d = context.infgram_ntd(text[:t])
         r = index.infgram_ntd(text[max(0, t - 32):t])
         corpus = np.asarray(r.tokens)[np.argsort(-np.asarray(r.counts), kind="stable")[:corpus_top]]
         known.append(text[t] in d.tokens.tolist() or (r.suffix_len > 0 and text[t] in corpus.tolist()))
@@ -100,17 +103,10 @@ def ceiling(index, prompt: list[int], greedy: list[int], num_draft: int, corpus_
 
 def make_drafters(index, tok, cost: dict, only):
     from lm_integration import PromptLookupDrafter
-    from lm_integration.tree_drafter import TreeDrafter
 
     pl = PromptLookupDrafter(max_ngram=3)
-    trees = {
-        "tree (context + history)": TreeDrafter(None, **cost),
-        "tree (corpus + context + history)": TreeDrafter(index, tokenizer=tok, **cost),
-        "tree, large (corpus + context + history)": TreeDrafter(index, tokenizer=tok, token_cost=0.0, max_nodes=48,
-                                                                min_path_prob=0.03, branch=5),
-    }
     drafters = {"prompt lookup (context only)": (lambda ctx, k: [pl.propose(ctx, k)], None)}
-    for name, d in trees.items():
+    for name, d in tree_drafters(index, tok, None, cost).items():
         drafters[name] = ((lambda ctx, k, d=d: d.propose_tree(ctx, k, width=3)), d)
     return {n: v for n, v in drafters.items() if not only or any(o in n for o in only)}
 

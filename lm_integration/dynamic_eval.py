@@ -39,10 +39,11 @@ class DynamicEvaluation:
         kept |= {id(p) for p in model.get_input_embeddings().parameters()}
         self.params = [p for p in model.parameters() if id(p) not in kept]
         self.steps = 0
-        self._saved = None
+        self._saved = self._requires_grad = None
 
     def __enter__(self) -> "DynamicEvaluation":
-        self._saved = [(p, p.detach().clone(), p.requires_grad) for p in self.model.parameters()]
+        self._requires_grad = [(p, p.requires_grad) for p in self.model.parameters()]
+        self._saved = [(p, p.detach().clone()) for p in self.params]  # only these change
         for p in self.model.parameters():
             p.requires_grad_(False)
         for p in self.params:
@@ -59,8 +60,9 @@ class DynamicEvaluation:
 
     def __exit__(self, *exc) -> None:
         with torch.no_grad():
-            for p, value, requires_grad in self._saved:
+            for p, value in self._saved:
                 p.copy_(value)
-                p.requires_grad_(requires_grad)
-        self._saved = None
+        for p, requires_grad in self._requires_grad:
+            p.requires_grad_(requires_grad)
+        self._saved = self._requires_grad = None
         self.optimizer = None

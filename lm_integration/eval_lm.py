@@ -395,24 +395,23 @@ ONLINE_CONFIGS = ("LM + online mixer (corpus, context)", "LM + online output ada
 def online_nll(d: dict, source_present: bool = True) -> dict:
     """Per-token NLL of the online configurations (nothing tuned on the text: each learns while it
     codes, in text order): the LM with lm_integration.prior.OnlineMixer over the corpus and context
-    ∞-grams; with ``logp_adapt`` in ``d`` (collect_priors(adapt=True)), the adapted LM alone and mixed."""
+    ∞-grams; with ``logp_adapt`` (collect_priors(adapt=True)), ``dyn_logp`` (dynamic_lr=...) or
+    ``dyn_logp_adapt`` (both) in ``d``, that LM alone and mixed."""
     from lm_integration.prior import OnlineMixer
 
     sources = [(d["p_ctx"], d["has_ctx"], d["slen_ctx"])]
     if source_present:
         sources.insert(0, (d["p_inf"], d["has"], d["slen"]))
     out = {}
-    if "ent" in d:
-        out[ONLINE_CONFIGS[0]] = OnlineMixer(len(sources)).nll(d["logp"], d["ent"], sources)
-    if "logp_adapt" in d:
-        out[ONLINE_CONFIGS[1]] = -d["logp_adapt"]
-        out[ONLINE_CONFIGS[2]] = OnlineMixer(len(sources)).nll(d["logp_adapt"], d["ent_adapt"], sources)
-    if "dyn_logp" in d:
-        out[ONLINE_CONFIGS[3]] = -d["dyn_logp"]
-        out[ONLINE_CONFIGS[4]] = OnlineMixer(len(sources)).nll(d["dyn_logp"], d["dyn_ent"], sources)
-    if "dyn_logp_adapt" in d:
-        out[ONLINE_CONFIGS[5]] = -d["dyn_logp_adapt"]
-        out[ONLINE_CONFIGS[6]] = OnlineMixer(len(sources)).nll(d["dyn_logp_adapt"], d["dyn_ent_adapt"], sources)
+    # per LM variant: its arrays, its row alone (the plain LM's is "LM alone", scored elsewhere), its row
+    # with the mixer
+    variants = (("logp", "ent", None, ONLINE_CONFIGS[0]), ("logp_adapt", "ent_adapt", *ONLINE_CONFIGS[1:3]),
+                ("dyn_logp", "dyn_ent", *ONLINE_CONFIGS[3:5]), ("dyn_logp_adapt", "dyn_ent_adapt", *ONLINE_CONFIGS[5:7]))
+    for logp, ent, alone, mixed in variants:
+        if logp in d and ent in d:
+            if alone is not None:
+                out[alone] = -d[logp]
+            out[mixed] = OnlineMixer(len(sources)).nll(d[logp], d[ent], sources)
     return out
 
 
